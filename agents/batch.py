@@ -1,0 +1,482 @@
+"""The batch pipeline: Kafka events -> windows -> Batch API -> results and dead letters.
+
+Where state lives and what happens at each crash point (see also ``agents/state.py``):
+
+1. *Window open, nothing submitted.* Its events are unacked, so the group's committed
+   offset stays before them; after a crash they are consumed again and re-windowed.
+2. *Window sealed.* A ``sealed`` record (the intent, with the window's offset range) is
+   written to the state topic and confirmed **before** the window's events are acked. From
+   here the window is the state topic's responsibility, not the input offset's.
+3. *Uploaded, or batch created but not recorded.* The batch's metadata carries
+   ``batchstream_window = <window id>#r<round>``. A restarted owner that finds a ``sealed``
+   record first lists recent batches for that tag and adopts the batch it finds; only when
+   none exists does it submit. The window is never submitted twice by one owner.
+4. *Submitted, offsets not yet committed.* On replay the events fall inside a recorded
+   window's range (same endpoint and model) and are skipped.
+5. *Provider finished, output not (fully) downloaded.* Downloads stream to a temporary file
+   and are checked (length, every line parses); a cut-off download is retried, and a restart
+   simply downloads again.
+6. *Results half emitted.* The record turns ``done`` only after every result and dead
+   letter of the window is flushed; a crash in between re-emits the window's records on
+   restart. Those duplicates carry the same ``id`` and ``task_version``: consumers dedupe
+   on that pair.
+7. *Rebalance.* Windows are per input partition and their records live in the same
+   partition of the state topic, so whoever is assigned partition P reloads P's records and
+   resumes P's in-flight batches. On revocation open windows are dropped (their events are
+   unacked) and trackers are cancelled; the state they left says where to resume.
+
+The events of a window restored from state are re-read from the input topic by offset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faust
+from faust.types import TP, EventT, StreamT
+from openai.types import Batch
+
+from agents import metrics
+from agents.outcomes import InvalidOutputError, backoff, classify, extract_output
+from agents.provider import META_PIPELINE, META_WINDOW, TERMINAL, BatchClient, iter_jsonl
+from agents.state import InputReader, PartitionState, StateStore, WindowRecord
+from sinks import TopicSink
+from streams.config import PipelineSettings, Settings
+from streams.errors import ProviderBackpressure, ProviderError
+from streams.models import (
+    DeadLetter,
+    Rejection,
+    Request,
+    Result,
+    SourceRecord,
+    Source,
+    Timestamps,
+    dead_letter_for,
+    decode_event,
+    task_version,
+)
+from streams.windows import Window, Windower, WindowKey, WindowPolicy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Pending:
+    """A request waiting in an open window, with the event to ack once it is sealed."""
+
+    request: Request
+    event: EventT
+    raw: bytes | None
+
+
+class BatchPipeline:
+    """One configured pipeline in ``mode: batch``, wired into a faust app."""
+
+    def __init__(
+        self,
+        app: faust.App,
+        settings: Settings,
+        pipeline: PipelineSettings,
+        client: BatchClient,
+        *,
+        partitions: int,
+        kafka_options: dict[str, Any],
+    ) -> None:
+        self.app = app
+        self.cfg = pipeline
+        self.client = client
+        self.task_version = task_version(pipeline)
+        limits = settings.provider.limits
+        self.policy = WindowPolicy.capped(
+            max_requests=pipeline.window.max_requests,
+            max_bytes=pipeline.window.max_bytes,
+            max_wait=pipeline.window.max_wait,
+            provider_max_requests=limits.max_requests_per_batch,
+            provider_max_bytes=limits.max_bytes_per_batch,
+        )
+        self.poll_interval = settings.provider.poll_interval
+        self.input = app.topic(pipeline.input_topic, partitions=partitions)
+        self.results = TopicSink(app.topic(pipeline.output_topic, value_serializer="orjson"))
+        self.dead_letters = TopicSink(app.topic(pipeline.dead_letter_topic, value_serializer="orjson"))
+        bootstrap = settings.kafka.bootstrap_servers
+        self.state = StateStore(
+            app.topic(pipeline.state_topic_name, partitions=partitions),
+            input_topic=pipeline.input_topic,
+            bootstrap=bootstrap,
+            group_id=settings.kafka.group_id,
+            **kafka_options,
+        )
+        self.reader = InputReader(bootstrap, pipeline.input_topic, **kafka_options)
+        self.windower: Windower[Pending] = Windower(self.policy)
+        self.slots = asyncio.Semaphore(pipeline.max_open_batches)
+        self.owned: dict[int, PartitionState] = {}
+        self.trackers: dict[str, asyncio.Task[None]] = {}
+        self._lock = asyncio.Lock()
+        self._loaded = asyncio.Event()
+        self._stream: StreamT | None = None
+        self._workdir = Path(tempfile.mkdtemp(prefix=f"batchstream-{pipeline.name}-"))
+        self._labels = {"pipeline": pipeline.name}
+
+    # -- wiring ---------------------------------------------------------------------------
+    def register(self) -> None:
+        self.app.agent(self.input, name=f"batchstream.{self.cfg.name}")(self._agent)
+        self.app.timer(max(0.05, min(0.5, self.policy.max_wait / 4)))(self._tick)
+        self.app.on_partitions_revoked.connect(self._on_revoked)
+        self.app.on_partitions_assigned.connect(self._on_assigned)
+
+    async def _agent(self, stream: StreamT) -> None:
+        self._stream = stream.noack()
+        async for event in self._stream.events():
+            await self.handle(event)
+
+    async def _ack(self, event: EventT) -> None:
+        assert self._stream is not None
+        await self._stream.ack(event)
+
+    # -- rebalance ------------------------------------------------------------------------
+    def _mine(self, tps: set[TP]) -> set[int]:
+        return {tp.partition for tp in tps if tp.topic == self.cfg.input_topic}
+
+    async def _on_revoked(self, _sender: object, revoked: set[TP], **_: object) -> None:
+        partitions = self._mine(revoked)
+        async with self._lock:
+            for partition in partitions:
+                self.windower.drop_partition(partition)
+                self.owned.pop(partition, None)
+        doomed = [t for wid, t in self.trackers.items() if _partition_of(wid) in partitions]
+        for task in doomed:
+            task.cancel()
+        if doomed:
+            await asyncio.wait(doomed, timeout=30)
+        log.info("%s: released partitions %s (%d trackers stopped)", self.cfg.name, sorted(partitions), len(doomed))
+
+    async def _on_assigned(self, _sender: object, assigned: set[TP], **_: object) -> None:
+        partitions = self._mine(assigned) - set(self.owned)
+        states = await self.state.load(partitions)
+        async with self._lock:
+            self.owned.update(states)
+        for state in states.values():
+            for record in state.unfinished():
+                self._track(record, None, slot_held=False)
+        metrics.OWNED_PARTITIONS.labels(**self._labels).set(len(self.owned))
+        self._loaded.set()
+
+    # -- ingest ---------------------------------------------------------------------------
+    async def handle(self, event: EventT) -> None:
+        message = event.message
+        partition = message.partition
+        if partition not in self.owned:
+            # Delivered before our assignment handler finished loading: wait for it.
+            await asyncio.wait_for(self._loaded.wait(), timeout=120)
+            if partition not in self.owned:
+                return  # revoked meanwhile; the event stays unacked for the new owner
+        source = Source(message.topic, partition, message.offset, int(message.timestamp * 1000))
+        metrics.EVENTS_IN.labels(**self._labels).inc()
+        decoded = decode_event(self.cfg, source, message.key, message.value)
+        if isinstance(decoded, Request):
+            line = decoded.jsonl_line()
+            if len(line) > self.policy.max_bytes:
+                decoded = Rejection("oversized", f"request line of {len(line)} bytes exceeds max_bytes")
+        if isinstance(decoded, Rejection):
+            self.dead_letters.add(dead_letter_for(self.cfg, source, message.value, decoded), key=message.key)
+            await self.dead_letters.flush()
+            metrics.DEAD_LETTERS.labels(reason=decoded.reason, **self._labels).inc()
+            await self._ack(event)
+            return
+        if self.owned[partition].covers(decoded):
+            await self._ack(event)  # replayed: already part of a recorded window
+            return
+        key = WindowKey(partition, decoded.endpoint, decoded.model)
+        async with self._lock:
+            sealed = self.windower.add(key, Pending(decoded, event, message.value), decoded.custom_id,
+                                       len(line), time.monotonic())  # fmt: skip
+        for window in sealed:
+            await self._seal(window)
+
+    async def _tick(self) -> None:
+        async with self._lock:
+            due = self.windower.due(time.monotonic())
+        for window in due:
+            await self._seal(window)
+
+    async def _seal(self, window: Window[Pending]) -> None:
+        """Record the window durably, then ack its events and hand it to a tracker."""
+        await self.slots.acquire()  # full: consumption waits here (bounded memory)
+        partition = window.key.partition
+        state = self.owned.get(partition)
+        if state is None:
+            self.slots.release()
+            return
+        offsets = [p.request.source.offset for p in window.items]
+        digest = hashlib.sha256(f"{window.key.endpoint}|{window.key.model}".encode()).hexdigest()[:6]
+        record = WindowRecord(
+            window_id=f"{self.cfg.name}.p{partition}.{min(offsets)}-{max(offsets)}.{digest}",
+            pipeline=self.cfg.name,
+            partition=partition,
+            endpoint=window.key.endpoint,
+            model=window.key.model,
+            first_offset=min(offsets),
+            last_offset=max(offsets),
+            count=len(offsets),
+            status="sealed",
+            sealed_at=time.time(),
+        )
+        try:
+            await self.state.put(record)
+        except BaseException:
+            self.slots.release()
+            raise
+        state.put(record)
+        for pending in window.items:
+            await self._ack(pending.event)
+        metrics.WINDOWS_SEALED.labels(**self._labels).inc()
+        self._track(record, [p.request for p in window.items], slot_held=True)
+
+    # -- tracking -------------------------------------------------------------------------
+    def _track(self, record: WindowRecord, requests: list[Request] | None, *, slot_held: bool) -> None:
+        task = asyncio.create_task(self._run(record, requests, slot_held), name=record.window_id)
+        self.trackers[record.window_id] = task
+        task.add_done_callback(lambda t: self.trackers.pop(record.window_id, None) if self.trackers.get(record.window_id) is t else None)
+
+    async def _run(self, record: WindowRecord, requests: list[Request] | None, slot_held: bool) -> None:
+        if not slot_held:
+            await self.slots.acquire()
+        metrics.BATCHES_IN_FLIGHT.labels(**self._labels).inc()
+        restored = requests is None
+        failures = 0
+        try:
+            while record.status != "done":
+                try:
+                    if requests is None:
+                        requests = await self._reread(record)
+                    if record.status == "sealed":
+                        record = await self._submit(record, requests, look_first=restored)
+                    else:
+                        record, requests = await self._finish(record, requests)
+                    restored, failures = False, 0
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a window must never be dropped
+                    failures += 1
+                    delay = backoff(failures, initial=1.0, maximum=60.0)
+                    log.warning("%s: %s; retrying in %.1fs", record.window_id, _describe(exc), delay)
+                    restored = True  # we may not know whether the last call took effect
+                    await asyncio.sleep(delay)
+        finally:
+            metrics.BATCHES_IN_FLIGHT.labels(**self._labels).dec()
+            self.slots.release()
+
+    async def _reread(self, record: WindowRecord) -> list[Request]:
+        rows = await self.reader.read(record.partition, record.first_offset, record.last_offset)
+        requests = []
+        for offset, ts, key, value in rows:
+            source = Source(self.cfg.input_topic, record.partition, offset, ts)
+            decoded = decode_event(self.cfg, source, key, value)
+            if isinstance(decoded, Request) and record.includes(decoded):
+                requests.append(decoded)
+        return requests
+
+    async def _submit(self, record: WindowRecord, requests: Sequence[Request], *, look_first: bool) -> WindowRecord:
+        batch: Batch | None = None
+        if look_first:
+            batch = await self.client.find(record.tag, created_after=record.sealed_at - 300)
+            if batch is not None:
+                log.info("%s: adopted batch %s created before a restart", record.window_id, batch.id)
+        if batch is None:
+            batch = await self._create(record, requests)
+        record = record.model_copy(update={"status": "submitted", "batch_id": batch.id, "submitted_at": time.time()})
+        await self.state.put(record)
+        self._put_local(record)
+        metrics.BATCHES_SUBMITTED.labels(**self._labels).inc()
+        return record
+
+    async def _create(self, record: WindowRecord, requests: Sequence[Request]) -> Batch:
+        path = self._workdir / f"{record.window_id}.r{record.round}.jsonl"
+        with path.open("wb") as fh:
+            for request in requests:
+                fh.write(request.jsonl_line())
+        try:
+            file_id = await self.client.upload(path)
+        finally:
+            path.unlink(missing_ok=True)
+        metadata = {**self.cfg.metadata, META_PIPELINE: self.cfg.name, META_WINDOW: record.tag}
+        attempt = 0
+        while True:
+            try:
+                return await self.client.create(file_id, record.endpoint, metadata)
+            except ProviderBackpressure as exc:
+                attempt += 1
+                delay = exc.retry_after or backoff(
+                    attempt, initial=self.cfg.retry.backoff_initial, maximum=self.cfg.retry.backoff_max
+                )
+                metrics.BACKPRESSURE.labels(**self._labels).inc()
+                log.info("%s: provider refused the batch (%s); waiting %.1fs", record.window_id, exc, delay)
+                await asyncio.sleep(delay)
+
+    async def _wait(self, batch_id: str) -> Batch:
+        while True:
+            batch = await self.client.retrieve(batch_id)
+            if batch.status in TERMINAL:
+                return batch
+            await asyncio.sleep(self.poll_interval)
+
+    async def _finish(
+        self, record: WindowRecord, requests: list[Request]
+    ) -> tuple[WindowRecord, list[Request]]:
+        assert record.batch_id is not None
+        batch = await self._wait(record.batch_id)
+        timestamps = {"submitted": float(batch.created_at), "completed": float(_completed_at(batch))}
+        if batch.status == "failed":
+            errors = [e.model_dump() for e in (batch.errors.data if batch.errors and batch.errors.data else [])]
+            if any(e.get("code") == "token_limit_exceeded" for e in errors):
+                delay = backoff(record.round, initial=self.cfg.retry.backoff_initial, maximum=self.cfg.retry.backoff_max)
+                metrics.BACKPRESSURE.labels(**self._labels).inc()
+                log.info("%s: token_limit_exceeded; resubmitting in %.1fs", record.window_id, delay)
+                await asyncio.sleep(delay)
+                return await self._next_round(record, requests, same_round=True), requests
+            message = "; ".join(str(e.get("message") or e.get("code")) for e in errors) or "batch failed"
+            for request in requests:
+                self._dead_letter(request, "batch_failed", f"batch {batch.id} failed: {message}",
+                                  record.round, batch.id, {"batch_errors": errors})  # fmt: skip
+            await self._flush()
+            return await self._done(record), []
+        lines: dict[str, dict[str, Any]] = {}
+        for file_id in (batch.output_file_id, batch.error_file_id):
+            if file_id:
+                path = self._workdir / f"{file_id}.jsonl"
+                try:
+                    await self.client.download(file_id, path)
+                    for line in iter_jsonl(path):
+                        if isinstance(line, dict) and "custom_id" in line:
+                            lines[str(line["custom_id"])] = line
+                finally:
+                    path.unlink(missing_ok=True)
+        retry: list[Request] = []
+        for request in requests:
+            outcome = classify(lines.get(request.custom_id))
+            if outcome.kind == "ok":
+                assert outcome.body is not None
+                try:
+                    output = extract_output(record.endpoint, outcome.body, request.wants_json)
+                except InvalidOutputError as exc:
+                    self._dead_letter(request, "invalid_output", str(exc), record.round, batch.id, {"response": outcome.body})
+                    continue
+                self._result(request, outcome.body, output, batch.id, timestamps)
+            elif outcome.kind == "retry" and record.round < self.cfg.retry.attempts:
+                retry.append(request)
+            elif outcome.kind == "retry":
+                self._dead_letter(request, "retries_exhausted", outcome.message, record.round, batch.id, outcome.error)
+            else:
+                self._dead_letter(request, "provider_rejected", outcome.message, record.round, batch.id, outcome.error)
+        await self._flush()
+        if retry:
+            delay = backoff(record.round, initial=self.cfg.retry.backoff_initial, maximum=self.cfg.retry.backoff_max)
+            log.info("%s: %d requests to retry (round %d) in %.1fs", record.window_id, len(retry), record.round + 1, delay)
+            await asyncio.sleep(delay)
+            return await self._next_round(record, retry), retry
+        return await self._done(record), []
+
+    async def _next_round(self, record: WindowRecord, requests: list[Request], *, same_round: bool = False) -> WindowRecord:
+        record = record.model_copy(update={
+            "status": "sealed",
+            "batch_id": None,
+            "round": record.round if same_round else record.round + 1,
+            "offsets": sorted(r.source.offset for r in requests),
+            "sealed_at": time.time(),
+        })  # fmt: skip
+        await self.state.put(record)
+        self._put_local(record)
+        return record
+
+    async def _done(self, record: WindowRecord) -> WindowRecord:
+        record = record.model_copy(update={"status": "done", "offsets": None})
+        await self.state.put(record)
+        self._put_local(record)
+        metrics.BATCHES_DONE.labels(**self._labels).inc()
+        return record
+
+    def _put_local(self, record: WindowRecord) -> None:
+        state = self.owned.get(record.partition)
+        if state is not None:
+            state.put(record)
+
+    # -- output ---------------------------------------------------------------------------
+    async def _flush(self) -> None:
+        await self.results.flush()
+        await self.dead_letters.flush()
+
+    def _result(
+        self, request: Request, body: dict[str, Any], output: Any, batch_id: str, timestamps: dict[str, float]
+    ) -> None:
+        received = request.source.timestamp_ms / 1000 if request.source.timestamp_ms else None
+        result = Result(
+            id=request.id,
+            pipeline=self.cfg.name,
+            task_version=self.task_version,
+            mode="batch",
+            batch_id=batch_id,
+            service_tier="batch",
+            output=output,
+            response=body,
+            usage=body.get("usage"),
+            source=_source_record(request.source),
+            timestamps=Timestamps(received=received, **timestamps),
+        )
+        self.results.add(result, key=request.key)
+        metrics.RESULTS.labels(**self._labels).inc()
+
+    def _dead_letter(
+        self, request: Request, reason: Any, message: str, attempts: int,
+        batch_id: str | None, error: dict[str, Any] | None,
+    ) -> None:  # fmt: skip
+        letter = DeadLetter(
+            id=request.id,
+            pipeline=self.cfg.name,
+            reason=reason,
+            message=message,
+            attempts=attempts,
+            batch_id=batch_id,
+            error=error,
+            event=request.event,
+            source=_source_record(request.source),
+        )
+        self.dead_letters.add(letter, key=request.key)
+        metrics.DEAD_LETTERS.labels(reason=reason, **self._labels).inc()
+
+    async def stop(self) -> None:
+        for task in list(self.trackers.values()):
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.gather(*self.trackers.values(), return_exceptions=True)
+        await self.client.close()
+
+
+def _source_record(source: Source) -> SourceRecord:
+    return SourceRecord(topic=source.topic, partition=source.partition, offset=source.offset)
+
+
+def _partition_of(window_id: str) -> int:
+    # window ids look like "<pipeline>.p<partition>.<first>-<last>.<digest>"
+    return int(window_id.rsplit(".", 3)[-3].removeprefix("p"))
+
+
+def _completed_at(batch: Batch) -> int:
+    for value in (batch.completed_at, batch.expired_at, batch.cancelled_at, batch.failed_at):
+        if value:
+            return value
+    return int(time.time())
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ProviderError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"

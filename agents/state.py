@@ -1,0 +1,216 @@
+"""Durable window state, kept in Kafka: a compacted topic co-partitioned with the input.
+
+Each sealed window is one record, keyed by its window id, written to the state partition
+with the same number as the input partition its events came from. Whoever owns input
+partition P therefore owns state partition P: after a restart or a rebalance the new owner
+reads partition P of the state topic from the beginning and carries on with every window
+not yet ``done``. A window record is small (an offset range, never the events): the input
+topic itself is the durable copy of the events, re-read by offset when needed.
+
+Record life: ``sealed`` (intent: about to be submitted) -> ``submitted`` (batch id known)
+-> ``sealed`` again for a retry round of a subset of offsets -> ... -> ``done`` (every
+event's result or dead letter flushed). ``done`` records stay until the group's committed
+offset has passed the window, so a replay after a crash recognises the window's events and
+skips them; then they are tombstoned.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import Literal
+
+import faust
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from pydantic import BaseModel, ConfigDict
+
+from streams.models import Request
+
+log = logging.getLogger(__name__)
+
+Status = Literal["sealed", "submitted", "done"]
+
+
+class WindowRecord(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    window_id: str
+    pipeline: str
+    partition: int
+    endpoint: str
+    model: str
+    first_offset: int
+    last_offset: int
+    count: int
+    status: Status
+    #: Attempt number of the current submission (1 = first).
+    round: int = 1
+    #: Offsets still pending in a retry round; None means every event of the window.
+    offsets: list[int] | None = None
+    batch_id: str | None = None
+    sealed_at: float
+    submitted_at: float | None = None
+
+    @property
+    def tag(self) -> str:
+        """What the batch's metadata carries to be found again: window and round."""
+        return f"{self.window_id}#r{self.round}"
+
+    def covers(self, request: Request) -> bool:
+        return (
+            self.endpoint == request.endpoint
+            and self.model == request.model
+            and self.first_offset <= request.source.offset <= self.last_offset
+        )
+
+    def includes(self, request: Request) -> bool:
+        """Whether the request belongs to the current round of this window."""
+        if not self.covers(request):
+            return False
+        return self.offsets is None or request.source.offset in self.offsets
+
+    def dumps(self) -> bytes:
+        return orjson.dumps(self.model_dump(mode="json"))
+
+
+class PartitionState:
+    """The window records of one input partition, as last written."""
+
+    def __init__(self, partition: int, records: Iterable[WindowRecord] = ()) -> None:
+        self.partition = partition
+        self.records: dict[str, WindowRecord] = {r.window_id: r for r in records}
+
+    def put(self, record: WindowRecord) -> None:
+        self.records[record.window_id] = record
+
+    def covers(self, request: Request) -> bool:
+        return any(r.covers(request) for r in self.records.values())
+
+    def unfinished(self) -> list[WindowRecord]:
+        return [r for r in self.records.values() if r.status != "done"]
+
+    def forget_done_before(self, committed: int) -> list[WindowRecord]:
+        """Drop done records wholly below the committed offset; return them for tombstoning."""
+        gone = [r for r in self.records.values() if r.status == "done" and r.last_offset < committed]
+        for record in gone:
+            del self.records[record.window_id]
+        return gone
+
+
+class StateStore:
+    """Writes window records through the faust producer; reads them back with aiokafka."""
+
+    def __init__(
+        self, topic: faust.TopicT, *, input_topic: str, bootstrap: str, group_id: str, **kafka: object
+    ) -> None:
+        self.topic = topic
+        self.input_topic = input_topic
+        self.bootstrap = bootstrap
+        self.group_id = group_id
+        self.kafka = kafka
+
+    async def put(self, record: WindowRecord) -> None:
+        """Write a record and wait until the broker has it (acks=all)."""
+        fut = await self.topic.send(key=record.window_id.encode(), value=record.dumps(), partition=record.partition)
+        await fut
+
+    async def tombstone(self, records: Iterable[WindowRecord]) -> None:
+        futures = [
+            await self.topic.send(key=r.window_id.encode(), value=None, partition=r.partition) for r in records
+        ]
+        for fut in futures:
+            await fut
+
+    async def load(self, partitions: Iterable[int]) -> dict[int, PartitionState]:
+        """Read the given state partitions to their end; garbage-collect finished windows."""
+        partitions = sorted(set(partitions))
+        if not partitions:
+            return {}
+        topic_name = self.topic.get_topic_name()
+        tps = [TopicPartition(topic_name, p) for p in partitions]
+        latest: dict[bytes, bytes | None] = {}
+        started = time.monotonic()
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, **self.kafka)  # type: ignore[arg-type]
+        await consumer.start()
+        try:
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            end = await consumer.end_offsets(tps)
+            remaining = {tp for tp in tps if end[tp] > 0}
+            while remaining:
+                batch = await consumer.getmany(*remaining, timeout_ms=500)
+                for tp, messages in batch.items():
+                    for message in messages:
+                        if message.key is not None:
+                            latest[message.key] = message.value
+                for tp in list(remaining):
+                    if await consumer.position(tp) >= end[tp]:
+                        remaining.discard(tp)
+        finally:
+            await consumer.stop()
+        states = {p: PartitionState(p) for p in partitions}
+        for value in latest.values():
+            if value is not None:
+                record = WindowRecord.model_validate(orjson.loads(value))
+                if record.partition in states:
+                    states[record.partition].put(record)
+        committed = await self.committed_offsets(partitions)
+        stale: list[WindowRecord] = []
+        for p, state in states.items():
+            stale.extend(state.forget_done_before(committed.get(p, -1)))
+        if stale:
+            await self.tombstone(stale)
+        log.info(
+            "loaded state of partitions %s in %.2fs: %d unfinished windows",
+            partitions, time.monotonic() - started, sum(len(s.unfinished()) for s in states.values()),
+        )  # fmt: skip
+        return states
+
+    async def committed_offsets(self, partitions: Iterable[int]) -> dict[int, int]:
+        """The consumer group's committed offsets of the input topic's partitions."""
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **self.kafka)  # type: ignore[arg-type]
+        await admin.start()
+        try:
+            offsets = await admin.list_consumer_group_offsets(self.group_id)
+        finally:
+            await admin.close()
+        wanted = set(partitions)
+        return {
+            tp.partition: meta.offset
+            for tp, meta in offsets.items()
+            if tp.topic == self.input_topic and tp.partition in wanted and meta.offset >= 0
+        }
+
+
+class InputReader:
+    """Re-reads a window's events from the input topic by offset (after a restart)."""
+
+    def __init__(self, bootstrap: str, topic: str, **kafka: object) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.kafka = kafka
+
+    async def read(
+        self, partition: int, first: int, last: int
+    ) -> list[tuple[int, int | None, bytes | None, bytes | None]]:
+        """(offset, timestamp_ms, key, value) of every record in [first, last]."""
+        tp = TopicPartition(self.topic, partition)
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, **self.kafka)  # type: ignore[arg-type]
+        await consumer.start()
+        out: list[tuple[int, int | None, bytes | None, bytes | None]] = []
+        try:
+            consumer.assign([tp])
+            consumer.seek(tp, first)
+            end = (await consumer.end_offsets([tp]))[tp]
+            stop = min(last + 1, end)
+            while await consumer.position(tp) < stop:
+                batch = await consumer.getmany(tp, timeout_ms=500, max_records=5000)
+                for message in batch.get(tp, []):
+                    if first <= message.offset <= last:
+                        out.append((message.offset, message.timestamp, message.key, message.value))
+        finally:
+            await consumer.stop()
+        return out

@@ -1,0 +1,114 @@
+"""Build a faust worker from Settings: check and create topics, register pipelines, run."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from typing import Any
+
+import faust
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from agents.batch import BatchPipeline
+from agents.provider import BatchClient
+from streams.app import create_app
+from streams.config import KafkaSettings, Settings
+from streams.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def kafka_options(kafka: KafkaSettings) -> dict[str, Any]:
+    """aiokafka keyword arguments for the worker's side consumers and admin client."""
+    options: dict[str, Any] = {"security_protocol": kafka.security_protocol}
+    if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = ssl.create_default_context()
+    if kafka.sasl_mechanism:
+        assert kafka.sasl_password is not None
+        options.update(
+            sasl_mechanism=kafka.sasl_mechanism,
+            sasl_plain_username=kafka.sasl_username,
+            sasl_plain_password=kafka.sasl_password.get_secret_value(),
+        )
+    return options
+
+
+async def prepare_topics(settings: Settings) -> dict[str, int]:
+    """Check every input topic exists; create output, dead-letter and state topics.
+
+    Output and dead-letter topics get the input's partition count; the state topic must have
+    exactly that count (it is co-partitioned with the input) and is compacted.
+    Returns each pipeline's input partition count.
+    """
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka.bootstrap_servers, **kafka_options(settings.kafka)
+    )
+    await admin.start()
+    try:
+        existing = await _partition_counts(admin)
+        counts: dict[str, int] = {}
+        wanted: dict[str, NewTopic] = {}
+        for pipeline in settings.pipelines:
+            n = existing.get(pipeline.input_topic)
+            if n is None:
+                raise ConfigError(
+                    f"pipelines.{pipeline.name}.input_topic: topic {pipeline.input_topic!r} does not exist"
+                )
+            counts[pipeline.name] = n
+            state = pipeline.state_topic_name
+            if state in existing and existing[state] != n:
+                raise ConfigError(
+                    f"pipelines.{pipeline.name}.state_topic: {state!r} has {existing[state]} partitions, "
+                    f"the input topic has {n}; they must match"
+                )
+            for name in (pipeline.output_topic, pipeline.dead_letter_topic):
+                if name not in existing:
+                    wanted[name] = NewTopic(name, num_partitions=n, replication_factor=settings.kafka.replication_factor)
+            if state not in existing:
+                wanted[state] = NewTopic(
+                    state, num_partitions=n, replication_factor=settings.kafka.replication_factor,
+                    topic_configs={"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"},
+                )  # fmt: skip
+        if wanted:
+            await admin.create_topics(list(wanted.values()))
+            log.info("created topics %s", sorted(wanted))
+        return counts
+    finally:
+        await admin.close()
+
+
+async def _partition_counts(admin: AIOKafkaAdminClient) -> dict[str, int]:
+    names = await admin.list_topics()
+    if not names:
+        return {}
+    described = await admin.describe_topics(list(names))
+    return {t["topic"]: len(t["partitions"]) for t in described if not t.get("error_code")}
+
+
+def build(settings: Settings, partitions: dict[str, int]) -> tuple[faust.App, list[BatchPipeline]]:
+    app = create_app(settings.kafka, partitions=max(partitions.values()))
+    options = kafka_options(settings.kafka)
+    pipelines = []
+    for cfg in settings.pipelines:
+        pipeline = BatchPipeline(
+            app, settings, cfg, BatchClient(settings.provider),
+            partitions=partitions[cfg.name], kafka_options=options,
+        )  # fmt: skip
+        pipeline.register()
+        pipelines.append(pipeline)
+    return app, pipelines
+
+
+def run(settings: Settings, *, loglevel: str = "info") -> None:
+    """Run the worker in the foreground until SIGINT/SIGTERM."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    partitions = loop.run_until_complete(prepare_topics(settings))
+    app, _pipelines = build(settings, partitions)
+    if settings.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.metrics_port, addr="127.0.0.1")
+    worker = faust.Worker(app, loglevel=loglevel, loop=loop, quiet=True)
+    worker.execute_from_commandline()

@@ -1,0 +1,582 @@
+"""An OpenAI-compatible provider emulator: Files, Batches, and three synchronous endpoints.
+
+Speaks the wire format the official ``openai`` SDK expects, keeps everything in memory and
+answers deterministically. Faults are injected through :class:`Faults`, set at start-up or
+at run time with ``POST /_emulator/faults`` (a partial JSON object); ``GET /_emulator/stats``
+counts what happened, so tests can assert, for example, that no window was submitted twice.
+
+A batch is processed progressively: its requests finish evenly over ``batch_seconds``, so a
+cancel or an expiry part-way keeps the finished part in the output file, as the real API does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import secrets
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from emulator.outputs import answer_text, count_tokens, digest, last_user_text, roll
+
+BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/responses", "/v1/embeddings", "/v1/completions")
+MAX_METADATA_PAIRS = 16
+Outcome = Literal["failed", "expired", "completed_without_output"]
+
+
+class Faults(BaseModel):
+    """What the emulator does wrong, and how slowly."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    #: Time for a batch to process all of its requests.
+    batch_seconds: float = Field(1.0, ge=0)
+    #: Share of batch requests that fail (re-rolled on every attempt of the same custom_id).
+    item_error_rate: float = Field(0.0, ge=0, le=1)
+    #: Shape of a failed line: ``error`` object, non-200 ``response``, or a mix of both.
+    item_error_shape: Literal["error", "response", "mixed"] = "mixed"
+    #: HTTP status of injected item errors (5xx and 429 are retriable, 4xx are not).
+    item_error_status: int = 500
+    #: Share of JSON-format requests answered with text that is not JSON.
+    invalid_json_rate: float = Field(0.0, ge=0, le=1)
+    #: The next N ``POST /v1/batches`` answer HTTP 429.
+    create_429: int = Field(0, ge=0)
+    #: The next N created batches fail validation with ``token_limit_exceeded``.
+    token_limit: int = Field(0, ge=0)
+    #: Outcomes forced on the next created batches, one each, in order.
+    batch_outcomes: list[Outcome] = Field(default_factory=list)
+    #: Share of requests finished before a forced expiry.
+    expire_after_fraction: float = Field(0.5, ge=0, le=1)
+    #: The next N file downloads are cut off half-way.
+    cut_off_downloads: int = Field(0, ge=0)
+    seed: int = 0
+
+
+@dataclass
+class StoredFile:
+    id: str
+    purpose: str
+    filename: str
+    data: bytes
+    created_at: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "object": "file", "bytes": len(self.data), "created_at": self.created_at,
+            "filename": self.filename, "purpose": self.purpose, "status": "processed",
+        }  # fmt: skip
+
+
+@dataclass
+class StoredBatch:
+    id: str
+    endpoint: str
+    input_file_id: str
+    metadata: dict[str, str] | None
+    created_at: int
+    lines: list[dict[str, Any]] = field(default_factory=list)
+    status: str = "validating"
+    outcome: Outcome | None = None
+    errors: list[dict[str, Any]] | None = None
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    completed: int = 0
+    failed: int = 0
+    times: dict[str, int] = field(default_factory=dict)
+    cancel_requested: bool = False
+    task: asyncio.Task[None] | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "batch",
+            "endpoint": self.endpoint,
+            "errors": {"object": "list", "data": self.errors} if self.errors else None,
+            "input_file_id": self.input_file_id,
+            "completion_window": "24h",
+            "status": self.status,
+            "output_file_id": self.output_file_id,
+            "error_file_id": self.error_file_id,
+            "created_at": self.created_at,
+            "expires_at": self.created_at + 86400,
+            "in_progress_at": self.times.get("in_progress"),
+            "finalizing_at": self.times.get("finalizing"),
+            "completed_at": self.times.get("completed"),
+            "failed_at": self.times.get("failed"),
+            "expired_at": self.times.get("expired"),
+            "cancelling_at": self.times.get("cancelling"),
+            "cancelled_at": self.times.get("cancelled"),
+            "request_counts": {
+                "total": len(self.lines), "completed": self.completed, "failed": self.failed,
+            },  # fmt: skip
+            "metadata": self.metadata,
+        }
+
+
+def _error(status: int, message: str, *, code: str | None = None, param: str | None = None) -> web.Response:
+    kind = "rate_limit_error" if status == 429 else "invalid_request_error"
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return web.json_response(body, status=status, dumps=lambda o: orjson.dumps(o).decode())
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+class Emulator:
+    """The emulator's state and routes. ``app()`` builds the aiohttp application."""
+
+    def __init__(self, faults: Faults | None = None) -> None:
+        self.clear(faults)
+
+    def clear(self, faults: Faults | None = None) -> None:
+        """Forget every file and batch and reset the faults (batches in progress are stopped)."""
+        for batch in getattr(self, "batches", {}).values():
+            if batch.task is not None:
+                batch.task.get_loop().call_soon_threadsafe(batch.task.cancel)
+        self.faults = faults or Faults()
+        self.files: dict[str, StoredFile] = {}
+        self.batches: dict[str, StoredBatch] = {}
+        self.stats: Counter[str] = Counter()
+        self._seen: Counter[str] = Counter()
+        self._ids = itertools.count(1)
+
+    def _new_id(self, prefix: str) -> str:
+        return f"{prefix}_{next(self._ids):06d}{secrets.token_hex(4)}"
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._auth], client_max_size=256 * 1024 * 1024)
+        app.add_routes([
+            web.post("/v1/files", self.upload_file),
+            web.get("/v1/files/{id}", self.retrieve_file),
+            web.get("/v1/files/{id}/content", self.file_content),
+            web.delete("/v1/files/{id}", self.delete_file),
+            web.post("/v1/batches", self.create_batch),
+            web.get("/v1/batches", self.list_batches),
+            web.get("/v1/batches/{id}", self.retrieve_batch),
+            web.post("/v1/batches/{id}/cancel", self.cancel_batch),
+            web.post("/v1/chat/completions", self.sync_endpoint),
+            web.post("/v1/responses", self.sync_endpoint),
+            web.post("/v1/embeddings", self.sync_endpoint),
+            web.get("/_emulator/faults", self.get_faults),
+            web.post("/_emulator/faults", self.set_faults),
+            web.get("/_emulator/stats", self.get_stats),
+            web.post("/_emulator/reset", self.reset),
+        ])  # fmt: skip
+        app.on_shutdown.append(self._on_shutdown)
+        return app
+
+    async def _on_shutdown(self, _app: web.Application) -> None:
+        for batch in self.batches.values():
+            if batch.task is not None:
+                batch.task.cancel()
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path.startswith("/v1/"):
+            auth = request.headers.get("Authorization", "")
+            if not auth.startswith("Bearer ") or not auth.removeprefix("Bearer ").strip():
+                return _error(401, "You didn't provide an API key.", code="invalid_api_key")
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    # -- control -------------------------------------------------------------------------
+    async def get_faults(self, _request: web.Request) -> web.Response:
+        return _json(self.faults.model_dump())
+
+    async def set_faults(self, request: web.Request) -> web.Response:
+        update = orjson.loads(await request.read())
+        self.faults = Faults.model_validate({**self.faults.model_dump(), **update})
+        return _json(self.faults.model_dump())
+
+    async def get_stats(self, _request: web.Request) -> web.Response:
+        return _json(dict(self.stats))
+
+    async def reset(self, _request: web.Request) -> web.Response:
+        self.clear()
+        return _json({"reset": True})
+
+    # -- files ---------------------------------------------------------------------------
+    async def upload_file(self, request: web.Request) -> web.Response:
+        reader = await request.multipart()
+        purpose, filename, data = "", "upload", b""
+        while (part := await reader.next()) is not None:
+            if part.name == "purpose":
+                purpose = (await part.read()).decode()  # type: ignore[union-attr]
+            elif part.name == "file":
+                filename = part.filename or filename  # type: ignore[union-attr]
+                data = bytes(await part.read())  # type: ignore[union-attr]
+        if purpose not in ("batch", "assistants", "fine-tune", "user_data", "evals", "vision"):
+            return _error(400, f"Invalid purpose {purpose!r}", param="purpose")
+        stored = StoredFile(self._new_id("file"), purpose, filename, data, int(time.time()))
+        self.files[stored.id] = stored
+        self.stats["files_uploaded"] += 1
+        return _json(stored.as_json())
+
+    async def retrieve_file(self, request: web.Request) -> web.Response:
+        stored = self.files.get(request.match_info["id"])
+        if stored is None:
+            return _error(404, "No such File object", param="id")
+        return _json(stored.as_json())
+
+    async def file_content(self, request: web.Request) -> web.StreamResponse:
+        stored = self.files.get(request.match_info["id"])
+        if stored is None:
+            return _error(404, "No such File object", param="id")
+        self.stats["downloads"] += 1
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        response.content_length = len(stored.data)
+        await response.prepare(request)
+        if self.faults.cut_off_downloads > 0 and len(stored.data) > 1:
+            self.faults.cut_off_downloads -= 1
+            self.stats["downloads_cut_off"] += 1
+            await response.write(stored.data[: len(stored.data) // 2])
+            if request.transport is not None:
+                request.transport.close()
+            return response
+        await response.write(stored.data)
+        await response.write_eof()
+        return response
+
+    async def delete_file(self, request: web.Request) -> web.Response:
+        file_id = request.match_info["id"]
+        if self.files.pop(file_id, None) is None:
+            return _error(404, "No such File object", param="id")
+        return _json({"id": file_id, "object": "file", "deleted": True})
+
+    # -- batches -------------------------------------------------------------------------
+    async def create_batch(self, request: web.Request) -> web.Response:
+        body = orjson.loads(await request.read())
+        if self.faults.create_429 > 0:
+            self.faults.create_429 -= 1
+            self.stats["create_429"] += 1
+            return _error(429, "Too many batches in progress", code="rate_limit_exceeded")
+        endpoint = body.get("endpoint")
+        if endpoint not in BATCH_ENDPOINTS:
+            return _error(400, f"Invalid endpoint {endpoint!r}", param="endpoint")
+        if body.get("completion_window") != "24h":
+            return _error(400, "completion_window must be '24h'", param="completion_window")
+        metadata = body.get("metadata")
+        if metadata is not None and (
+            len(metadata) > MAX_METADATA_PAIRS
+            or any(len(k) > 64 or len(str(v)) > 512 for k, v in metadata.items())
+        ):
+            return _error(400, "Invalid metadata", param="metadata")
+        stored_file = self.files.get(body.get("input_file_id", ""))
+        if stored_file is None:
+            return _error(404, "No such File object", param="input_file_id")
+        if stored_file.purpose != "batch":
+            return _error(400, "The file's purpose must be 'batch'", param="input_file_id")
+        batch = StoredBatch(
+            id=self._new_id("batch"),
+            endpoint=endpoint,
+            input_file_id=stored_file.id,
+            metadata=metadata,
+            created_at=int(time.time()),
+        )
+        if self.faults.batch_outcomes:
+            outcomes = list(self.faults.batch_outcomes)
+            batch.outcome = outcomes.pop(0)
+            self.faults.batch_outcomes = outcomes
+        batch.errors = self._validate(batch, stored_file.data)
+        self.batches[batch.id] = batch
+        self.stats["batches_created"] += 1
+        batch.task = asyncio.create_task(self._process(batch))
+        return _json(batch.as_json())
+
+    def _validate(self, batch: StoredBatch, data: bytes) -> list[dict[str, Any]] | None:
+        errors: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        models: set[str] = set()
+        for number, raw in enumerate(data.splitlines(), start=1):
+            if not raw.strip():
+                continue
+            try:
+                line = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                errors.append({"code": "invalid_json_line", "line": number, "message": "not JSON", "param": None})
+                continue
+            custom_id = line.get("custom_id")
+            if custom_id in seen:
+                errors.append({"code": "duplicate_custom_id", "line": number,
+                               "message": f"duplicate custom_id {custom_id!r}", "param": "custom_id"})  # fmt: skip
+            seen.add(custom_id)
+            if line.get("url") != batch.endpoint:
+                errors.append({"code": "mismatched_url", "line": number,
+                               "message": "url differs from the batch endpoint", "param": "url"})  # fmt: skip
+            models.add(str((line.get("body") or {}).get("model")))
+            batch.lines.append(line)
+        if len(models) > 1:
+            errors.append({"code": "mismatched_model", "line": None,
+                           "message": "all requests in a batch must use the same model", "param": "model"})  # fmt: skip
+        if not batch.lines:
+            errors.append({"code": "empty_file", "line": None, "message": "the file has no requests", "param": None})
+        if self.faults.token_limit > 0 and not errors:
+            self.faults.token_limit -= 1
+            self.stats["token_limit_exceeded"] += 1
+            errors.append({"code": "token_limit_exceeded", "line": None, "param": None,
+                           "message": "Enqueued token limit reached for this model."})  # fmt: skip
+        if not errors and batch.outcome == "failed":
+            errors.append({"code": "invalid_request", "line": 1, "param": None,
+                           "message": "The batch failed validation (injected)."})  # fmt: skip
+        return errors or None
+
+    async def _process(self, batch: StoredBatch) -> None:
+        await asyncio.sleep(0.05)
+        now = int(time.time())
+        if batch.errors:
+            batch.status, batch.times["failed"] = "failed", now
+            return
+        batch.status, batch.times["in_progress"] = "in_progress", now
+        total = len(batch.lines)
+        stop_at = total
+        if batch.outcome == "expired":
+            stop_at = int(total * self.faults.expire_after_fraction)
+        outputs: list[bytes] = []
+        errors: list[bytes] = []
+        started = time.monotonic()
+        duration = self.faults.batch_seconds
+        done = 0
+        ended_by: str | None = None
+        while done < total:
+            if batch.cancel_requested:
+                ended_by = "cancelled"
+                break
+            if done >= stop_at:
+                ended_by = "expired"
+                break
+            elapsed = time.monotonic() - started
+            target = total if duration <= 0 else min(total, int(total * elapsed / duration))
+            target = min(target, stop_at)
+            while done < target:
+                ok, line = self._run_line(batch, batch.lines[done])
+                (outputs if ok else errors).append(line)
+                batch.completed += ok
+                batch.failed += not ok
+                done += 1
+            if done < total:
+                await asyncio.sleep(min(0.05, max(duration / 20, 0.005)))
+        if ended_by is not None:
+            code = "batch_expired" if ended_by == "expired" else "batch_cancelled"
+            for line in batch.lines[done:]:
+                errors.append(orjson.dumps({
+                    "id": self._new_id("batch_req"), "custom_id": line.get("custom_id"), "response": None,
+                    "error": {"code": code, "message": f"This request could not be executed before the batch was {ended_by}."},
+                }))  # fmt: skip
+        batch.status, batch.times["finalizing"] = "finalizing", int(time.time())
+        if outputs and batch.outcome != "completed_without_output":
+            batch.output_file_id = self._store_result(batch, "output", outputs)
+        elif batch.outcome == "completed_without_output":
+            errors = [self._as_error_line(o) for o in outputs] + errors
+            batch.failed, batch.completed = total, 0
+        if errors:
+            batch.error_file_id = self._store_result(batch, "error", errors)
+        final = ended_by or "completed"
+        batch.status, batch.times[final] = final, int(time.time())
+        self.stats[f"batches_{final}"] += 1
+
+    def _as_error_line(self, output: bytes) -> bytes:
+        line = orjson.loads(output)
+        return orjson.dumps({
+            "id": line["id"], "custom_id": line["custom_id"], "response": None,
+            "error": {"code": "server_error", "message": "The request failed (injected)."},
+        })  # fmt: skip
+
+    def _store_result(self, batch: StoredBatch, kind: str, lines: list[bytes]) -> str:
+        stored = StoredFile(
+            self._new_id("file"), f"batch_{kind}", f"{batch.id}_{kind}.jsonl",
+            b"\n".join(lines) + b"\n", int(time.time()),
+        )  # fmt: skip
+        self.files[stored.id] = stored
+        return stored.id
+
+    def _run_line(self, batch: StoredBatch, line: dict[str, Any]) -> tuple[bool, bytes]:
+        custom_id = str(line.get("custom_id"))
+        attempt = self._seen[custom_id]
+        self._seen[custom_id] += 1
+        request_id = self._new_id("req")
+        faults = self.faults
+        if faults.item_error_rate and roll(faults.seed, custom_id, attempt, "err") < faults.item_error_rate:
+            self.stats["item_errors"] += 1
+            shape = faults.item_error_shape
+            if shape == "mixed":
+                shape = "error" if digest(custom_id, attempt) % 2 else "response"
+            code = "server_error" if faults.item_error_status >= 500 else "invalid_request"
+            message = f"The request failed with status {faults.item_error_status} (injected)."
+            if shape == "error":
+                err = {"code": code, "message": message}
+                return False, orjson.dumps({"id": self._new_id("batch_req"), "custom_id": custom_id,
+                                            "response": None, "error": err})  # fmt: skip
+            body = {"error": {"message": message, "type": code, "param": None, "code": code}}
+            return False, orjson.dumps({
+                "id": self._new_id("batch_req"), "custom_id": custom_id, "error": None,
+                "response": {"status_code": faults.item_error_status, "request_id": request_id, "body": body},
+            })  # fmt: skip
+        status, body = self.respond(batch.endpoint, line.get("body") or {}, custom_id=custom_id)
+        ok = status == 200
+        record = {
+            "id": self._new_id("batch_req"),
+            "custom_id": custom_id,
+            "response": {"status_code": status, "request_id": request_id, "body": body},
+            "error": None,
+        }
+        return ok, orjson.dumps(record)
+
+    async def list_batches(self, request: web.Request) -> web.Response:
+        limit = max(1, min(100, int(request.query.get("limit", "20"))))
+        after = request.query.get("after")
+        ordered = sorted(self.batches.values(), key=lambda b: (b.created_at, b.id), reverse=True)
+        if after:
+            ids = [b.id for b in ordered]
+            ordered = ordered[ids.index(after) + 1 :] if after in ids else []
+        page = ordered[:limit]
+        return _json({
+            "object": "list", "data": [b.as_json() for b in page],
+            "first_id": page[0].id if page else None, "last_id": page[-1].id if page else None,
+            "has_more": len(ordered) > limit,
+        })  # fmt: skip
+
+    async def retrieve_batch(self, request: web.Request) -> web.Response:
+        batch = self.batches.get(request.match_info["id"])
+        if batch is None:
+            return _error(404, "No such Batch object", param="id")
+        return _json(batch.as_json())
+
+    async def cancel_batch(self, request: web.Request) -> web.Response:
+        batch = self.batches.get(request.match_info["id"])
+        if batch is None:
+            return _error(404, "No such Batch object", param="id")
+        if batch.status in ("validating", "in_progress"):
+            batch.cancel_requested = True
+            batch.status, batch.times["cancelling"] = "cancelling", int(time.time())
+            self.stats["batches_cancel_requested"] += 1
+        elif batch.status not in ("cancelling", "cancelled"):
+            return _error(400, f"Cannot cancel a batch with status {batch.status}")
+        return _json(batch.as_json())
+
+    # -- synchronous endpoints -----------------------------------------------------------
+    async def sync_endpoint(self, request: web.Request) -> web.Response:
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            return _error(400, "We could not parse the JSON body of your request.")
+        status, payload = self.respond(request.path, body, custom_id=None)
+        self.stats["sync_requests"] += 1
+        return _json(payload, status=status)
+
+    def respond(self, endpoint: str, body: dict[str, Any], *, custom_id: str | None) -> tuple[int, dict[str, Any]]:
+        """Answer one request body as the endpoint would: (status, JSON body)."""
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            return 400, {"error": {"message": "you must provide a model parameter", "type": "invalid_request_error",
+                                   "param": "model", "code": None}}  # fmt: skip
+        created = int(time.time())
+        tier = body.get("service_tier") or "default"
+        if tier == "auto":
+            tier = "default"
+        if endpoint == "/v1/embeddings":
+            inputs = body.get("input")
+            items = inputs if isinstance(inputs, list) else [inputs]
+            data = [
+                {"object": "embedding", "index": i,
+                 "embedding": [round(roll(str(text), d) * 2 - 1, 6) for d in range(8)]}
+                for i, text in enumerate(items)
+            ]  # fmt: skip
+            tokens = sum(count_tokens(str(t)) for t in items)
+            return 200, {"object": "list", "data": data, "model": model,
+                         "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}  # fmt: skip
+        if endpoint == "/v1/responses":
+            prompt = last_user_text(body.get("input"))
+            fmt = (body.get("text") or {}).get("format")
+            text = self._maybe_broken(answer_text(fmt, prompt, ""), fmt, custom_id or prompt)
+            usage_in, usage_out = count_tokens(body.get("input")), count_tokens(text)
+            return 200, {
+                "id": f"resp_{digest(prompt) % 10**12:012d}", "object": "response", "created_at": created,
+                "status": "completed", "model": model, "service_tier": tier,
+                "output": [{"type": "message", "id": f"msg_{digest(prompt, 'm') % 10**12:012d}",
+                            "status": "completed", "role": "assistant",
+                            "content": [{"type": "output_text", "text": text, "annotations": []}]}],
+                "usage": {"input_tokens": usage_in, "output_tokens": usage_out,
+                          "total_tokens": usage_in + usage_out,
+                          "input_tokens_details": {"cached_tokens": 0},
+                          "output_tokens_details": {"reasoning_tokens": 0}},
+            }  # fmt: skip
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return 400, {"error": {"message": "'messages' is a required property", "type": "invalid_request_error",
+                                   "param": "messages", "code": None}}  # fmt: skip
+        prompt = last_user_text(messages)
+        fmt = body.get("response_format")
+        text = self._maybe_broken(answer_text(fmt, prompt, "json_schema"), fmt, custom_id or prompt)
+        usage_in, usage_out = count_tokens(messages), count_tokens(text)
+        return 200, {
+            "id": f"chatcmpl-{digest(prompt) % 10**12:012d}", "object": "chat.completion", "created": created,
+            "model": model, "service_tier": tier,
+            "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
+                         "message": {"role": "assistant", "content": text, "refusal": None}}],
+            "usage": {"prompt_tokens": usage_in, "completion_tokens": usage_out,
+                      "total_tokens": usage_in + usage_out},
+        }  # fmt: skip
+
+    def _maybe_broken(self, text: str, fmt: Any, seed: str) -> str:
+        wants_json = isinstance(fmt, dict) and fmt.get("type") in ("json_schema", "json_object")
+        rate = self.faults.invalid_json_rate
+        if wants_json and rate and roll(self.faults.seed, seed, "json") < rate:
+            self.stats["invalid_json_outputs"] += 1
+            return text[: max(1, len(text) // 2)]
+        return text
+
+
+class EmulatorThread:
+    """The emulator on a loopback port in a background thread (for tests and the demo)."""
+
+    def __init__(self, faults: Faults | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.emulator = Emulator(faults)
+        self.host, self.port = host, port
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="emulator", daemon=True)
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    def start(self) -> str:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=30)
+        return self.base_url
+
+    async def _start(self) -> None:
+        self._runner = web.AppRunner(self.emulator.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+
+
+def serve(host: str, port: int, faults: Faults) -> None:
+    """Run in the foreground until SIGINT/SIGTERM; the first stdout line is ``base_url=...``."""
+
+    async def announce(_app: web.Application) -> None:
+        print(f"base_url=http://{host}:{port}/v1", flush=True)  # noqa: T201 - the CLI's contract
+
+    app = Emulator(faults).app()
+    app.on_startup.append(announce)
+    web.run_app(app, host=host, port=port, print=None, access_log=None)

@@ -1,0 +1,52 @@
+"""The sink contract: cheap ``add``, awaited ``flush`` as the commit gate.
+
+``add`` only buffers. ``flush`` does the I/O and returns once the broker confirmed every
+record added since the last flush; if it raises, the caller must not advance any offset or
+state past those records. Results and dead letters are both sinks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+import faust
+from pydantic import BaseModel
+
+
+class Sink(Protocol):
+    def add(self, value: BaseModel, *, key: bytes | None) -> None: ...
+
+    async def flush(self, timeout: float) -> int: ...
+
+
+class TopicSink:
+    """Records to one Kafka topic through the app's producer (acks=all)."""
+
+    def __init__(self, topic: faust.TopicT) -> None:
+        self.topic = topic
+        self._pending: list[tuple[bytes | None, BaseModel]] = []
+
+    def add(self, value: BaseModel, *, key: bytes | None) -> None:
+        self._pending.append((key, value))
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    async def flush(self, timeout: float = 60.0) -> int:
+        """Send what was added and wait for the broker's acks; return how many."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return 0
+
+        async def send_all() -> None:
+            futures = [await self.topic.send(key=key, value=value) for key, value in pending]
+            await asyncio.gather(*futures)
+
+        try:
+            await asyncio.wait_for(send_all(), timeout)
+        except BaseException:
+            # Nothing of this flush may be assumed written: keep it for the next flush.
+            self._pending = pending + self._pending
+            raise
+        return len(pending)

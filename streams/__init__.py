@@ -1,0 +1,24 @@
+"""What flows in: settings, the event contract, codecs, windows and the faust app."""
+
+from streams.app import create_app
+from streams.config import PipelineSettings, Settings, load_settings
+from streams.errors import BatchstreamError, ConfigError
+from streams.models import DeadLetter, Request, Result, decode_event
+from streams.windows import Window, Windower, WindowKey, WindowPolicy
+
+__all__ = [
+    "BatchstreamError",
+    "ConfigError",
+    "DeadLetter",
+    "PipelineSettings",
+    "Request",
+    "Result",
+    "Settings",
+    "Window",
+    "WindowKey",
+    "WindowPolicy",
+    "Windower",
+    "create_app",
+    "decode_event",
+    "load_settings",
+]

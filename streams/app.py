@@ -1,0 +1,54 @@
+"""The faust application: one per worker process, configured from Settings."""
+
+from __future__ import annotations
+
+import ssl
+
+import faust
+
+from streams.codecs import register as register_codecs
+from streams.config import KafkaSettings
+
+
+def broker_credentials(kafka: KafkaSettings) -> faust.auth.Credentials | None:
+    if kafka.security_protocol.startswith("SASL"):
+        assert kafka.sasl_mechanism and kafka.sasl_username and kafka.sasl_password
+        return faust.SASLCredentials(
+            username=kafka.sasl_username,
+            password=kafka.sasl_password.get_secret_value(),
+            mechanism=kafka.sasl_mechanism,
+            ssl_context=ssl.create_default_context() if kafka.security_protocol == "SASL_SSL" else None,
+        )
+    if kafka.security_protocol == "SSL":
+        return faust.SSLCredentials(ssl.create_default_context())
+    return None
+
+
+def create_app(kafka: KafkaSettings, *, partitions: int = 1) -> faust.App:
+    """A faust app tuned for micro-batching.
+
+    - ``stream_wait_empty=False``: events sit unacked in open windows by design; a rebalance
+      or shutdown must not wait for them (they are re-read by whoever owns the partition).
+    - values are raw bytes in, so undecodable input can be dead-lettered with its bytes.
+    - ``topic_allow_declare=False``: topics are created by the worker with explicit
+      partition counts, never by faust's default of 8.
+    """
+    register_codecs()
+    servers = ";".join(f"kafka://{s.strip()}" for s in kafka.bootstrap_servers.split(","))
+    return faust.App(
+        kafka.group_id,
+        broker=servers,
+        broker_credentials=broker_credentials(kafka),
+        store="memory://",
+        key_serializer="raw",
+        value_serializer="raw",
+        topic_partitions=partitions,
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        stream_wait_empty=False,
+        broker_commit_interval=kafka.commit_interval,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        web_enabled=False,
+        autodiscover=False,
+    )

@@ -1,0 +1,213 @@
+"""Settings: a YAML file validated by frozen pydantic models, read once at the edge.
+
+``${VAR}`` anywhere in a string value is replaced from the environment before validation
+(``${VAR:-default}`` gives a default); a missing variable is an error naming the field.
+Keys and passwords are ``SecretStr``: they print as ``**********``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from streams.errors import ConfigError
+from streams.units import ByteSize, Duration
+
+#: Provider limits of the OpenAI Batch API; windows are capped by them.
+PROVIDER_MAX_REQUESTS = 50_000
+PROVIDER_MAX_BYTES = 200 * 1000 * 1000
+
+Endpoint = Literal["/v1/chat/completions", "/v1/responses", "/v1/embeddings"]
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(Frozen):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    #: Consumer group (and faust app id) shared by every worker of a deployment.
+    group_id: str = "batchstream"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    #: Replication factor of the topics the worker creates (output, dead-letter, state).
+    replication_factor: int = Field(1, ge=1)
+    #: How often the worker commits acknowledged offsets.
+    commit_interval: Duration = 1.0
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL") and not (
+            self.sasl_mechanism and self.sasl_username and self.sasl_password
+        ):
+            raise ValueError(
+                "sasl_mechanism, sasl_username and sasl_password are required with SASL"
+            )
+        return self
+
+
+class ProviderLimits(Frozen):
+    max_requests_per_batch: int = Field(PROVIDER_MAX_REQUESTS, ge=1)
+    max_bytes_per_batch: ByteSize = Field(PROVIDER_MAX_BYTES, ge=1024)
+
+
+class ProviderSettings(Frozen):
+    base_url: str = "https://api.openai.com/v1"
+    api_key: SecretStr
+    organization: str | None = None
+    #: Client timeout of one HTTP call (uploads and downloads of 200 MB need long ones).
+    timeout: Duration = Field(900.0, gt=0)
+    #: Retries the openai SDK makes itself on connection errors, 408, 409, 429 and 5xx.
+    max_retries: int = Field(2, ge=0)
+    #: How often an in-flight batch is polled.
+    poll_interval: Duration = Field(10.0, gt=0)
+    #: Retries of a cut-off or failed result download before the batch is retried later.
+    download_attempts: int = Field(5, ge=1)
+    limits: ProviderLimits = ProviderLimits()
+
+
+class WindowSettings(Frozen):
+    """When a micro-batch closes: whichever bound is reached first."""
+
+    max_requests: int = Field(500, ge=1)
+    max_bytes: ByteSize = Field(10 * 1000 * 1000, ge=1024)
+    max_wait: Duration = Field(5.0, gt=0)
+
+
+class RetrySettings(Frozen):
+    """Per-item retries of retriable failures, and backoff of refused submissions."""
+
+    #: Total attempts per event (first submission included).
+    attempts: int = Field(3, ge=1)
+    backoff_initial: Duration = Field(1.0, gt=0)
+    backoff_max: Duration = Field(300.0, gt=0)
+
+
+class TemplateSettings(Frozen):
+    """How an event that is not a request event becomes a request body.
+
+    ``system`` and ``user`` are ``str.format`` templates over the event's top-level fields
+    (``{subject}``); without ``user`` the whole event is sent as JSON.
+    """
+
+    system: str | None = None
+    user: str | None = None
+    #: OpenAI ``response_format`` (chat) or ``text.format`` (responses), e.g. a json_schema.
+    response_format: dict[str, Any] | None = None
+    #: Extra body parameters (temperature, max_tokens, ...).
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class PipelineSettings(Frozen):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    input_topic: str
+    output_topic: str
+    dead_letter_topic: str
+    #: Compacted topic holding the state of in-flight windows (default ``<name>.batchstream-state``).
+    state_topic: str | None = None
+    mode: Literal["batch"] = "batch"
+    endpoint: Endpoint = "/v1/chat/completions"
+    model: str
+    window: WindowSettings = WindowSettings()
+    retry: RetrySettings = RetrySettings()
+    template: TemplateSettings = TemplateSettings()
+    #: Events larger than this are dead-lettered as ``oversized``.
+    max_event_bytes: ByteSize = Field(1_000_000, ge=1)
+    #: Windows sealed but not finished; when full, consumption pauses.
+    max_open_batches: int = Field(50, ge=1)
+    #: Metadata added to every batch (at most 14 pairs: two are batchstream's).
+    metadata: dict[str, str] = Field(default_factory=dict, max_length=14)
+
+    @property
+    def state_topic_name(self) -> str:
+        return self.state_topic or f"{self.name}.batchstream-state"
+
+    @model_validator(mode="after")
+    def _distinct_topics(self) -> PipelineSettings:
+        topics = [self.input_topic, self.output_topic, self.dead_letter_topic, self.state_topic_name]
+        if len(set(topics)) != len(topics):
+            raise ValueError("input, output, dead-letter and state topics must all differ")
+        return self
+
+
+class Settings(Frozen):
+    kafka: KafkaSettings = KafkaSettings()
+    provider: ProviderSettings
+    pipelines: list[PipelineSettings] = Field(min_length=1)
+    #: Port of the Prometheus metrics endpoint; 0 disables it.
+    metrics_port: int = Field(0, ge=0, le=65535)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Settings:
+        names = [p.name for p in self.pipelines]
+        if len(set(names)) != len(names):
+            raise ValueError("pipeline names must be unique")
+        return self
+
+    def pipeline(self, name: str) -> PipelineSettings:
+        for pipeline in self.pipelines:
+            if pipeline.name == name:
+                return pipeline
+        raise KeyError(name)
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def interpolate(value: Any, env: dict[str, str], path: str = "") -> Any:
+    """Replace ``${VAR}`` in every string of a parsed YAML document."""
+    if isinstance(value, dict):
+        return {k: interpolate(v, env, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env, f"{path}.{i}") for i, v in enumerate(value)]
+    if isinstance(value, str):
+
+        def substitute(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"{path}: environment variable {name} is not set")
+
+        return _VAR.sub(substitute, value)
+    return value
+
+
+def format_validation_error(source: str, exc: ValidationError) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for error in exc.errors(include_url=False, include_input=False):
+        field = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        lines.append(f"  {field}: {error['msg']}")
+    return "\n".join(lines)
+
+
+def load_settings(path: str | Path, env: dict[str, str] | None = None) -> Settings:
+    """Read, interpolate and validate a configuration file; raise ConfigError naming the field."""
+    path = Path(path)
+    try:
+        document = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(document, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return parse_settings(document, source=str(path), env=env)
+
+
+def parse_settings(
+    document: dict[str, Any], *, source: str = "<config>", env: dict[str, str] | None = None
+) -> Settings:
+    document = interpolate(document, dict(os.environ) if env is None else env)
+    try:
+        return Settings.model_validate(document)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(source, exc)) from None

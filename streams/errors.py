@@ -1,0 +1,57 @@
+"""The one exception hierarchy of batchstream.
+
+    BatchstreamError
+     +-- ConfigError                  bad configuration: raised at start-up, names the field
+     +-- ProviderError                a provider call failed (mapped at the SDK boundary)
+          +-- ProviderBackpressure    429 / token_limit_exceeded: wait ``retry_after`` and retry
+          +-- ProviderUnavailable     5xx, timeouts, connection errors, cut-off downloads: retry
+          +-- ProviderRejected        4xx other than 429: retrying cannot help
+
+Behaviour lives in class attributes (``retriable``), so callers never match on messages.
+Messages never contain secrets: the SDK's errors carry no key, and config errors show the
+field, not the value, of a ``SecretStr``.
+"""
+
+from __future__ import annotations
+
+
+class BatchstreamError(Exception):
+    """Root of every error batchstream raises on purpose."""
+
+    retriable: bool = False
+
+
+class ConfigError(BatchstreamError):
+    """The configuration file or environment is invalid."""
+
+
+class ProviderError(BatchstreamError):
+    """A provider call failed."""
+
+    status_code: int | None = None
+
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class ProviderBackpressure(ProviderError):
+    """The provider refuses new work for now (HTTP 429, ``token_limit_exceeded``)."""
+
+    retriable = True
+
+    def __init__(
+        self, message: str, *, status_code: int | None = 429, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, status_code=status_code)
+        self.retry_after = retry_after
+
+
+class ProviderUnavailable(ProviderError):
+    """A transient fault: 5xx, timeout, connection reset, truncated download."""
+
+    retriable = True
+
+
+class ProviderRejected(ProviderError):
+    """The provider refused the request itself (4xx other than 429)."""

@@ -1,0 +1,264 @@
+"""The event contract: what flows in, and the records that flow out.
+
+Input values are JSON objects. A *request event* ``{"id": ..., "body": {...}}`` carries an
+OpenAI request body as is; any other object is rendered into a body by the pipeline's
+template. ``id`` is optional: the default is ``<topic>/<partition>/<offset>``, stable across
+replays. Anything else (undecodable bytes, invalid JSON, a non-object, an oversized value,
+a template that does not fit) becomes a dead letter at once.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict
+
+from streams.config import PipelineSettings
+
+ReasonCode = Literal[
+    "undecodable",
+    "invalid_json",
+    "wrong_shape",
+    "oversized",
+    "template_error",
+    "provider_rejected",
+    "retries_exhausted",
+    "batch_failed",
+    "invalid_output",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int | None = None
+
+    @property
+    def default_id(self) -> str:
+        return f"{self.topic}/{self.partition}/{self.offset}"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why an input event cannot become a request."""
+
+    reason: ReasonCode
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One event made into one provider request."""
+
+    id: str
+    key: bytes | None
+    source: Source
+    endpoint: str
+    model: str
+    body: dict[str, Any]
+    wants_json: bool
+    event: Any
+
+    @property
+    def custom_id(self) -> str:
+        # Partition and offset make it unique in a window's file and join a result line
+        # back to its event even after a restart, when the event is re-read by offset.
+        return f"{self.source.partition}-{self.source.offset}"
+
+    def jsonl_line(self) -> bytes:
+        line = {"custom_id": self.custom_id, "method": "POST", "url": self.endpoint, "body": self.body}
+        return orjson.dumps(line) + b"\n"
+
+
+class SourceRecord(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    topic: str
+    partition: int
+    offset: int
+
+
+class Timestamps(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    received: float | None
+    submitted: float | None
+    completed: float | None
+
+
+class Result(BaseModel):
+    """One succeeded event, on the output topic."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    pipeline: str
+    task_version: str
+    mode: str
+    batch_id: str | None
+    service_tier: str | None = None
+    output: Any
+    response: dict[str, Any]
+    usage: dict[str, Any] | None
+    source: SourceRecord
+    timestamps: Timestamps
+
+
+class DeadLetter(BaseModel):
+    """One failed event, on the dead-letter topic; the original travels with it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    pipeline: str
+    reason: ReasonCode
+    message: str
+    attempts: int
+    batch_id: str | None = None
+    error: dict[str, Any] | None = None
+    #: The decoded event when it was JSON, else None and ``original_base64`` holds the bytes.
+    event: Any = None
+    original_base64: str | None = None
+    source: SourceRecord
+
+
+def task_version(pipeline: PipelineSettings) -> str:
+    """A short hash of what determines an output: endpoint, model, template and parameters."""
+    material = orjson.dumps(
+        {
+            "endpoint": pipeline.endpoint,
+            "model": pipeline.model,
+            "template": pipeline.template.model_dump(mode="json"),
+        },
+        option=orjson.OPT_SORT_KEYS,
+    )
+    return hashlib.sha256(material).hexdigest()[:12]
+
+
+class _Missing(dict[str, Any]):
+    def __missing__(self, key: str) -> str:
+        raise KeyError(key)
+
+
+def _render_body(pipeline: PipelineSettings, event: dict[str, Any]) -> dict[str, Any]:
+    template = pipeline.template
+    fields = _Missing(event)
+    user = template.user.format_map(fields) if template.user else orjson.dumps(event).decode()
+    if pipeline.endpoint == "/v1/embeddings":
+        return {"model": pipeline.model, "input": user, **template.parameters}
+    messages: list[dict[str, str]] = []
+    if template.system:
+        messages.append({"role": "system", "content": template.system.format_map(fields)})
+    messages.append({"role": "user", "content": user})
+    if pipeline.endpoint == "/v1/responses":
+        body: dict[str, Any] = {"model": pipeline.model, "input": messages}
+        if template.response_format:
+            body["text"] = {"format": _responses_format(template.response_format)}
+    else:
+        body = {"model": pipeline.model, "messages": messages}
+        if template.response_format:
+            body["response_format"] = template.response_format
+    body.update(template.parameters)
+    return body
+
+
+def _responses_format(response_format: dict[str, Any]) -> dict[str, Any]:
+    # The Responses API flattens chat's {"type": "json_schema", "json_schema": {...}}.
+    if response_format.get("type") == "json_schema" and "json_schema" in response_format:
+        return {"type": "json_schema", **response_format["json_schema"]}
+    return response_format
+
+
+def wants_json(endpoint: str, body: dict[str, Any]) -> bool:
+    if endpoint == "/v1/responses":
+        fmt = (body.get("text") or {}).get("format") or {}
+    else:
+        fmt = body.get("response_format") or {}
+    return isinstance(fmt, dict) and fmt.get("type") in ("json_schema", "json_object")
+
+
+def decode_event(
+    pipeline: PipelineSettings, source: Source, key: bytes | None, value: bytes | None
+) -> Request | Rejection:
+    """Turn one Kafka record into a request, or say why it cannot be one. Pure."""
+    raw = value or b""
+    if len(raw) > pipeline.max_event_bytes:
+        return Rejection("oversized", f"event is {len(raw)} bytes, limit {pipeline.max_event_bytes}")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Rejection("undecodable", f"value is not UTF-8: {exc.reason} at byte {exc.start}")
+    try:
+        event = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return Rejection("invalid_json", f"value is not JSON: {exc}")
+    if not isinstance(event, dict):
+        return Rejection("wrong_shape", f"expected a JSON object, got {type(event).__name__}")
+    event_id = event.get("id", source.default_id)
+    if not isinstance(event_id, str | int) or isinstance(event_id, bool) or event_id == "":
+        return Rejection("wrong_shape", "'id' must be a non-empty string or an integer")
+    if "body" in event:
+        body = event["body"]
+        if not isinstance(body, dict):
+            return Rejection("wrong_shape", "'body' must be a JSON object (an OpenAI request body)")
+        body = dict(body)
+        body.setdefault("model", pipeline.model)
+        if not isinstance(body["model"], str):
+            return Rejection("wrong_shape", "'body.model' must be a string")
+    else:
+        try:
+            body = _render_body(pipeline, event)
+        except KeyError as exc:
+            return Rejection("template_error", f"template field {exc.args[0]!r} is missing from the event")
+        except (ValueError, IndexError, AttributeError) as exc:
+            return Rejection("template_error", f"template cannot render this event: {exc}")
+    return Request(
+        id=str(event_id),
+        key=key,
+        source=source,
+        endpoint=pipeline.endpoint,
+        model=body["model"],
+        body=body,
+        wants_json=wants_json(pipeline.endpoint, body),
+        event=event,
+    )
+
+
+def dead_letter_for(
+    pipeline: PipelineSettings,
+    source: Source,
+    value: bytes | None,
+    rejection: Rejection,
+    *,
+    event_id: str | None = None,
+    attempts: int = 0,
+    batch_id: str | None = None,
+    error: dict[str, Any] | None = None,
+) -> DeadLetter:
+    """A dead letter carrying the original: decoded JSON when it was JSON, else base64 bytes."""
+    event: Any = None
+    original: str | None = None
+    try:
+        event = orjson.loads(value or b"")
+    except orjson.JSONDecodeError:
+        original = base64.b64encode(value or b"").decode()
+    if event_id is None:
+        event_id = str(event["id"]) if isinstance(event, dict) and "id" in event else source.default_id
+    return DeadLetter(
+        id=event_id,
+        pipeline=pipeline.name,
+        reason=rejection.reason,
+        message=rejection.message,
+        attempts=attempts,
+        batch_id=batch_id,
+        error=error,
+        event=event,
+        original_base64=original,
+        source=SourceRecord(topic=source.topic, partition=source.partition, offset=source.offset),
+    )

@@ -1,0 +1,190 @@
+"""Helpers for integration tests: produce, read topics, committed offsets, worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+async def wait_until(
+    condition: Callable[[], Awaitable[bool]], *, timeout: float, interval: float = 0.25, what: str = "condition"
+) -> None:
+    """Poll ``condition`` until it is true; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if await condition():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+async def produce(
+    bootstrap: str, topic: str, values: Iterable[bytes | dict[str, Any]], *, keys: Iterable[bytes | None] | None = None,
+    partition: int | None = None,
+) -> int:  # fmt: skip
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    count = 0
+    try:
+        key_iter = iter(keys) if keys is not None else None
+        futures = []
+        for value in values:
+            raw = value if isinstance(value, bytes) else orjson.dumps(value)
+            key = next(key_iter) if key_iter is not None else None
+            futures.append(await producer.send(topic, raw, key=key, partition=partition))
+            count += 1
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return count
+
+
+class TopicReader:
+    """Reads a whole topic from the beginning, keeping every record seen so far."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.bootstrap, self.topic = bootstrap, topic
+        self.records: list[tuple[bytes | None, Any]] = []
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def __aenter__(self) -> TopicReader:
+        await wait_for_topic(self.bootstrap, self.topic)
+        self._consumer = AIOKafkaConsumer(
+            self.topic, bootstrap_servers=self.bootstrap, auto_offset_reset="earliest",
+            enable_auto_commit=False, group_id=None,
+        )  # fmt: skip
+        await self._consumer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._consumer is not None
+        await self._consumer.stop()
+
+    async def poll(self) -> list[tuple[bytes | None, Any]]:
+        assert self._consumer is not None
+        batch = await self._consumer.getmany(timeout_ms=200)
+        for messages in batch.values():
+            for message in messages:
+                value = orjson.loads(message.value) if message.value is not None else None
+                self.records.append((message.key, value))
+        return self.records
+
+    async def until(self, count: int, *, timeout: float) -> list[Any]:
+        async def enough() -> bool:
+            return len(await self.poll()) >= count
+
+        await wait_until(enough, timeout=timeout, interval=0, what=f"{count} records on {self.topic}")
+        return [v for _, v in self.records]
+
+    @property
+    def values(self) -> list[Any]:
+        return [v for _, v in self.records]
+
+
+async def wait_for_topic(bootstrap: str, topic: str, timeout: float = 60) -> None:
+    """Wait until the topic exists (the worker creates its output topics at start-up)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+
+        async def exists() -> bool:
+            return topic in await admin.list_topics()
+
+        await wait_until(exists, timeout=timeout, what=f"topic {topic}")
+    finally:
+        await admin.close()
+
+
+async def committed_total(bootstrap: str, group: str, topic: str) -> int:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset > 0)
+
+
+async def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        ends = await consumer.end_offsets(tps)
+    finally:
+        await consumer.stop()
+    return {tp.partition: off for tp, off in ends.items()}
+
+
+def write_config(path: Path, *, bootstrap: str, base_url: str, group: str, pipelines: list[dict[str, Any]],
+                 poll_interval: float = 0.2) -> Path:  # fmt: skip
+    document = {
+        "kafka": {"bootstrap_servers": bootstrap, "group_id": group, "commit_interval": 0.5},
+        "provider": {"base_url": base_url, "api_key": "${OPENAI_API_KEY}", "poll_interval": poll_interval,
+                     "max_retries": 0, "timeout": 30},  # fmt: skip
+        "pipelines": pipelines,
+    }
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def pipeline(name: str, input_topic: str, **overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "name": name,
+        "input_topic": input_topic,
+        "output_topic": f"{input_topic}.results",
+        "dead_letter_topic": f"{input_topic}.dlq",
+        "state_topic": f"{input_topic}.state",
+        "model": "gpt-4o-mini",
+        "window": {"max_requests": 100, "max_bytes": "1MB", "max_wait": "500ms"},
+        "retry": {"attempts": 3, "backoff_initial": "100ms", "backoff_max": "500ms"},
+    }
+    base.update(overrides)
+    return base
+
+
+class WorkerProcess:
+    """``batchstream worker -c FILE`` as a subprocess, logging to a file."""
+
+    def __init__(self, config: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        full_env = {**os.environ, "OPENAI_API_KEY": "sk-test-secret-key", "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "agents.cli", "worker", "-c", str(config)],
+            cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def terminate(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
