@@ -57,8 +57,8 @@ from streams.models import (
     Rejection,
     Request,
     Result,
-    SourceRecord,
     Source,
+    SourceRecord,
     Timestamps,
     dead_letter_for,
     decode_event,
@@ -245,7 +245,9 @@ class BatchPipeline:
     def _track(self, record: WindowRecord, requests: list[Request] | None, *, slot_held: bool) -> None:
         task = asyncio.create_task(self._run(record, requests, slot_held), name=record.window_id)
         self.trackers[record.window_id] = task
-        task.add_done_callback(lambda t: self.trackers.pop(record.window_id, None) if self.trackers.get(record.window_id) is t else None)
+        task.add_done_callback(
+            lambda t: self.trackers.pop(record.window_id, None) if self.trackers.get(record.window_id) is t else None
+        )
 
     async def _run(self, record: WindowRecord, requests: list[Request] | None, slot_held: bool) -> None:
         if not slot_held:
@@ -329,16 +331,16 @@ class BatchPipeline:
                 return batch
             await asyncio.sleep(self.poll_interval)
 
-    async def _finish(
-        self, record: WindowRecord, requests: list[Request]
-    ) -> tuple[WindowRecord, list[Request]]:
+    async def _finish(self, record: WindowRecord, requests: list[Request]) -> tuple[WindowRecord, list[Request]]:
         assert record.batch_id is not None
         batch = await self._wait(record.batch_id)
         timestamps = {"submitted": float(batch.created_at), "completed": float(_completed_at(batch))}
         if batch.status == "failed":
             errors = [e.model_dump() for e in (batch.errors.data if batch.errors and batch.errors.data else [])]
             if any(e.get("code") == "token_limit_exceeded" for e in errors):
-                delay = backoff(record.round, initial=self.cfg.retry.backoff_initial, maximum=self.cfg.retry.backoff_max)
+                delay = backoff(
+                    record.round, initial=self.cfg.retry.backoff_initial, maximum=self.cfg.retry.backoff_max
+                )
                 metrics.BACKPRESSURE.labels(**self._labels).inc()
                 log.info("%s: token_limit_exceeded; resubmitting in %.1fs", record.window_id, delay)
                 await asyncio.sleep(delay)
@@ -368,7 +370,9 @@ class BatchPipeline:
                 try:
                     output = extract_output(record.endpoint, outcome.body, request.wants_json)
                 except InvalidOutputError as exc:
-                    self._dead_letter(request, "invalid_output", str(exc), record.round, batch.id, {"response": outcome.body})
+                    self._dead_letter(
+                        request, "invalid_output", str(exc), record.round, batch.id, {"response": outcome.body}
+                    )
                     continue
                 self._result(request, outcome.body, output, batch.id, timestamps)
             elif outcome.kind == "retry" and record.round < self.cfg.retry.attempts:
@@ -380,12 +384,16 @@ class BatchPipeline:
         await self._flush()
         if retry:
             delay = backoff(record.round, initial=self.cfg.retry.backoff_initial, maximum=self.cfg.retry.backoff_max)
-            log.info("%s: %d requests to retry (round %d) in %.1fs", record.window_id, len(retry), record.round + 1, delay)
+            log.info(
+                "%s: %d requests to retry (round %d) in %.1fs", record.window_id, len(retry), record.round + 1, delay
+            )
             await asyncio.sleep(delay)
             return await self._next_round(record, retry), retry
         return await self._done(record), []
 
-    async def _next_round(self, record: WindowRecord, requests: list[Request], *, same_round: bool = False) -> WindowRecord:
+    async def _next_round(
+        self, record: WindowRecord, requests: list[Request], *, same_round: bool = False
+    ) -> WindowRecord:
         record = record.model_copy(update={
             "status": "sealed",
             "batch_id": None,

@@ -118,9 +118,7 @@ class StateStore:
         await fut
 
     async def tombstone(self, records: Iterable[WindowRecord]) -> None:
-        futures = [
-            await self.topic.send(key=r.window_id.encode(), value=None, partition=r.partition) for r in records
-        ]
+        futures = [await self.topic.send(key=r.window_id.encode(), value=None, partition=r.partition) for r in records]
         for fut in futures:
             await fut
 

@@ -41,9 +41,7 @@ async def prepare_topics(settings: Settings) -> dict[str, int]:
     exactly that count (it is co-partitioned with the input) and is compacted.
     Returns each pipeline's input partition count.
     """
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka.bootstrap_servers, **kafka_options(settings.kafka)
-    )
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers, **kafka_options(settings.kafka))
     await admin.start()
     try:
         existing = await _partition_counts(admin)
@@ -64,7 +62,9 @@ async def prepare_topics(settings: Settings) -> dict[str, int]:
                 )
             for name in (pipeline.output_topic, pipeline.dead_letter_topic):
                 if name not in existing:
-                    wanted[name] = NewTopic(name, num_partitions=n, replication_factor=settings.kafka.replication_factor)
+                    wanted[name] = NewTopic(
+                        name, num_partitions=n, replication_factor=settings.kafka.replication_factor
+                    )
             if state not in existing:
                 wanted[state] = NewTopic(
                     state, num_partitions=n, replication_factor=settings.kafka.replication_factor,

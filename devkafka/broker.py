@@ -33,9 +33,7 @@ HERE = Path(__file__).resolve().parent
 POM = HERE / "pom.xml"
 LOG4J = HERE / "log4j.properties"
 
-COMPOSE_HINT = (
-    "or run Kafka with Docker instead: `docker compose up kafka` (see docker-compose.yml)"
-)
+COMPOSE_HINT = "or run Kafka with Docker instead: `docker compose up kafka` (see docker-compose.yml)"
 
 
 class ToolMissingError(RuntimeError):
@@ -76,9 +74,7 @@ def ensure_classpath() -> Path:
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        raise BrokerStartError(
-            f"resolving Kafka's jars with Maven failed:\n{proc.stdout}\n{proc.stderr}"
-        )
+        raise BrokerStartError(f"resolving Kafka's jars with Maven failed:\n{proc.stdout}\n{proc.stderr}")
     shutil.rmtree(lib, ignore_errors=True)
     staging.rename(lib)
     (lib / ".complete").touch()
@@ -176,9 +172,7 @@ class KafkaBroker:
         self.controller_port = free_port()
         cluster_id = new_cluster_id()
         state_file.write_text(
-            json.dumps(
-                {"port": self.port, "controller_port": self.controller_port, "cluster_id": cluster_id}
-            )
+            json.dumps({"port": self.port, "controller_port": self.controller_port, "cluster_id": cluster_id})
         )
         return cluster_id, True
 
@@ -226,9 +220,7 @@ class KafkaBroker:
         while time.monotonic() < deadline:
             assert self._proc is not None
             if self._proc.poll() is not None:
-                raise BrokerStartError(
-                    f"Kafka exited with code {self._proc.returncode}:\n{self.log_tail()}"
-                )
+                raise BrokerStartError(f"Kafka exited with code {self._proc.returncode}:\n{self.log_tail()}")
             if asyncio.run(_answers(self.bootstrap)):
                 return
         raise BrokerStartError(f"Kafka was not ready within {timeout:.0f}s:\n{self.log_tail()}")

@@ -115,7 +115,9 @@ class StoredBatch:
             "cancelling_at": self.times.get("cancelling"),
             "cancelled_at": self.times.get("cancelled"),
             "request_counts": {
-                "total": len(self.lines), "completed": self.completed, "failed": self.failed,
+                "total": len(self.lines),
+                "completed": self.completed,
+                "failed": self.failed,
             },  # fmt: skip
             "metadata": self.metadata,
         }
@@ -266,8 +268,7 @@ class Emulator:
             return _error(400, "completion_window must be '24h'", param="completion_window")
         metadata = body.get("metadata")
         if metadata is not None and (
-            len(metadata) > MAX_METADATA_PAIRS
-            or any(len(k) > 64 or len(str(v)) > 512 for k, v in metadata.items())
+            len(metadata) > MAX_METADATA_PAIRS or any(len(k) > 64 or len(str(v)) > 512 for k, v in metadata.items())
         ):
             return _error(400, "Invalid metadata", param="metadata")
         stored_file = self.files.get(body.get("input_file_id", ""))

@@ -47,9 +47,7 @@ class KafkaSettings(Frozen):
         if self.security_protocol.startswith("SASL") and not (
             self.sasl_mechanism and self.sasl_username and self.sasl_password
         ):
-            raise ValueError(
-                "sasl_mechanism, sasl_username and sasl_password are required with SASL"
-            )
+            raise ValueError("sasl_mechanism, sasl_username and sasl_password are required with SASL")
         return self
 
 

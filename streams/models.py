@@ -1,7 +1,8 @@
 """The event contract: what flows in, and the records that flow out.
 
-Input values are JSON objects. A *request event* ``{"id": ..., "body": {...}}`` carries an
-OpenAI request body as is; any other object is rendered into a body by the pipeline's
+Input values are JSON objects. A *request event* ``{"id": ..., "body": {...}}`` (``body``
+an object) carries an OpenAI request body as is; any other object, including one whose
+``body`` is a string such as a ticket's text, is rendered into a body by the pipeline's
 template. ``id`` is optional: the default is ``<topic>/<partition>/<offset>``, stable across
 replays. Anything else (undecodable bytes, invalid JSON, a non-object, an oversized value,
 a template that does not fit) becomes a dead letter at once.
@@ -203,11 +204,8 @@ def decode_event(
     event_id = event.get("id", source.default_id)
     if not isinstance(event_id, str | int) or isinstance(event_id, bool) or event_id == "":
         return Rejection("wrong_shape", "'id' must be a non-empty string or an integer")
-    if "body" in event:
-        body = event["body"]
-        if not isinstance(body, dict):
-            return Rejection("wrong_shape", "'body' must be a JSON object (an OpenAI request body)")
-        body = dict(body)
+    if isinstance(event.get("body"), dict):
+        body = dict(event["body"])
         body.setdefault("model", pipeline.model)
         if not isinstance(body["model"], str):
             return Rejection("wrong_shape", "'body.model' must be a string")

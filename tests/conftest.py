@@ -76,7 +76,7 @@ async def make_topic(bootstrap: str) -> AsyncIterator[object]:
     yield make
     try:
         await admin.delete_topics(created)
-    except Exception:  # noqa: BLE001 - cleanup is best effort
+    except Exception:
         pass
     await admin.close()
 

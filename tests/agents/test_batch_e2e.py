@@ -14,8 +14,13 @@ pytestmark = pytest.mark.kafka
 async def test_thousand_events_over_three_partitions(bootstrap, emulator, make_topic, workers, tmp_path: Path, unique):
     topic = await make_topic("tickets", partitions=3)
     group = f"g-{unique}"
-    config = write_config(tmp_path / "c.yaml", bootstrap=bootstrap, base_url=emulator.base_url, group=group,
-                          pipelines=[pipeline("tickets", topic)])
+    config = write_config(
+        tmp_path / "c.yaml",
+        bootstrap=bootstrap,
+        base_url=emulator.base_url,
+        group=group,
+        pipelines=[pipeline("tickets", topic)],
+    )
     events = [{"id": f"t{i}", "subject": f"s{i}", "text": f"ticket {i}"} for i in range(1000)]
     await produce(bootstrap, topic, events, keys=[f"k{i}".encode() for i in range(1000)])
     worker = WorkerProcess(config, tmp_path / "worker.log")

@@ -1,0 +1,238 @@
+"""``batchstream demo``: the sample pipeline on a local Kafka broker and the emulator.
+
+Starts both, runs a worker subprocess (exactly as ``batchstream worker -c``), produces the
+bundled support tickets plus a few malformed events, follows the output and dead-letter
+topics live, and prints a summary. Exits 0 only when every event got exactly its fate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+#: USD per million tokens, real-time (batch and flex are half). Only for the summary.
+PRICES = {"gpt-4o-mini": (0.15, 0.60)}
+
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "category": {"enum": ["billing", "bug", "account", "how_to", "feature_request"]},
+        "urgency": {"enum": ["low", "normal", "high"]},
+        "sentiment": {"enum": ["negative", "neutral", "positive"]},
+        "product": {"type": "string", "maxLength": 40},
+        "needs_human": {"type": "boolean"},
+    },
+    "required": ["category", "urgency", "sentiment", "product", "needs_human"],
+    "additionalProperties": False,
+}
+
+MALFORMED: list[bytes] = [b"{not json", b"\xff\xfe\x00binary", b"[1, 2, 3]", b'{"id": "no-fields"}', b"42"]
+
+
+def load_tickets(limit: int) -> list[dict[str, Any]]:
+    text = resources.files("agents").joinpath("data/tickets.jsonl").read_bytes()
+    tickets = [orjson.loads(line) for line in text.splitlines() if line.strip()]
+    while len(tickets) < limit:  # more than bundled: repeat with new ids
+        tickets += [{**t, "id": f"{t['id']}-{len(tickets)}"} for t in tickets[: limit - len(tickets)]]
+    return tickets[:limit]
+
+
+def demo_config(bootstrap: str, base_url: str, group: str) -> dict[str, Any]:
+    return {
+        "kafka": {"bootstrap_servers": bootstrap, "group_id": group, "commit_interval": 1},
+        "provider": {"base_url": base_url, "api_key": "${OPENAI_API_KEY:-sk-local-emulator}", "poll_interval": "500ms"},
+        "pipelines": [
+            {
+                "name": "tickets",
+                "input_topic": "tickets",
+                "output_topic": "tickets.results",
+                "dead_letter_topic": "tickets.dlq",
+                "mode": "batch",
+                "endpoint": "/v1/chat/completions",
+                "model": "gpt-4o-mini",
+                "window": {"max_requests": 250, "max_bytes": "10MB", "max_wait": "2s"},
+                "retry": {"attempts": 3, "backoff_initial": "200ms", "backoff_max": "2s"},
+                "template": {
+                    "system": "Classify the support ticket and extract its fields as JSON.",
+                    "user": "Subject: {subject}\n\n{body}",
+                    "response_format": {
+                        "type": "json_schema",
+                        "json_schema": {"name": "ticket", "strict": True, "schema": SCHEMA},
+                    },
+                    "parameters": {"temperature": 0},
+                },
+            }
+        ],
+    }
+
+
+class Progress:
+    def __init__(self, expected: set[str]) -> None:
+        self.expected = expected
+        self.results: dict[str, dict[str, Any]] = {}
+        self.dead: dict[str, dict[str, Any]] = {}
+        self.duplicates = 0
+        self.batches: list[dict[str, Any]] = []
+        self.produced = 0
+
+    def record(self, topic: str, value: dict[str, Any]) -> None:
+        target = self.results if topic.endswith("results") else self.dead
+        if value["id"] in self.results or value["id"] in self.dead:
+            self.duplicates += 1
+        target[value["id"]] = value
+
+    @property
+    def done(self) -> bool:
+        return self.expected <= (self.results.keys() | self.dead.keys())
+
+    def table(self, elapsed: float) -> Table:
+        table = Table(title=f"batchstream demo - {elapsed:5.1f}s", show_header=False)
+        table.add_row("events produced", str(self.produced))
+        table.add_row("results", f"[green]{len(self.results)}")
+        table.add_row("dead letters", f"[red]{len(self.dead)}")
+        active = [b for b in self.batches if b["status"] not in ("completed", "failed", "expired", "cancelled")]
+        table.add_row("batches (all / in flight)", f"{len(self.batches)} / {len(active)}")
+        for batch in active[:6]:
+            counts = batch["request_counts"]
+            table.add_row(f"  {batch['id']}", f"{batch['status']} {counts['completed'] + counts['failed']}/{counts['total']}")
+        return table
+
+
+def run_demo(*, events: int = 2000, timeout: float = 600) -> int:
+    from devkafka import KafkaBroker
+    from emulator import EmulatorThread, Faults
+
+    console = Console()
+    workdir = Path(tempfile.mkdtemp(prefix="batchstream-demo-"))
+    console.print("[bold]batchstream demo[/]: starting a local Kafka broker and the provider emulator...")
+    broker = KafkaBroker()
+    emulator = EmulatorThread(Faults(batch_seconds=3.0, item_error_rate=0.02))
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        bootstrap = broker.start()
+        base_url = emulator.start()
+        console.print(f"kafka {bootstrap}   emulator {base_url}   logs {workdir}")
+        asyncio.run(_create_topic(bootstrap))
+        config = workdir / "demo.yaml"
+        config.write_text(yaml.safe_dump(demo_config(bootstrap, base_url, "batchstream-demo")))
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with (workdir / "worker.log").open("wb") as log:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "agents.cli", "worker", "-c", str(config)],
+                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            )  # fmt: skip
+        tickets = load_tickets(events)
+        progress = Progress({t["id"] for t in tickets})
+        started = time.monotonic()
+        ok = asyncio.run(_follow(bootstrap, emulator, tickets, progress, console, started, timeout, worker))
+        elapsed = time.monotonic() - started
+        _summary(console, progress, elapsed, len(tickets))
+        if not ok:
+            console.print(f"[red]not every event got its fate within {timeout:.0f}s; see {workdir}/worker.log")
+            return 1
+        return 0
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        emulator.stop()
+        broker.stop()
+
+
+async def _create_topic(bootstrap: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic("tickets", num_partitions=3, replication_factor=1)])
+    finally:
+        await admin.close()
+
+
+async def _follow(
+    bootstrap: str, emulator: Any, tickets: list[dict[str, Any]], progress: Progress, console: Console,
+    started: float, timeout: float, worker: subprocess.Popen[bytes],
+) -> bool:  # fmt: skip
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=10)
+    await producer.start()
+    try:
+        for ticket in tickets:
+            await producer.send("tickets", orjson.dumps(ticket), key=ticket["customer"].encode())
+        for raw in MALFORMED:
+            await producer.send("tickets", raw, key=b"malformed")
+        await producer.flush()
+    finally:
+        await producer.stop()
+    progress.produced = len(tickets) + len(MALFORMED)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
+    await consumer.start()
+    expected_dead = len(MALFORMED)
+    try:
+        subscribed = False
+        with Live(progress.table(0), console=console, refresh_per_second=4) as live:
+            while time.monotonic() - started < timeout:
+                if worker.poll() is not None:
+                    console.print(f"[red]the worker exited with code {worker.returncode}")
+                    return False
+                if not subscribed:
+                    topics = await consumer.topics()
+                    if {"tickets.results", "tickets.dlq"} <= topics:
+                        consumer.subscribe(["tickets.results", "tickets.dlq"])
+                        subscribed = True
+                    else:
+                        await asyncio.sleep(0.2)
+                        continue
+                batch = await consumer.getmany(timeout_ms=250)
+                for tp, messages in batch.items():
+                    for message in messages:
+                        progress.record(tp.topic, orjson.loads(message.value))
+                progress.batches = [b.as_json() for b in emulator.emulator.batches.values()]
+                live.update(progress.table(time.monotonic() - started))
+                malformed_dead = sum(1 for d in progress.dead.values() if d["id"] not in progress.expected)
+                if progress.done and malformed_dead >= expected_dead:
+                    return True
+        return False
+    finally:
+        await consumer.stop()
+
+
+def _summary(console: Console, progress: Progress, elapsed: float, tickets: int) -> None:
+    prompt = sum((r.get("usage") or {}).get("prompt_tokens", 0) for r in progress.results.values())
+    completion = sum((r.get("usage") or {}).get("completion_tokens", 0) for r in progress.results.values())
+    price_in, price_out = PRICES["gpt-4o-mini"]
+    realtime = prompt / 1e6 * price_in + completion / 1e6 * price_out
+    missing = progress.expected - (progress.results.keys() | progress.dead.keys())
+    reasons: dict[str, int] = {}
+    for letter in progress.dead.values():
+        reasons[letter["reason"]] = reasons.get(letter["reason"], 0) + 1
+    table = Table(title="summary", show_header=False)
+    table.add_row("tickets sent (+ malformed)", f"{tickets} (+{len(MALFORMED)})")
+    table.add_row("results", str(len(progress.results)))
+    table.add_row("dead letters", f"{len(progress.dead)} {reasons}")
+    table.add_row("missing", str(len(missing)))
+    table.add_row("duplicates", str(progress.duplicates))
+    table.add_row("batches", str(len(progress.batches)))
+    table.add_row("elapsed", f"{elapsed:.1f}s")
+    table.add_row("tokens (prompt / completion)", f"{prompt} / {completion}")
+    table.add_row("cost: batch vs real-time", f"${realtime / 2:.4f} vs ${realtime:.4f} (gpt-4o-mini list prices)")
+    console.print(table)
+    for result in list(progress.results.values())[:3]:
+        console.print(f"  {result['id']}: {orjson.dumps(result['output']).decode()}")
