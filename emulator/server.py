@@ -55,6 +55,8 @@ class Faults(BaseModel):
     batch_outcomes: list[Outcome] = Field(default_factory=list)
     #: Share of requests finished before a forced expiry.
     expire_after_fraction: float = Field(0.5, ge=0, le=1)
+    #: Seconds ``POST /v1/batches`` waits after creating the batch before answering.
+    create_delay: float = Field(0.0, ge=0)
     #: The next N file downloads are cut off half-way.
     cut_off_downloads: int = Field(0, ge=0)
     seed: int = 0
@@ -290,7 +292,11 @@ class Emulator:
         batch.errors = self._validate(batch, stored_file.data)
         self.batches[batch.id] = batch
         self.stats["batches_created"] += 1
+        if metadata and metadata.get("batchstream_window"):
+            self.stats[f"tag:{metadata['batchstream_window']}"] += 1
         batch.task = asyncio.create_task(self._process(batch))
+        if self.faults.create_delay:
+            await asyncio.sleep(self.faults.create_delay)
         return _json(batch.as_json())
 
     def _validate(self, batch: StoredBatch, data: bytes) -> list[dict[str, Any]] | None:

@@ -39,6 +39,9 @@ class KafkaSettings(Frozen):
     sasl_password: SecretStr | None = None
     #: Replication factor of the topics the worker creates (output, dead-letter, state).
     replication_factor: int = Field(1, ge=1)
+    #: A worker that stops heart-beating (crash, SIGKILL) keeps its partitions this long.
+    session_timeout: Duration = Field(30.0, ge=6)
+    heartbeat_interval: Duration = Field(3.0, gt=0)
     #: How often the worker commits acknowledged offsets.
     commit_interval: Duration = 1.0
 

@@ -1,0 +1,128 @@
+"""Crashes (SIGKILL at several points) and rebalances lose nothing and submit no window twice."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.support import TopicReader, WorkerProcess, committed_total, pipeline, produce, wait_until, write_config
+
+pytestmark = pytest.mark.kafka
+
+
+async def test_sigkill_at_each_crash_point_then_restart(bootstrap, emulator, make_topic, workers, tmp_path, unique):
+    emu = emulator.emulator
+    emu.faults.batch_seconds = 2.0
+    emu.faults.create_delay = 1.0
+    topic = await make_topic("crash", partitions=3)
+    group = f"g-{unique}"
+    config = write_config(tmp_path / "c.yaml", bootstrap=bootstrap, base_url=emulator.base_url, group=group,
+                          pipelines=[pipeline("crash", topic, window={"max_requests": 50, "max_wait": "1s"})])
+    values = [{"id": f"c{i}", "text": f"event {i}"} for i in range(900)]
+    await produce(bootstrap, topic, values, keys=[f"k{i % 50}".encode() for i in range(900)])
+    ids = {v["id"] for v in values}
+
+    def start(n: int) -> WorkerProcess:
+        worker = WorkerProcess(config, tmp_path / f"worker{n}.log")
+        workers.append(worker)
+        return worker
+
+    # 1. consumed, windows open or being sealed, nothing submitted yet
+    w = start(1)
+    async with TopicReader(bootstrap, f"{topic}.results") as results, TopicReader(bootstrap, f"{topic}.dlq") as dlq:
+
+        async def seen() -> int:
+            return len(await results.poll()) + len(await dlq.poll())
+
+        async def consuming() -> bool:
+            return "loaded state of partitions" in w.log()
+
+        await wait_until(consuming, timeout=60, what="worker 1 to own its partitions")
+        w.kill()
+        # 2. batch created at the provider, the worker is still waiting for the answer
+        w = start(2)
+        created = emu.stats["batches_created"]
+
+        async def creating() -> bool:
+            return emu.stats["batches_created"] > created
+
+        await wait_until(creating, timeout=60, interval=0.05, what="a batch to be created")
+        w.kill()
+        # 3. batches recorded and being tracked
+        emu.faults.create_delay = 0
+        w = start(3)
+
+        async def tracking() -> bool:
+            return "GET " in w.log() and "/v1/batches/batch_" in w.log()
+
+        await wait_until(tracking, timeout=60, interval=0.05, what="worker 3 polling its batches")
+        w.kill()
+        # 4. results being emitted
+        w = start(4)
+        before = await seen()
+
+        async def emitting() -> bool:
+            return await seen() > before
+
+        await wait_until(emitting, timeout=90, interval=0.05, what="results being emitted")
+        w.kill()
+        # 5. run to the end
+        w = start(5)
+
+        async def complete() -> bool:
+            await seen()
+            return ids <= {v["id"] for v in results.values + dlq.values}
+
+        await wait_until(complete, timeout=180, what="every id in results or dead letters")
+
+        async def committed() -> bool:
+            return await committed_total(bootstrap, group, topic) == len(values)
+
+        await wait_until(committed, timeout=30, what="every offset committed")
+
+    emitted = Counter(v["id"] for v in results.values + dlq.values)
+    duplicates = sum(n - 1 for n in emitted.values())
+    print(f"crash test: {len(ids)} ids, {duplicates} duplicates, {emu.stats['batches_created']} batches")
+    assert set(emitted) == ids
+    assert dlq.values == []
+    tags = {k: n for k, n in emu.stats.items() if k.startswith("tag:")}
+    assert tags and all(n == 1 for n in tags.values()), f"a window round was submitted twice: {tags}"
+
+
+async def test_two_workers_one_stopped_mid_run(bootstrap, emulator, make_topic, workers, tmp_path, unique):
+    emulator.emulator.faults.batch_seconds = 1.5
+    topic = await make_topic("rebalance", partitions=6)
+    group = f"g-{unique}"
+    config = write_config(tmp_path / "c.yaml", bootstrap=bootstrap, base_url=emulator.base_url, group=group,
+                          pipelines=[pipeline("rb", topic, window={"max_requests": 40, "max_wait": "1s"})])
+    values = [{"id": f"r{i}", "text": f"event {i}"} for i in range(1200)]
+    await produce(bootstrap, topic, values, keys=[f"k{i}".encode() for i in range(1200)])
+    first = WorkerProcess(config, tmp_path / "a.log")
+    second = WorkerProcess(config, tmp_path / "b.log")
+    workers.extend([first, second])
+    async with TopicReader(bootstrap, f"{topic}.results") as results:
+
+        async def both_own_partitions() -> bool:
+            return "loaded state of partitions" in first.log() and "loaded state of partitions" in second.log()
+
+        await wait_until(both_own_partitions, timeout=90, what="both workers to own partitions")
+
+        async def some_results() -> bool:
+            return len(await results.poll()) >= 100
+
+        await wait_until(some_results, timeout=90, what="first results")
+        assert second.terminate() == 0, second.log()
+
+        async def complete() -> bool:
+            return {v["id"] for _, v in await results.poll()} >= {v["id"] for v in values}
+
+        await wait_until(complete, timeout=180, what="every id to have a result")
+
+    async def committed() -> bool:
+        return await committed_total(bootstrap, group, topic) == len(values)
+
+    await wait_until(committed, timeout=30, what="every offset committed")
+    duplicates = len(results.values) - len({v["id"] for v in results.values})
+    print(f"rebalance test: {len(values)} ids, {duplicates} duplicates")
