@@ -39,7 +39,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import faust
 from faust.types import TP, EventT, StreamT
@@ -74,7 +74,7 @@ class Pending:
     """A request waiting in an open window, with the event to ack once it is sealed."""
 
     request: Request
-    event: EventT
+    event: EventT[Any]
     raw: bytes | None
 
 
@@ -122,7 +122,7 @@ class BatchPipeline:
         self.trackers: dict[str, asyncio.Task[None]] = {}
         self._lock = asyncio.Lock()
         self._loaded = asyncio.Event()
-        self._stream: StreamT | None = None
+        self._stream: StreamT[Any] | None = None
         self._workdir = Path(tempfile.mkdtemp(prefix=f"batchstream-{pipeline.name}-"))
         self._labels = {"pipeline": pipeline.name}
 
@@ -130,15 +130,16 @@ class BatchPipeline:
     def register(self) -> None:
         self.app.agent(self.input, name=f"batchstream.{self.cfg.name}")(self._agent)
         self.app.timer(max(0.05, min(0.5, self.policy.max_wait / 4)))(self._tick)
-        self.app.on_partitions_revoked.connect(self._on_revoked)
-        self.app.on_partitions_assigned.connect(self._on_assigned)
+        # mode's Signal types receivers as taking ``signal=`` by keyword; ours accept **kwargs.
+        self.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
+        self.app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]
 
-    async def _agent(self, stream: StreamT) -> None:
-        self._stream = stream.noack()
+    async def _agent(self, stream: StreamT[Any]) -> None:
+        self._stream = cast("faust.Stream[Any]", stream).noack()
         async for event in self._stream.events():
             await self.handle(event)
 
-    async def _ack(self, event: EventT) -> None:
+    async def _ack(self, event: EventT[Any]) -> None:
         assert self._stream is not None
         await self._stream.ack(event)
 
@@ -146,7 +147,8 @@ class BatchPipeline:
     def _mine(self, tps: set[TP]) -> set[int]:
         return {tp.partition for tp in tps if tp.topic == self.cfg.input_topic}
 
-    async def _on_revoked(self, _sender: object, revoked: set[TP], **_: object) -> None:
+    async def _on_revoked(self, _sender: Any, *args: Any, **_: Any) -> None:
+        revoked: set[TP] = args[0]
         partitions = self._mine(revoked)
         async with self._lock:
             for partition in partitions:
@@ -159,7 +161,8 @@ class BatchPipeline:
             await asyncio.wait(doomed, timeout=30)
         log.info("%s: released partitions %s (%d trackers stopped)", self.cfg.name, sorted(partitions), len(doomed))
 
-    async def _on_assigned(self, _sender: object, assigned: set[TP], **_: object) -> None:
+    async def _on_assigned(self, _sender: Any, *args: Any, **_: Any) -> None:
+        assigned: set[TP] = args[0]
         partitions = self._mine(assigned) - set(self.owned)
         states = await self.state.load(partitions)
         async with self._lock:
@@ -171,7 +174,7 @@ class BatchPipeline:
         self._loaded.set()
 
     # -- ingest ---------------------------------------------------------------------------
-    async def handle(self, event: EventT) -> None:
+    async def handle(self, event: EventT[Any]) -> None:
         message = event.message
         partition = message.partition
         if partition not in self.owned:

@@ -110,7 +110,9 @@ class Progress:
         table.add_row("batches (all / in flight)", f"{len(self.batches)} / {len(active)}")
         for batch in active[:6]:
             counts = batch["request_counts"]
-            table.add_row(f"  {batch['id']}", f"{batch['status']} {counts['completed'] + counts['failed']}/{counts['total']}")
+            table.add_row(
+                f"  {batch['id']}", f"{batch['status']} {counts['completed'] + counts['failed']}/{counts['total']}"
+            )
         return table
 
 

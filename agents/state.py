@@ -131,7 +131,7 @@ class StateStore:
         tps = [TopicPartition(topic_name, p) for p in partitions]
         latest: dict[bytes, bytes | None] = {}
         started = time.monotonic()
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, **self.kafka)  # type: ignore[arg-type]
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, **self.kafka)
         await consumer.start()
         try:
             consumer.assign(tps)
@@ -140,7 +140,7 @@ class StateStore:
             remaining = {tp for tp in tps if end[tp] > 0}
             while remaining:
                 batch = await consumer.getmany(*remaining, timeout_ms=500)
-                for tp, messages in batch.items():
+                for messages in batch.values():
                     for message in messages:
                         if message.key is not None:
                             latest[message.key] = message.value
@@ -169,7 +169,7 @@ class StateStore:
 
     async def committed_offsets(self, partitions: Iterable[int]) -> dict[int, int]:
         """The consumer group's committed offsets of the input topic's partitions."""
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **self.kafka)  # type: ignore[arg-type]
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **self.kafka)
         await admin.start()
         try:
             offsets = await admin.list_consumer_group_offsets(self.group_id)
@@ -196,7 +196,7 @@ class InputReader:
     ) -> list[tuple[int, int | None, bytes | None, bytes | None]]:
         """(offset, timestamp_ms, key, value) of every record in [first, last]."""
         tp = TopicPartition(self.topic, partition)
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, **self.kafka)  # type: ignore[arg-type]
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, **self.kafka)
         await consumer.start()
         out: list[tuple[int, int | None, bytes | None, bytes | None]] = []
         try:

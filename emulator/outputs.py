@@ -54,8 +54,8 @@ def instance(schema: dict[str, Any], seed: str, root: dict[str, Any] | None = No
         low, high = int(schema.get("minimum", 0)), int(schema.get("maximum", 100))
         return low + digest(seed, "int") % (high - low + 1)
     if kind == "number":
-        low, high = float(schema.get("minimum", 0.0)), float(schema.get("maximum", 1.0))
-        return round(low + roll(seed, "num") * (high - low), 3)
+        bottom, top = float(schema.get("minimum", 0.0)), float(schema.get("maximum", 1.0))
+        return round(bottom + roll(seed, "num") * (top - bottom), 3)
     if kind == "boolean":
         return digest(seed, "bool") % 2 == 0
     if kind == "null":

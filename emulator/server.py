@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 from pydantic import BaseModel, ConfigDict, Field
 
 from emulator.outputs import answer_text, count_tokens, digest, last_user_text, roll
@@ -120,7 +120,7 @@ class StoredBatch:
                 "total": len(self.lines),
                 "completed": self.completed,
                 "failed": self.failed,
-            },  # fmt: skip
+            },
             "metadata": self.metadata,
         }
 
@@ -213,11 +213,13 @@ class Emulator:
         reader = await request.multipart()
         purpose, filename, data = "", "upload", b""
         while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                continue
             if part.name == "purpose":
-                purpose = (await part.read()).decode()  # type: ignore[union-attr]
+                purpose = (await part.read()).decode()
             elif part.name == "file":
-                filename = part.filename or filename  # type: ignore[union-attr]
-                data = bytes(await part.read())  # type: ignore[union-attr]
+                filename = part.filename or filename
+                data = bytes(await part.read())
         if purpose not in ("batch", "assistants", "fine-tune", "user_data", "evals", "vision"):
             return _error(400, f"Invalid purpose {purpose!r}", param="purpose")
         stored = StoredFile(self._new_id("file"), purpose, filename, data, int(time.time()))
@@ -373,10 +375,11 @@ class Emulator:
                 await asyncio.sleep(min(0.05, max(duration / 20, 0.005)))
         if ended_by is not None:
             code = "batch_expired" if ended_by == "expired" else "batch_cancelled"
-            for line in batch.lines[done:]:
+            message = f"This request could not be executed before the batch was {ended_by}."
+            for unfinished in batch.lines[done:]:
                 errors.append(orjson.dumps({
-                    "id": self._new_id("batch_req"), "custom_id": line.get("custom_id"), "response": None,
-                    "error": {"code": code, "message": f"This request could not be executed before the batch was {ended_by}."},
+                    "id": self._new_id("batch_req"), "custom_id": unfinished.get("custom_id"), "response": None,
+                    "error": {"code": code, "message": message},
                 }))  # fmt: skip
         batch.status, batch.times["finalizing"] = "finalizing", int(time.time())
         if outputs and batch.outcome != "completed_without_output":
@@ -391,9 +394,9 @@ class Emulator:
         self.stats[f"batches_{final}"] += 1
 
     def _as_error_line(self, output: bytes) -> bytes:
-        line = orjson.loads(output)
+        parsed = orjson.loads(output)
         return orjson.dumps({
-            "id": line["id"], "custom_id": line["custom_id"], "response": None,
+            "id": parsed["id"], "custom_id": parsed["custom_id"], "response": None,
             "error": {"code": "server_error", "message": "The request failed (injected)."},
         })  # fmt: skip
 

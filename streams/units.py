@@ -18,7 +18,7 @@ _SIZE_UNITS = {
 def parse_duration(value: object) -> float:
     """Seconds from a number or a string such as ``250ms``, ``5s``, ``10m``, ``2h``, ``1d``."""
     if isinstance(value, bool):
-        raise ValueError("expected a duration such as '5s', '10m' or '2h'")
+        raise ValueError("expected a duration such as '5s', '10m' or '2h'")  # noqa: TRY004 - pydantic wants ValueError
     if isinstance(value, int | float):
         return float(value)
     match = _DURATION.match(str(value))
@@ -30,7 +30,7 @@ def parse_duration(value: object) -> float:
 def parse_size(value: object) -> int:
     """Bytes from an integer or a string such as ``512KB``, ``10MB``, ``1GiB``."""
     if isinstance(value, bool):
-        raise ValueError("expected a size such as '10MB'")
+        raise ValueError("expected a size such as '10MB'")  # noqa: TRY004 - pydantic wants ValueError
     if isinstance(value, int):
         return value
     match = _SIZE.match(str(value))

@@ -134,15 +134,20 @@ async def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, 
 def write_config(path: Path, *, bootstrap: str, base_url: str, group: str, pipelines: list[dict[str, Any]],
                  poll_interval: float = 0.2) -> Path:  # fmt: skip
     document = {
-        "kafka": {"bootstrap_servers": bootstrap, "group_id": group, "commit_interval": 0.5,
-                  "session_timeout": 6, "heartbeat_interval": 1},
+        "kafka": {
+            "bootstrap_servers": bootstrap,
+            "group_id": group,
+            "commit_interval": 0.5,
+            "session_timeout": 6,
+            "heartbeat_interval": 1,
+        },
         "provider": {
             "base_url": base_url,
             "api_key": "${OPENAI_API_KEY}",
             "poll_interval": poll_interval,
             "max_retries": 0,
             "timeout": 30,
-        },  # fmt: skip
+        },
         "pipelines": pipelines,
     }
     path.write_text(yaml.safe_dump(document))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
@@ -18,8 +17,13 @@ async def test_sigkill_at_each_crash_point_then_restart(bootstrap, emulator, mak
     emu.faults.create_delay = 1.0
     topic = await make_topic("crash", partitions=3)
     group = f"g-{unique}"
-    config = write_config(tmp_path / "c.yaml", bootstrap=bootstrap, base_url=emulator.base_url, group=group,
-                          pipelines=[pipeline("crash", topic, window={"max_requests": 50, "max_wait": "1s"})])
+    config = write_config(
+        tmp_path / "c.yaml",
+        bootstrap=bootstrap,
+        base_url=emulator.base_url,
+        group=group,
+        pipelines=[pipeline("crash", topic, window={"max_requests": 50, "max_wait": "1s"})],
+    )
     values = [{"id": f"c{i}", "text": f"event {i}"} for i in range(900)]
     await produce(bootstrap, topic, values, keys=[f"k{i % 50}".encode() for i in range(900)])
     ids = {v["id"] for v in values}
@@ -95,8 +99,13 @@ async def test_two_workers_one_stopped_mid_run(bootstrap, emulator, make_topic, 
     emulator.emulator.faults.batch_seconds = 1.5
     topic = await make_topic("rebalance", partitions=6)
     group = f"g-{unique}"
-    config = write_config(tmp_path / "c.yaml", bootstrap=bootstrap, base_url=emulator.base_url, group=group,
-                          pipelines=[pipeline("rb", topic, window={"max_requests": 40, "max_wait": "1s"})])
+    config = write_config(
+        tmp_path / "c.yaml",
+        bootstrap=bootstrap,
+        base_url=emulator.base_url,
+        group=group,
+        pipelines=[pipeline("rb", topic, window={"max_requests": 40, "max_wait": "1s"})],
+    )
     values = [{"id": f"r{i}", "text": f"event {i}"} for i in range(1200)]
     await produce(bootstrap, topic, values, keys=[f"k{i}".encode() for i in range(1200)])
     first = WorkerProcess(config, tmp_path / "a.log")

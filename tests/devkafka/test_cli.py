@@ -1,0 +1,88 @@
+"""``batchstream dev kafka``: the first stdout line, a usable broker, a clean stop."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.kafka
+async def test_dev_kafka_prints_bootstrap_and_serves_plain_clients(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agents.cli", "dev", "kafka", "--data-dir", str(tmp_path / "data")],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline().strip()
+        assert first.startswith("bootstrap=127.0.0.1:"), first
+        bootstrap = first.removeprefix("bootstrap=")
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        await admin.create_topics([NewTopic("hello", num_partitions=1, replication_factor=1)])
+        await admin.close()
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+        await producer.start()
+        await producer.send_and_wait("hello", b"world")
+        await producer.stop()
+        consumer = AIOKafkaConsumer("hello", bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+        await consumer.start()
+        message = await consumer.getone()
+        await consumer.stop()
+        assert message.value == b"world"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert proc.stdout is not None
+        proc.stdout.close()
+    assert (tmp_path / "data" / "devkafka.json").exists()
+
+
+def test_missing_java_and_maven_fail_at_once_with_what_to_install(tmp_path: Path) -> None:
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    (bare / "python").symlink_to(sys.executable)
+    env = {**os.environ, "PATH": str(bare)}
+    assert shutil.which("java", path=str(bare)) is None
+    proc = subprocess.run(
+        [sys.executable, "-m", "agents.cli", "dev", "kafka"], cwd=ROOT, env=env,
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 3
+    assert "java and mvn not found on PATH" in proc.stderr
+    assert "openjdk" in proc.stderr and "maven" in proc.stderr and "docker compose" in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_compose_file_wires_kafka_and_worker() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    kafka = services["kafka"]
+    assert kafka["image"].startswith("apache/kafka:")
+    env = kafka["environment"]
+    assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert "9092:9092" in kafka["ports"]
+    assert env["KAFKA_ADVERTISED_LISTENERS"].endswith("localhost:9092")
+    worker = services["worker"]
+    assert worker["depends_on"]["kafka"]["condition"] == "service_healthy"
+    assert worker["environment"]["OPENAI_API_KEY"].startswith("${OPENAI_API_KEY")
+    internal = env["KAFKA_ADVERTISED_LISTENERS"].split(",")[0].removeprefix("PLAINTEXT://")
+    assert worker["environment"]["KAFKA_BOOTSTRAP_SERVERS"] == internal
+    mount = worker["volumes"][0].split(":")
+    config = ROOT / mount[0] / Path(worker["command"][-1]).name
+    assert config.exists() and mount[1] == "/config"
+    from streams.config import load_settings
+
+    settings = load_settings(config, env={"OPENAI_API_KEY": "k", "KAFKA_BOOTSTRAP_SERVERS": internal})
+    assert settings.kafka.bootstrap_servers == internal

@@ -1,0 +1,63 @@
+from pathlib import Path
+
+import pytest
+
+from streams.config import load_settings, parse_settings
+from streams.errors import ConfigError
+
+MINIMAL = {
+    "provider": {"api_key": "${OPENAI_API_KEY}"},
+    "pipelines": [
+        {
+            "name": "t",
+            "input_topic": "in",
+            "output_topic": "out",
+            "dead_letter_topic": "dlq",
+            "model": "gpt-4o-mini",
+            "window": {"max_requests": 500, "max_bytes": "10MB", "max_wait": "5s"},
+        }
+    ],
+}
+
+
+def test_documented_example_parses_with_units_and_secrets() -> None:
+    settings = parse_settings(MINIMAL, env={"OPENAI_API_KEY": "sk-secret"})
+    window = settings.pipelines[0].window
+    assert (window.max_requests, window.max_bytes, window.max_wait) == (500, 10_000_000, 5.0)
+    assert settings.provider.api_key.get_secret_value() == "sk-secret"
+    assert "sk-secret" not in repr(settings) and "sk-secret" not in str(settings)
+
+
+def test_missing_variable_names_the_field() -> None:
+    with pytest.raises(ConfigError, match=r"provider\.api_key: environment variable OPENAI_API_KEY is not set"):
+        parse_settings(MINIMAL, env={})
+
+
+@pytest.mark.parametrize(
+    ("patch", "field"),
+    [
+        ({"max_wait": "soon"}, "pipelines.0.window.max_wait"),
+        ({"max_bytes": "ten"}, "pipelines.0.window.max_bytes"),
+        ({"max_requests": 0}, "pipelines.0.window.max_requests"),
+    ],
+)
+def test_bad_window_values_name_the_field(patch: dict[str, object], field: str) -> None:
+    doc = {**MINIMAL, "pipelines": [{**MINIMAL["pipelines"][0], "window": patch}]}  # type: ignore[dict-item]
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        parse_settings(doc, env={"OPENAI_API_KEY": "k"})
+
+
+def test_unknown_key_and_bad_mode_are_refused() -> None:
+    doc = {**MINIMAL, "pipelines": [{**MINIMAL["pipelines"][0], "mode": "turbo", "colour": 1}]}  # type: ignore[dict-item]
+    with pytest.raises(ConfigError) as info:
+        parse_settings(doc, env={"OPENAI_API_KEY": "k"})
+    assert "pipelines.0.mode" in str(info.value) and "pipelines.0.colour" in str(info.value)
+
+
+def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read configuration"):
+        load_settings(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kafka: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_settings(bad)
