@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ssl
+import tempfile
+from pathlib import Path
 
 import faust
 
@@ -32,6 +34,9 @@ def create_app(kafka: KafkaSettings, *, partitions: int = 1) -> faust.App:
     - values are raw bytes in, so undecodable input can be dead-lettered with its bytes.
     - ``topic_allow_declare=False``: topics are created by the worker with explicit
       partition counts, never by faust's default of 8.
+    - faust's data directory goes to the system temp dir: every table is in memory and all
+      durable state is in Kafka, so nothing in it needs to survive (and the working
+      directory may be read-only in a container).
     """
     register_codecs()
     servers = ";".join(f"kafka://{s.strip()}" for s in kafka.bootstrap_servers.split(","))
@@ -53,4 +58,5 @@ def create_app(kafka: KafkaSettings, *, partitions: int = 1) -> faust.App:
         producer_acks=-1,
         web_enabled=False,
         autodiscover=False,
+        datadir=Path(tempfile.gettempdir()) / f"batchstream-{kafka.group_id}",
     )

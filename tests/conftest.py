@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from devkafka import KafkaBroker
 from emulator import EmulatorThread
-from tests.support import WorkerProcess
+from tests.support import TopicReader, WorkerProcess, committed_total, pipeline, produce, wait_until, write_config
 
 
 @pytest.fixture(scope="session")
@@ -88,6 +89,67 @@ def workers(tmp_path: Path) -> Iterator[list[WorkerProcess]]:
     yield procs
     for proc in procs:
         proc.kill()
+
+
+@pytest.fixture
+def configure(bootstrap: str, emulator: EmulatorThread, tmp_path: Path, unique: str) -> Callable[..., tuple[Path, str]]:
+    """Factory: ``configure(pipeline(...), ...)`` writes a worker config; returns (path, group id)."""
+
+    def make(*pipelines: dict[str, Any], poll_interval: float = 0.2) -> tuple[Path, str]:
+        group = f"g-{unique}"
+        path = write_config(tmp_path / "c.yaml", bootstrap=bootstrap, base_url=emulator.base_url, group=group,
+                            pipelines=list(pipelines), poll_interval=poll_interval)  # fmt: skip
+        return path, group
+
+    return make
+
+
+@pytest.fixture
+def start_worker(workers: list[WorkerProcess], tmp_path: Path) -> Callable[[Path, str], WorkerProcess]:
+    """Factory: ``start_worker(config, "name")`` runs a worker, logging to ``<tmp>/<name>.log``."""
+
+    def start(config: Path, name: str = "worker") -> WorkerProcess:
+        worker = WorkerProcess(config, tmp_path / f"{name}.log")
+        workers.append(worker)
+        return worker
+
+    return start
+
+
+class Fates(NamedTuple):
+    results: list[dict[str, Any]]
+    dead: list[dict[str, Any]]
+    worker: WorkerProcess
+
+
+@pytest.fixture
+def run_pipeline(bootstrap: str, make_topic: Any, configure: Any, start_worker: Any) -> Callable[..., Awaitable[Fates]]:
+    """Produce ``values`` to a new topic, run one worker with pipeline ``p`` (``overrides``
+    applied) until results + dead letters reach ``expect`` (default: one per value) and every
+    input offset is committed; return what the output and dead-letter topics hold."""
+
+    async def run(values: list[Any], *, partitions: int = 2, expect: int | None = None,
+                  keys: list[bytes | None] | None = None, **overrides: Any) -> Fates:  # fmt: skip
+        topic = await make_topic("in", partitions=partitions)
+        config, group = configure(pipeline("p", topic, **overrides))
+        await produce(bootstrap, topic, values, keys=keys)
+        worker = start_worker(config)
+        total = len(values) if expect is None else expect
+        async with TopicReader(bootstrap, f"{topic}.results") as results, TopicReader(bootstrap, f"{topic}.dlq") as dlq:
+
+            async def all_fates() -> bool:
+                assert worker.proc.poll() is None, worker.log()
+                return len(await results.poll()) + len(await dlq.poll()) >= total
+
+            await wait_until(all_fates, timeout=120, what=f"{total} results and dead letters")
+
+            async def committed() -> bool:
+                return await committed_total(bootstrap, group, topic) == len(values)
+
+            await wait_until(committed, timeout=30, what="every input offset committed")
+            return Fates(results.values, dlq.values, worker)
+
+    return run
 
 
 @pytest.fixture(autouse=True)

@@ -154,6 +154,14 @@ def write_config(path: Path, *, bootstrap: str, base_url: str, group: str, pipel
     return path
 
 
+def settings_document(api_key: str = "${OPENAI_API_KEY}", **pipeline_overrides: Any) -> dict[str, Any]:
+    """The smallest valid configuration document, with one pipeline ``t`` (overrides applied)."""
+    base: dict[str, Any] = {
+        "name": "t", "input_topic": "in", "output_topic": "out", "dead_letter_topic": "dlq", "model": "gpt-4o-mini",
+    }  # fmt: skip
+    return {"provider": {"api_key": api_key}, "pipelines": [{**base, **pipeline_overrides}]}
+
+
 def pipeline(name: str, input_topic: str, **overrides: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
         "name": name,
@@ -167,6 +175,15 @@ def pipeline(name: str, input_topic: str, **overrides: Any) -> dict[str, Any]:
     }
     base.update(overrides)
     return base
+
+
+def events(n: int) -> list[dict[str, Any]]:
+    return [{"id": f"e{i}", "text": f"event {i}"} for i in range(n)]
+
+
+def assert_exactly_once(results: list[dict[str, Any]], dead: list[dict[str, Any]], ids: set[str]) -> None:
+    seen = [r["id"] for r in results] + [d["id"] for d in dead]
+    assert sorted(seen) == sorted(ids), "every id exactly once across results and dead letters"
 
 
 class WorkerProcess:

@@ -6,32 +6,23 @@ from collections import Counter
 
 import pytest
 
-from tests.support import TopicReader, WorkerProcess, committed_total, pipeline, produce, wait_until, write_config
+from tests.support import TopicReader, WorkerProcess, committed_total, pipeline, produce, wait_until
 
 pytestmark = pytest.mark.kafka
 
 
-async def test_sigkill_at_each_crash_point_then_restart(bootstrap, emulator, make_topic, workers, tmp_path, unique):
+async def test_sigkill_at_each_crash_point_then_restart(bootstrap, emulator, make_topic, configure, start_worker):
     emu = emulator.emulator
     emu.faults.batch_seconds = 2.0
     emu.faults.create_delay = 1.0
     topic = await make_topic("crash", partitions=3)
-    group = f"g-{unique}"
-    config = write_config(
-        tmp_path / "c.yaml",
-        bootstrap=bootstrap,
-        base_url=emulator.base_url,
-        group=group,
-        pipelines=[pipeline("crash", topic, window={"max_requests": 50, "max_wait": "1s"})],
-    )
+    config, group = configure(pipeline("crash", topic, window={"max_requests": 50, "max_wait": "1s"}))
     values = [{"id": f"c{i}", "text": f"event {i}"} for i in range(900)]
     await produce(bootstrap, topic, values, keys=[f"k{i % 50}".encode() for i in range(900)])
     ids = {v["id"] for v in values}
 
     def start(n: int) -> WorkerProcess:
-        worker = WorkerProcess(config, tmp_path / f"worker{n}.log")
-        workers.append(worker)
-        return worker
+        return start_worker(config, f"worker{n}")
 
     # 1. consumed, windows open or being sealed, nothing submitted yet
     w = start(1)
@@ -95,22 +86,13 @@ async def test_sigkill_at_each_crash_point_then_restart(bootstrap, emulator, mak
     assert tags and all(n == 1 for n in tags.values()), f"a window round was submitted twice: {tags}"
 
 
-async def test_two_workers_one_stopped_mid_run(bootstrap, emulator, make_topic, workers, tmp_path, unique):
+async def test_two_workers_one_stopped_mid_run(bootstrap, emulator, make_topic, configure, start_worker):
     emulator.emulator.faults.batch_seconds = 1.5
     topic = await make_topic("rebalance", partitions=6)
-    group = f"g-{unique}"
-    config = write_config(
-        tmp_path / "c.yaml",
-        bootstrap=bootstrap,
-        base_url=emulator.base_url,
-        group=group,
-        pipelines=[pipeline("rb", topic, window={"max_requests": 40, "max_wait": "1s"})],
-    )
+    config, group = configure(pipeline("rb", topic, window={"max_requests": 40, "max_wait": "1s"}))
     values = [{"id": f"r{i}", "text": f"event {i}"} for i in range(1200)]
     await produce(bootstrap, topic, values, keys=[f"k{i}".encode() for i in range(1200)])
-    first = WorkerProcess(config, tmp_path / "a.log")
-    second = WorkerProcess(config, tmp_path / "b.log")
-    workers.extend([first, second])
+    first, second = start_worker(config, "a"), start_worker(config, "b")
     async with TopicReader(bootstrap, f"{topic}.results") as results:
 
         async def both_own_partitions() -> bool:

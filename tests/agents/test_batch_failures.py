@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import base64
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from emulator import EmulatorThread
-from tests.support import TopicReader, WorkerProcess, committed_total, pipeline, produce, wait_until, write_config
+from tests.support import assert_exactly_once, events
 
 pytestmark = pytest.mark.kafka
 
@@ -17,53 +15,15 @@ SCHEMA = {"type": "json_schema", "json_schema": {"name": "t", "schema": {
     "type": "object", "properties": {"label": {"enum": ["a", "b"]}}, "required": ["label"]}}}  # fmt: skip
 
 
-async def run_pipeline(
-    *, bootstrap: str, emulator: EmulatorThread, make_topic: Any, workers: list[WorkerProcess], tmp_path: Path,
-    unique: str, values: list[Any], partitions: int = 2, expect: int | None = None, **overrides: Any,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], WorkerProcess]:  # fmt: skip
-    """Produce ``values``, run a worker until results + dead letters = ``expect``; return both."""
-    topic = await make_topic("in", partitions=partitions)
-    group = f"g-{unique}"
-    config = write_config(tmp_path / "c.yaml", bootstrap=bootstrap, base_url=emulator.base_url, group=group,
-                          pipelines=[pipeline("p", topic, **overrides)])  # fmt: skip
-    await produce(bootstrap, topic, values)
-    worker = WorkerProcess(config, tmp_path / "worker.log")
-    workers.append(worker)
-    total = len(values) if expect is None else expect
-    async with TopicReader(bootstrap, f"{topic}.results") as results, TopicReader(bootstrap, f"{topic}.dlq") as dlq:
-
-        async def all_fates() -> bool:
-            assert worker.proc.poll() is None, worker.log()
-            return len(await results.poll()) + len(await dlq.poll()) >= total
-
-        await wait_until(all_fates, timeout=120, what=f"{total} results and dead letters")
-
-        async def committed() -> bool:
-            return await committed_total(bootstrap, group, topic) == len(values)
-
-        await wait_until(committed, timeout=30, what="every input offset committed")
-        return results.values, dlq.values, worker
-
-
-def events(n: int) -> list[dict[str, Any]]:
-    return [{"id": f"e{i}", "text": f"event {i}"} for i in range(n)]
-
-
-def assert_exactly_once(results: list[dict[str, Any]], dead: list[dict[str, Any]], ids: set[str]) -> None:
-    seen = [r["id"] for r in results] + [d["id"] for d in dead]
-    assert sorted(seen) == sorted(ids), "every id exactly once across results and dead letters"
-
-
-async def test_bad_input_is_dead_lettered_with_original_and_worker_keeps_going(
-    bootstrap, emulator, make_topic, workers, tmp_path, unique
-):
+async def test_bad_input_is_dead_lettered_with_original_and_worker_keeps_going(emulator, run_pipeline):
     bad: list[Any] = [b"{oops", b"\xff\xfe\x00", b"[1,2]", {"id": "t1"}, {"id": "big", "text": "x" * 3000}]
     good = events(20)
     results, dead, worker = await run_pipeline(
-        bootstrap=bootstrap, emulator=emulator, make_topic=make_topic, workers=workers, tmp_path=tmp_path,
-        unique=unique, values=bad + good, partitions=1, max_event_bytes=2000,
+        bad + good,
+        partitions=1,
+        max_event_bytes=2000,
         template={"user": "Text: {text}"},
-    )  # fmt: skip
+    )
     assert {r["id"] for r in results} == {e["id"] for e in good}
     by_offset = {d["source"]["offset"]: d for d in dead}
     assert by_offset[0]["reason"] == "invalid_json"
@@ -78,14 +38,14 @@ async def test_bad_input_is_dead_lettered_with_original_and_worker_keeps_going(
     assert "sk-test-secret-key" not in worker.log()
 
 
-async def test_item_errors_in_both_shapes_are_retried(bootstrap, emulator, make_topic, workers, tmp_path, unique):
+async def test_item_errors_in_both_shapes_are_retried(emulator, run_pipeline):
     emulator.emulator.faults.item_error_rate = 0.3
     emulator.emulator.faults.item_error_shape = "mixed"
     values = events(200)
     results, dead, _ = await run_pipeline(
-        bootstrap=bootstrap, emulator=emulator, make_topic=make_topic, workers=workers, tmp_path=tmp_path,
-        unique=unique, values=values, retry={"attempts": 5, "backoff_initial": "50ms", "backoff_max": "100ms"},
-    )  # fmt: skip
+        values,
+        retry={"attempts": 5, "backoff_initial": "50ms", "backoff_max": "100ms"},
+    )
     assert_exactly_once(results, dead, {e["id"] for e in values})
     assert emulator.emulator.stats["item_errors"] > 20
     # 0.3**5 per event: almost all succeed after retries; any failure is a retries_exhausted letter
@@ -93,47 +53,40 @@ async def test_item_errors_in_both_shapes_are_retried(bootstrap, emulator, make_
     assert all(d["reason"] == "retries_exhausted" and d["attempts"] == 5 for d in dead)
 
 
-async def test_non_retriable_item_errors_are_dead_lettered_once(
-    bootstrap, emulator, make_topic, workers, tmp_path, unique
-):
+async def test_non_retriable_item_errors_are_dead_lettered_once(emulator, run_pipeline):
     emulator.emulator.faults.item_error_rate = 1.0
     emulator.emulator.faults.item_error_status = 400
     values = events(30)
     results, dead, _ = await run_pipeline(
-        bootstrap=bootstrap, emulator=emulator, make_topic=make_topic, workers=workers, tmp_path=tmp_path,
-        unique=unique, values=values,
-    )  # fmt: skip
+        values,
+    )
     assert results == []
     assert_exactly_once(results, dead, {e["id"] for e in values})
     assert {d["reason"] for d in dead} == {"provider_rejected"}
     assert all(d["attempts"] == 1 and d["event"]["id"] == d["id"] for d in dead)
 
 
-async def test_failed_batch_dead_letters_carry_the_batch_error(
-    bootstrap, emulator, make_topic, workers, tmp_path, unique
-):
+async def test_failed_batch_dead_letters_carry_the_batch_error(emulator, run_pipeline):
     emulator.emulator.faults.batch_outcomes = ["failed"]
     values = events(10)
     results, dead, _ = await run_pipeline(
-        bootstrap=bootstrap, emulator=emulator, make_topic=make_topic, workers=workers, tmp_path=tmp_path,
-        unique=unique, values=values, partitions=1,
-    )  # fmt: skip
+        values,
+        partitions=1,
+    )
     assert results == []
     assert {d["reason"] for d in dead} == {"batch_failed"}
     assert all("injected" in d["message"] and d["error"]["batch_errors"] for d in dead)
     assert_exactly_once(results, dead, {e["id"] for e in values})
 
 
-async def test_expired_batch_keeps_completed_part_and_resubmits_the_rest(
-    bootstrap, emulator, make_topic, workers, tmp_path, unique
-):
+async def test_expired_batch_keeps_completed_part_and_resubmits_the_rest(emulator, run_pipeline):
     emulator.emulator.faults.batch_outcomes = ["expired"]
     emulator.emulator.faults.expire_after_fraction = 0.4
     values = events(50)
     results, dead, _ = await run_pipeline(
-        bootstrap=bootstrap, emulator=emulator, make_topic=make_topic, workers=workers, tmp_path=tmp_path,
-        unique=unique, values=values, partitions=1,
-    )  # fmt: skip
+        values,
+        partitions=1,
+    )
     assert dead == []
     assert_exactly_once(results, dead, {e["id"] for e in values})
     first_batch = {r["batch_id"] for r in results[:20]}
@@ -143,28 +96,26 @@ async def test_expired_batch_keeps_completed_part_and_resubmits_the_rest(
     assert emulator.emulator.stats["batches_expired"] == 1
 
 
-async def test_completed_without_output_reads_the_error_file(
-    bootstrap, emulator, make_topic, workers, tmp_path, unique
-):
+async def test_completed_without_output_reads_the_error_file(emulator, run_pipeline):
     emulator.emulator.faults.batch_outcomes = ["completed_without_output"]
     values = events(10)
     results, dead, _ = await run_pipeline(
-        bootstrap=bootstrap, emulator=emulator, make_topic=make_topic, workers=workers, tmp_path=tmp_path,
-        unique=unique, values=values, partitions=1,
-    )  # fmt: skip
+        values,
+        partitions=1,
+    )
     assert dead == []
     assert_exactly_once(results, dead, {e["id"] for e in values})
     assert emulator.emulator.stats["batches_created"] == 2
 
 
-async def test_refused_creates_wait_and_retry(bootstrap, emulator, make_topic, workers, tmp_path, unique):
+async def test_refused_creates_wait_and_retry(emulator, run_pipeline):
     emulator.emulator.faults.create_429 = 3
     emulator.emulator.faults.token_limit = 2
     values = events(40)
     results, dead, worker = await run_pipeline(
-        bootstrap=bootstrap, emulator=emulator, make_topic=make_topic, workers=workers, tmp_path=tmp_path,
-        unique=unique, values=values, partitions=1,
-    )  # fmt: skip
+        values,
+        partitions=1,
+    )
     assert dead == []
     assert_exactly_once(results, dead, {e["id"] for e in values})
     assert emulator.emulator.stats["create_429"] == 3
@@ -172,25 +123,25 @@ async def test_refused_creates_wait_and_retry(bootstrap, emulator, make_topic, w
     assert "refused the batch" in worker.log()
 
 
-async def test_cut_off_downloads_are_retried(bootstrap, emulator, make_topic, workers, tmp_path, unique):
+async def test_cut_off_downloads_are_retried(emulator, run_pipeline):
     emulator.emulator.faults.cut_off_downloads = 2
     values = events(30)
     results, dead, _ = await run_pipeline(
-        bootstrap=bootstrap, emulator=emulator, make_topic=make_topic, workers=workers, tmp_path=tmp_path,
-        unique=unique, values=values, partitions=1,
-    )  # fmt: skip
+        values,
+        partitions=1,
+    )
     assert dead == []
     assert_exactly_once(results, dead, {e["id"] for e in values})
     assert emulator.emulator.stats["downloads_cut_off"] == 2
 
 
-async def test_invalid_json_output_is_dead_lettered(bootstrap, emulator, make_topic, workers, tmp_path, unique):
+async def test_invalid_json_output_is_dead_lettered(emulator, run_pipeline):
     emulator.emulator.faults.invalid_json_rate = 0.2
     values = events(60)
     results, dead, _ = await run_pipeline(
-        bootstrap=bootstrap, emulator=emulator, make_topic=make_topic, workers=workers, tmp_path=tmp_path,
-        unique=unique, values=values, template={"user": "{text}", "response_format": SCHEMA},
-    )  # fmt: skip
+        values,
+        template={"user": "{text}", "response_format": SCHEMA},
+    )
     assert_exactly_once(results, dead, {e["id"] for e in values})
     assert dead and {d["reason"] for d in dead} == {"invalid_output"}
     assert len(dead) == emulator.emulator.stats["invalid_json_outputs"]

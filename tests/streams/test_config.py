@@ -4,20 +4,9 @@ import pytest
 
 from streams.config import load_settings, parse_settings
 from streams.errors import ConfigError
+from tests.support import settings_document
 
-MINIMAL = {
-    "provider": {"api_key": "${OPENAI_API_KEY}"},
-    "pipelines": [
-        {
-            "name": "t",
-            "input_topic": "in",
-            "output_topic": "out",
-            "dead_letter_topic": "dlq",
-            "model": "gpt-4o-mini",
-            "window": {"max_requests": 500, "max_bytes": "10MB", "max_wait": "5s"},
-        }
-    ],
-}
+MINIMAL = settings_document(window={"max_requests": 500, "max_bytes": "10MB", "max_wait": "5s"})
 
 
 def test_documented_example_parses_with_units_and_secrets() -> None:

@@ -1,25 +1,13 @@
 from streams.config import parse_settings
 from streams.models import Rejection, Request, Source, decode_event
+from tests.support import settings_document
 
 SETTINGS = parse_settings(
-    {
-        "provider": {"api_key": "k"},
-        "pipelines": [
-            {
-                "name": "t",
-                "input_topic": "in",
-                "output_topic": "out",
-                "dead_letter_topic": "dlq",
-                "model": "gpt-4o-mini",
-                "max_event_bytes": 200,
-                "template": {
-                    "system": "Classify.",
-                    "user": "Subject: {subject}",
-                    "response_format": {"type": "json_object"},
-                },
-            }
-        ],
-    },
+    settings_document(
+        api_key="k",
+        max_event_bytes=200,
+        template={"system": "Classify.", "user": "Subject: {subject}", "response_format": {"type": "json_object"}},
+    ),
     env={},
 )
 PIPE = SETTINGS.pipelines[0]
