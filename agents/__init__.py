@@ -1,6 +1,6 @@
 """What acts: the faust agents of each pipeline and the provider clients they call."""
 
-from agents.batch import BatchPipeline
+from agents.pipeline import Pipeline
 from agents.provider import BatchClient
 
-__all__ = ["BatchClient", "BatchPipeline"]
+__all__ = ["BatchClient", "Pipeline"]

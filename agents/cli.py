@@ -24,9 +24,12 @@ def main(argv: list[str] | None = None) -> int:
     emulator.add_argument("--port", type=int, default=8089)
     emulator.add_argument("--batch-seconds", type=float, default=1.0, help="processing time of a batch")
     emulator.add_argument("--item-error-rate", type=float, default=0.0, help="share of batch requests that fail")
+    emulator.add_argument("--flex-429-rate", type=float, default=0.0, help="share of flex calls refused with 429")
+    emulator.add_argument("--flex-latency", type=float, default=0.0, help="seconds a flex call takes")
 
     demo = sub.add_parser("demo", help="run the sample pipeline on a local Kafka and the emulator")
     demo.add_argument("--events", type=int, default=2000, help="how many tickets to send")
+    demo.add_argument("--mode", choices=["batch", "flex", "auto"], default="batch", help="the pipeline's mode")
 
     dev = sub.add_parser("dev", help="development helpers")
     dev_sub = dev.add_subparsers(dest="dev_command", required=True)
@@ -41,12 +44,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "emulator":
             from emulator import Faults, serve
 
-            serve(args.host, args.port, Faults(batch_seconds=args.batch_seconds, item_error_rate=args.item_error_rate))
+            faults = Faults(
+                batch_seconds=args.batch_seconds, item_error_rate=args.item_error_rate,
+                flex_429_rate=args.flex_429_rate, flex_latency=args.flex_latency,
+            )  # fmt: skip
+            serve(args.host, args.port, faults)
             return 0
         if args.command == "demo":
             from agents.demo import run_demo
 
-            return run_demo(events=args.events)
+            return run_demo(events=args.events, mode=args.mode)
         return _dev_kafka(args.port, args.data_dir)
     except BatchstreamError as exc:
         print(f"batchstream: {exc}", file=sys.stderr)  # noqa: T201

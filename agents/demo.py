@@ -1,5 +1,10 @@
 """``batchstream demo``: the sample pipeline on a local Kafka broker and the emulator.
 
+``--mode batch`` windows every ticket into batches; ``--mode flex`` serves each ticket with
+a flex call (the emulator refuses 10% of them with 429, so some fall back to a batch);
+``--mode auto`` gives the urgent tickets a deadline 15 s away (as a Kafka header), which
+only flex can meet, and sends the rest batch, with batches hedged at 20 s.
+
 Starts both, runs a worker subprocess (exactly as ``batchstream worker -c``), produces the
 bundled support tickets plus a few malformed events, follows the output and dead-letter
 topics live, and prints a summary. Exits 0 only when every event got exactly its fate.
@@ -28,6 +33,10 @@ from rich.table import Table
 
 #: USD per million tokens, real-time (batch and flex are half). Only for the summary.
 PRICES = {"gpt-4o-mini": (0.15, 0.60)}
+#: Share of the real-time price each serving path pays.
+PRICE_FACTOR = {"batch": 0.5, "flex": 0.5, "standard": 1.0}
+#: How far ahead an urgent ticket's deadline is in ``--mode auto``.
+URGENT_DEADLINE = 15.0
 
 SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -53,7 +62,23 @@ def load_tickets(limit: int) -> list[dict[str, Any]]:
     return tickets[:limit]
 
 
-def demo_config(bootstrap: str, base_url: str, group: str) -> dict[str, Any]:
+def demo_faults(mode: str) -> dict[str, Any]:
+    faults: dict[str, Any] = {"batch_seconds": 3.0, "item_error_rate": 0.02}
+    if mode != "batch":
+        faults.update(flex_429_rate=0.1, flex_latency=0.2)
+    return faults
+
+
+def demo_pipeline_mode(mode: str) -> dict[str, Any]:
+    flex = {"concurrency": 32, "attempts": 3, "budget": "10s", "backoff_initial": "200ms", "backoff_max": "2s"}
+    if mode == "flex":
+        return {"mode": "flex", "flex": {**flex, "fallback": "batch"}}
+    if mode == "auto":
+        return {"mode": "auto", "max_batch_latency": "20s", "flex": {**flex, "fallback": "standard"}}
+    return {"mode": "batch"}
+
+
+def demo_config(bootstrap: str, base_url: str, group: str, mode: str = "batch") -> dict[str, Any]:
     return {
         "kafka": {"bootstrap_servers": bootstrap, "group_id": group, "commit_interval": 1},
         "provider": {"base_url": base_url, "api_key": "${OPENAI_API_KEY:-sk-local-emulator}", "poll_interval": "500ms"},
@@ -63,7 +88,7 @@ def demo_config(bootstrap: str, base_url: str, group: str) -> dict[str, Any]:
                 "input_topic": "tickets",
                 "output_topic": "tickets.results",
                 "dead_letter_topic": "tickets.dlq",
-                "mode": "batch",
+                **demo_pipeline_mode(mode),
                 "endpoint": "/v1/chat/completions",
                 "model": "gpt-4o-mini",
                 "window": {"max_requests": 250, "max_bytes": "10MB", "max_wait": "2s"},
@@ -116,7 +141,7 @@ class Progress:
         return table
 
 
-def run_demo(*, events: int = 2000, timeout: float = 600) -> int:
+def run_demo(*, events: int = 2000, mode: str = "batch", timeout: float = 600) -> int:
     from devkafka import KafkaBroker
     from emulator import EmulatorThread, Faults
 
@@ -124,25 +149,27 @@ def run_demo(*, events: int = 2000, timeout: float = 600) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="batchstream-demo-"))
     console.print("[bold]batchstream demo[/]: starting a local Kafka broker and the provider emulator...")
     broker = KafkaBroker()
-    emulator = EmulatorThread(Faults(batch_seconds=3.0, item_error_rate=0.02))
+    emulator = EmulatorThread(Faults(**demo_faults(mode)))
     worker: subprocess.Popen[bytes] | None = None
     try:
         bootstrap = broker.start()
         base_url = emulator.start()
-        console.print(f"kafka {bootstrap}   emulator {base_url}   logs {workdir}")
+        console.print(f"kafka {bootstrap}   emulator {base_url}   mode {mode}   logs {workdir}")
         asyncio.run(_create_topic(bootstrap))
         config = workdir / "demo.yaml"
-        config.write_text(yaml.safe_dump(demo_config(bootstrap, base_url, "batchstream-demo")))
+        config.write_text(yaml.safe_dump(demo_config(bootstrap, base_url, "batchstream-demo", mode)))
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with (workdir / "worker.log").open("wb") as log:
             worker = subprocess.Popen(
                 [sys.executable, "-m", "agents.cli", "worker", "-c", str(config)],
                 stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
             )  # fmt: skip
+        if not _wait_ready(worker, workdir / "worker.log", console):
+            return 1
         tickets = load_tickets(events)
         progress = Progress({t["id"] for t in tickets})
         started = time.monotonic()
-        ok = asyncio.run(_follow(bootstrap, emulator, tickets, progress, console, started, timeout, worker))
+        ok = asyncio.run(_follow(bootstrap, emulator, tickets, progress, console, started, timeout, worker, mode))
         elapsed = time.monotonic() - started
         _summary(console, progress, elapsed, len(tickets))
         if not ok:
@@ -160,6 +187,18 @@ def run_demo(*, events: int = 2000, timeout: float = 600) -> int:
         broker.stop()
 
 
+def _wait_ready(worker: subprocess.Popen[bytes], log: Path, console: Console, timeout: float = 120) -> bool:
+    """Produce only once the worker owns its partitions, so latencies exclude its start-up."""
+    deadline = time.monotonic() + timeout
+    with console.status("starting the worker..."):
+        while "loaded state of partitions" not in log.read_text(errors="replace"):
+            if worker.poll() is not None or time.monotonic() > deadline:
+                console.print(f"[red]the worker did not start; see {log}")
+                return False
+            time.sleep(0.2)
+    return True
+
+
 async def _create_topic(bootstrap: str) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
@@ -171,13 +210,16 @@ async def _create_topic(bootstrap: str) -> None:
 
 async def _follow(
     bootstrap: str, emulator: Any, tickets: list[dict[str, Any]], progress: Progress, console: Console,
-    started: float, timeout: float, worker: subprocess.Popen[bytes],
+    started: float, timeout: float, worker: subprocess.Popen[bytes], mode: str,
 ) -> bool:  # fmt: skip
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=10)
     await producer.start()
     try:
         for ticket in tickets:
-            await producer.send("tickets", orjson.dumps(ticket), key=ticket["customer"].encode())
+            headers = []
+            if mode == "auto" and "urgent" in ticket["body"]:
+                headers.append(("deadline", str(time.time() + URGENT_DEADLINE).encode()))
+            await producer.send("tickets", orjson.dumps(ticket), key=ticket["customer"].encode(), headers=headers)
         for raw in MALFORMED:
             await producer.send("tickets", raw, key=b"malformed")
         await producer.flush()
@@ -217,10 +259,26 @@ async def _follow(
 
 
 def _summary(console: Console, progress: Progress, elapsed: float, tickets: int) -> None:
-    prompt = sum((r.get("usage") or {}).get("prompt_tokens", 0) for r in progress.results.values())
-    completion = sum((r.get("usage") or {}).get("completion_tokens", 0) for r in progress.results.values())
+    results = list(progress.results.values())
+    prompt = sum((r.get("usage") or {}).get("prompt_tokens", 0) for r in results)
+    completion = sum((r.get("usage") or {}).get("completion_tokens", 0) for r in results)
     price_in, price_out = PRICES["gpt-4o-mini"]
-    realtime = prompt / 1e6 * price_in + completion / 1e6 * price_out
+
+    def cost(result: dict[str, Any]) -> float:
+        usage = result.get("usage") or {}
+        return float(
+            usage.get("prompt_tokens", 0) / 1e6 * price_in + usage.get("completion_tokens", 0) / 1e6 * price_out
+        )
+
+    realtime = sum(cost(r) for r in results)
+    paid = sum(cost(r) * PRICE_FACTOR.get(r["mode"], 1.0) for r in results)
+    served: dict[str, int] = {}
+    latencies: dict[str, list[float]] = {}
+    for r in results:
+        served[f"{r['mode']}/{r['service_tier']}"] = served.get(f"{r['mode']}/{r['service_tier']}", 0) + 1
+        stamps = r["timestamps"]
+        if stamps.get("received") and stamps.get("completed"):
+            latencies.setdefault(r["mode"], []).append(max(0.0, stamps["completed"] - stamps["received"]))
     missing = progress.expected - (progress.results.keys() | progress.dead.keys())
     reasons: dict[str, int] = {}
     for letter in progress.dead.values():
@@ -231,10 +289,16 @@ def _summary(console: Console, progress: Progress, elapsed: float, tickets: int)
     table.add_row("dead letters", f"{len(progress.dead)} {reasons}")
     table.add_row("missing", str(len(missing)))
     table.add_row("duplicates", str(progress.duplicates))
+    table.add_row("served by (path/tier)", " ".join(f"{k}={v}" for k, v in sorted(served.items())))
+    for path, values in sorted(latencies.items()):
+        values.sort()
+        p50, p95 = values[len(values) // 2], values[min(len(values) - 1, int(len(values) * 0.95))]
+        table.add_row(f"latency {path} (p50 / p95)", f"{p50:.1f}s / {p95:.1f}s")
     table.add_row("batches", str(len(progress.batches)))
     table.add_row("elapsed", f"{elapsed:.1f}s")
     table.add_row("tokens (prompt / completion)", f"{prompt} / {completion}")
-    table.add_row("cost: batch vs real-time", f"${realtime / 2:.4f} vs ${realtime:.4f} (gpt-4o-mini list prices)")
+    console.print()
+    table.add_row("cost: paid vs all real-time", f"${paid:.4f} vs ${realtime:.4f} (gpt-4o-mini list prices)")
     console.print(table)
     for result in list(progress.results.values())[:3]:
-        console.print(f"  {result['id']}: {orjson.dumps(result['output']).decode()}")
+        console.print(f"  {result['id']}: {orjson.dumps(result['output']).decode()}", soft_wrap=True)

@@ -13,3 +13,12 @@ BATCHES_DONE = Counter("batchstream_batches_done", "Windows whose every event ha
 BATCHES_IN_FLIGHT = Gauge("batchstream_batches_in_flight", "Windows sealed and not yet done", ["pipeline"])
 BACKPRESSURE = Counter("batchstream_provider_backpressure", "Submissions refused (429, token limit)", ["pipeline"])
 OWNED_PARTITIONS = Gauge("batchstream_owned_partitions", "Input partitions owned by this worker", ["pipeline"])
+FLEX_CALLS = Counter(
+    "batchstream_flex_calls", "Synchronous calls made, by tier asked (flex, standard)", ["pipeline", "tier"]
+)
+FLEX_REFUSED = Counter("batchstream_flex_refused", "Flex calls refused for lack of capacity (429)", ["pipeline"])
+FLEX_FALLBACKS = Counter(
+    "batchstream_flex_fallbacks", "Events whose flex budget ran out, by fallback", ["pipeline", "fallback"]
+)
+FLEX_IN_FLIGHT = Gauge("batchstream_flex_in_flight", "Events being served by flex or its fallback", ["pipeline"])
+BATCHES_HEDGED = Counter("batchstream_batches_hedged", "Batches cancelled at max_batch_latency", ["pipeline"])

@@ -43,12 +43,12 @@ def _retry_after(exc: openai.APIStatusError) -> float | None:
 def map_error(exc: Exception, what: str) -> ProviderError:
     """Translate an SDK or transport exception into a ProviderError (no secrets in messages)."""
     if isinstance(exc, openai.RateLimitError):
-        return ProviderBackpressure(f"{what}: {exc.message}", retry_after=_retry_after(exc))
+        return ProviderBackpressure(f"{what}: {exc.message}", retry_after=_retry_after(exc), code=exc.code)
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
-        if status >= 500 or status in (408, 409):
-            return ProviderUnavailable(f"{what}: HTTP {status}: {exc.message}", status_code=status)
-        return ProviderRejected(f"{what}: HTTP {status}: {exc.message}", status_code=status)
+        message = f"{what}: HTTP {status}: {exc.message}"
+        kind = ProviderUnavailable if status >= 500 or status in (408, 409) else ProviderRejected
+        return kind(message, status_code=status, code=exc.code, param=exc.param)
     if isinstance(exc, openai.APITimeoutError | openai.APIConnectionError | httpx.TransportError):
         return ProviderUnavailable(f"{what}: {type(exc).__name__}: {exc}")
     return ProviderUnavailable(f"{what}: {type(exc).__name__}: {exc}")
@@ -102,6 +102,27 @@ class BatchClient:
 
     async def cancel(self, batch_id: str) -> Batch:
         return await self._call("cancel batch", lambda: self._client.batches.cancel(batch_id))
+
+    async def respond(
+        self, endpoint: str, body: dict[str, Any], *, timeout: float, max_retries: int = 0
+    ) -> dict[str, Any]:
+        """One synchronous call (a flex or standard request); return the response body as JSON.
+
+        The body is an arbitrary request body from an event, so it goes through the SDK's
+        generic ``post`` rather than a typed method that would reject unknown parameters;
+        ``cast_to=object`` keeps the JSON as the provider sent it (extra fields included).
+        Retries are the caller's: flex needs them inside its own budget.
+        """
+        path = endpoint.removeprefix("/v1")
+        response = await self._call(
+            endpoint,
+            lambda: self._client.post(
+                path, body=body, cast_to=object, options={"timeout": timeout, "max_retries": max_retries}
+            ),
+        )
+        if not isinstance(response, dict):
+            raise ProviderUnavailable(f"{endpoint}: the response is not a JSON object")
+        return response
 
     async def delete_file(self, file_id: str) -> None:
         with contextlib.suppress(ProviderError):

@@ -9,7 +9,9 @@ topic itself is the durable copy of the events, re-read by offset when needed.
 
 Record life: ``sealed`` (intent: about to be submitted) -> ``submitted`` (batch id known)
 -> ``sealed`` again for a retry round of a subset of offsets -> ... -> ``done`` (every
-event's result or dead letter flushed). ``done`` records stay until the group's committed
+event's result or dead letter flushed). A window past ``max_batch_latency`` goes
+``submitted`` -> ``hedged`` (its finished part emitted, ``offsets`` = what flex still owes)
+-> ``done``. ``done`` records stay until the group's committed
 offset has passed the window, so a replay after a crash recognises the window's events and
 skips them; then they are tombstoned.
 """
@@ -31,7 +33,18 @@ from streams.models import Request
 
 log = logging.getLogger(__name__)
 
-Status = Literal["sealed", "submitted", "done"]
+Status = Literal["sealed", "submitted", "hedged", "done"]
+
+
+def runs(offsets: list[int]) -> list[tuple[int, int]]:
+    """Sorted offsets as inclusive (first, last) runs: [1, 2, 3, 7] -> [(1, 3), (7, 7)]."""
+    out: list[tuple[int, int]] = []
+    for offset in sorted(offsets):
+        if out and offset == out[-1][1] + 1:
+            out[-1] = (out[-1][0], offset)
+        else:
+            out.append((offset, offset))
+    return out
 
 
 class WindowRecord(BaseModel):
@@ -39,6 +52,10 @@ class WindowRecord(BaseModel):
 
     window_id: str
     pipeline: str
+    #: Whose window this is: a state topic may be shared (a pipeline re-pointed to another
+    #: input topic, two consumer groups running the same pipeline name); others' records are ignored.
+    input_topic: str | None = None
+    group_id: str | None = None
     partition: int
     endpoint: str
     model: str
@@ -50,9 +67,14 @@ class WindowRecord(BaseModel):
     round: int = 1
     #: Offsets still pending in a retry round; None means every event of the window.
     offsets: list[int] | None = None
+    #: The window's offsets as runs, when they are not the whole range (events of the same
+    #: partition that went flex sit between them).
+    members: list[tuple[int, int]] | None = None
     batch_id: str | None = None
     sealed_at: float
     submitted_at: float | None = None
+    #: When the window was first submitted: ``max_batch_latency`` counts from here.
+    first_submitted_at: float | None = None
 
     @property
     def tag(self) -> str:
@@ -60,11 +82,14 @@ class WindowRecord(BaseModel):
         return f"{self.window_id}#r{self.round}"
 
     def covers(self, request: Request) -> bool:
-        return (
-            self.endpoint == request.endpoint
-            and self.model == request.model
-            and self.first_offset <= request.source.offset <= self.last_offset
-        )
+        """Whether the request is one of this window's events (any round)."""
+        offset = request.source.offset
+        if not (
+            self.endpoint == request.endpoint and self.model == request.model
+            and self.first_offset <= offset <= self.last_offset
+        ):  # fmt: skip
+            return False
+        return self.members is None or any(first <= offset <= last for first, last in self.members)
 
     def includes(self, request: Request) -> bool:
         """Whether the request belongs to the current round of this window."""
@@ -150,11 +175,17 @@ class StateStore:
         finally:
             await consumer.stop()
         states = {p: PartitionState(p) for p in partitions}
+        foreign = 0
         for value in latest.values():
-            if value is not None:
-                record = WindowRecord.model_validate(orjson.loads(value))
-                if record.partition in states:
-                    states[record.partition].put(record)
+            if value is None:
+                continue
+            record = WindowRecord.model_validate(orjson.loads(value))
+            if (record.input_topic, record.group_id) != (self.input_topic, self.group_id):
+                foreign += 1
+            elif record.partition in states:
+                states[record.partition].put(record)
+        if foreign:
+            log.info("state topic %s: ignored %d windows of other input topics or groups", topic_name, foreign)
         committed = await self.committed_offsets(partitions)
         stale: list[WindowRecord] = []
         for p, state in states.items():

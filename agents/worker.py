@@ -10,7 +10,7 @@ from typing import Any
 import faust
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from agents.batch import BatchPipeline
+from agents.pipeline import Pipeline
 from agents.provider import BatchClient
 from streams.app import create_app
 from streams.config import KafkaSettings, Settings
@@ -86,12 +86,12 @@ async def _partition_counts(admin: AIOKafkaAdminClient) -> dict[str, int]:
     return {t["topic"]: len(t["partitions"]) for t in described if not t.get("error_code")}
 
 
-def build(settings: Settings, partitions: dict[str, int]) -> tuple[faust.App, list[BatchPipeline]]:
+def build(settings: Settings, partitions: dict[str, int]) -> tuple[faust.App, list[Pipeline]]:
     app = create_app(settings.kafka, partitions=max(partitions.values()))
     options = kafka_options(settings.kafka)
     pipelines = []
     for cfg in settings.pipelines:
-        pipeline = BatchPipeline(
+        pipeline = Pipeline(
             app, settings, cfg, BatchClient(settings.provider),
             partitions=partitions[cfg.name], kafka_options=options,
         )  # fmt: skip
@@ -109,6 +109,6 @@ def run(settings: Settings, *, loglevel: str = "info") -> None:
     if settings.metrics_port:
         from prometheus_client import start_http_server
 
-        start_http_server(settings.metrics_port, addr="127.0.0.1")
+        start_http_server(settings.metrics_port, addr=settings.metrics_host)
     worker = faust.Worker(app, loglevel=loglevel, loop=loop, quiet=True)
     worker.execute_from_commandline()

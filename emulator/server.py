@@ -5,6 +5,10 @@ answers deterministically. Faults are injected through :class:`Faults`, set at s
 at run time with ``POST /_emulator/faults`` (a partial JSON object); ``GET /_emulator/stats``
 counts what happened, so tests can assert, for example, that no window was submitted twice.
 
+Synchronous calls with ``service_tier="flex"`` take ``flex_latency`` seconds and are refused
+with HTTP 429 at ``flex_429_rate`` (re-rolled on every attempt of the same request body);
+models listed in ``flex_unsupported_models`` reject the parameter with HTTP 400.
+
 A batch is processed progressively: its requests finish evenly over ``batch_seconds``, so a
 cancel or an expiry part-way keeps the finished part in the output file, as the real API does.
 """
@@ -59,6 +63,14 @@ class Faults(BaseModel):
     create_delay: float = Field(0.0, ge=0)
     #: The next N file downloads are cut off half-way.
     cut_off_downloads: int = Field(0, ge=0)
+    #: Share of flex calls refused with 429 "resource unavailable".
+    flex_429_rate: float = Field(0.0, ge=0, le=1)
+    #: Seconds a flex call takes to answer (a refusal answers at once).
+    flex_latency: float = Field(0.0, ge=0)
+    #: Seconds a standard (non-flex) synchronous call takes.
+    standard_latency: float = Field(0.0, ge=0)
+    #: Models that do not offer flex: ``service_tier="flex"`` is a 400 naming the parameter.
+    flex_unsupported_models: list[str] = Field(default_factory=list)
     seed: int = 0
 
 
@@ -150,6 +162,8 @@ class Emulator:
         self.files: dict[str, StoredFile] = {}
         self.batches: dict[str, StoredBatch] = {}
         self.stats: Counter[str] = Counter()
+        #: Flex calls per distinct request body (to check retry budgets).
+        self.flex_calls: Counter[int] = Counter()
         self._seen: Counter[str] = Counter()
         self._ids = itertools.count(1)
 
@@ -202,7 +216,7 @@ class Emulator:
         return _json(self.faults.model_dump())
 
     async def get_stats(self, _request: web.Request) -> web.Response:
-        return _json(dict(self.stats))
+        return _json({**self.stats, "flex_calls_max_per_request": max(self.flex_calls.values(), default=0)})
 
     async def reset(self, _request: web.Request) -> web.Response:
         self.clear()
@@ -478,9 +492,36 @@ class Emulator:
             body = orjson.loads(await request.read())
         except orjson.JSONDecodeError:
             return _error(400, "We could not parse the JSON body of your request.")
-        status, payload = self.respond(request.path, body, custom_id=None)
         self.stats["sync_requests"] += 1
+        if isinstance(body, dict) and body.get("service_tier") == "flex":
+            refusal = await self._flex_gate(request.path, body)
+            if refusal is not None:
+                return refusal
+        elif self.faults.standard_latency:
+            await asyncio.sleep(self.faults.standard_latency)
+        if isinstance(body, dict) and body.get("service_tier") != "flex":
+            self.stats["standard_requests"] += 1
+        status, payload = self.respond(request.path, body, custom_id=None)
         return _json(payload, status=status)
+
+    async def _flex_gate(self, path: str, body: dict[str, Any]) -> web.Response | None:
+        """Flex capacity: unsupported model (400), no capacity (429), or a slow answer."""
+        faults = self.faults
+        if path == "/v1/embeddings" or body.get("model") in faults.flex_unsupported_models:
+            self.stats["flex_unsupported"] += 1
+            return _error(400, f"service_tier 'flex' is not available for model {body.get('model')}",
+                          param="service_tier", code="invalid_value")  # fmt: skip
+        key = digest(orjson.dumps({k: v for k, v in body.items() if k != "service_tier"}, option=orjson.OPT_SORT_KEYS))
+        self.flex_calls[key] += 1
+        self.stats["flex_requests"] += 1
+        if faults.flex_429_rate and roll(faults.seed, key, self.flex_calls[key], "flex") < faults.flex_429_rate:
+            self.stats["flex_429"] += 1
+            return _error(429, "Resource unavailable: flex capacity is exhausted, retry later.",
+                          code="resource_unavailable")  # fmt: skip
+        if faults.flex_latency:
+            await asyncio.sleep(faults.flex_latency)
+        self.stats["flex_served"] += 1
+        return None
 
     def respond(self, endpoint: str, body: dict[str, Any], *, custom_id: str | None) -> tuple[int, dict[str, Any]]:
         """Answer one request body as the endpoint would: (status, JSON body)."""
@@ -560,6 +601,9 @@ class EmulatorThread:
         return f"http://{self.host}:{self.port}/v1"
 
     def start(self) -> str:
+        """Start serving (idempotent); return the base URL."""
+        if self._thread.is_alive():
+            return self.base_url
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=30)
         return self.base_url
@@ -574,6 +618,9 @@ class EmulatorThread:
         self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
 
     def stop(self) -> None:
+        """Stop serving (idempotent; a no-op when never started)."""
+        if not self._thread.is_alive():
+            return
         if self._runner is not None:
             with contextlib.suppress(Exception):
                 asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=10)

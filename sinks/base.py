@@ -3,6 +3,10 @@
 ``add`` only buffers. ``flush`` does the I/O and returns once the broker confirmed every
 record added since the last flush; if it raises, the caller must not advance any offset or
 state past those records. Results and dead letters are both sinks.
+
+Flushes are serialised: a caller whose records were taken by a flush already under way
+waits for that flush to finish, so "my flush returned" always means "my records are
+written", even with many concurrent writers (flex events).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ class TopicSink:
     def __init__(self, topic: faust.TopicT) -> None:
         self.topic = topic
         self._pending: list[tuple[bytes | None, BaseModel]] = []
+        self._flushing = asyncio.Lock()
 
     def add(self, value: BaseModel, *, key: bytes | None) -> None:
         self._pending.append((key, value))
@@ -35,6 +40,10 @@ class TopicSink:
 
     async def flush(self, timeout: float = 60.0) -> int:
         """Send what was added and wait for the broker's acks; return how many."""
+        async with self._flushing:
+            return await self._flush(timeout)
+
+    async def _flush(self, timeout: float) -> int:
         pending, self._pending = self._pending, []
         if not pending:
             return 0

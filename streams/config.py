@@ -71,6 +71,9 @@ class ProviderSettings(Frozen):
     poll_interval: Duration = Field(10.0, gt=0)
     #: Retries of a cut-off or failed result download before the batch is retried later.
     download_attempts: int = Field(5, ge=1)
+    #: How long a batch cancelled at ``max_batch_latency`` may take to reach ``cancelled``;
+    #: after that its unfinished part goes flex without waiting for the finished part.
+    cancel_wait: Duration = Field(60.0, gt=0)
     limits: ProviderLimits = ProviderLimits()
 
 
@@ -89,6 +92,30 @@ class RetrySettings(Frozen):
     attempts: int = Field(3, ge=1)
     backoff_initial: Duration = Field(1.0, gt=0)
     backoff_max: Duration = Field(300.0, gt=0)
+
+
+class FlexSettings(Frozen):
+    """One-off calls with ``service_tier="flex"``: cheap, slower, sometimes refused (429).
+
+    An event's flex attempts stop at ``attempts`` calls or when ``budget`` has passed since
+    its flex handling started, whichever comes first; then ``fallback`` decides its fate:
+    ``standard`` (the same request without flex, at the standard price), ``batch`` (the
+    event joins a batch window) or ``dead_letter`` (reason ``flex_unavailable``).
+    """
+
+    #: Flex calls in flight per pipeline; when full, consumption waits (bounded memory).
+    concurrency: int = Field(16, ge=1)
+    #: Client timeout of one flex call (flex requests can be slow to start).
+    timeout: Duration = Field(900.0, gt=0)
+    attempts: int = Field(6, ge=1)
+    budget: Duration = Field(900.0, gt=0)
+    backoff_initial: Duration = Field(1.0, gt=0)
+    backoff_max: Duration = Field(60.0, gt=0)
+    fallback: Literal["standard", "batch", "dead_letter"] = "batch"
+
+
+#: The Batch API's completion window: the longest a batch may take before it expires.
+COMPLETION_WINDOW = 24 * 3600.0
 
 
 class TemplateSettings(Frozen):
@@ -113,7 +140,9 @@ class PipelineSettings(Frozen):
     dead_letter_topic: str
     #: Compacted topic holding the state of in-flight windows (default ``<name>.batchstream-state``).
     state_topic: str | None = None
-    mode: Literal["batch"] = "batch"
+    #: ``batch`` windows every event into Batch API jobs; ``flex`` calls the provider once per
+    #: event with ``service_tier="flex"``; ``auto`` routes each event by its deadline.
+    mode: Literal["batch", "flex", "auto"] = "batch"
     endpoint: Endpoint = "/v1/chat/completions"
     model: str
     window: WindowSettings = WindowSettings()
@@ -125,6 +154,18 @@ class PipelineSettings(Frozen):
     max_open_batches: int = Field(50, ge=1)
     #: Metadata added to every batch (at most 14 pairs: two are batchstream's).
     metadata: dict[str, str] = Field(default_factory=dict, max_length=14)
+    flex: FlexSettings = FlexSettings()
+    #: A batch still unfinished this long after its window was first submitted is cancelled;
+    #: its finished part is kept and the rest goes flex (then the fallback).
+    max_batch_latency: Duration | None = Field(None, gt=0)
+    #: ``auto`` mode: the deadline of an event that carries none, counted from its Kafka
+    #: timestamp. Unset: an event without a deadline goes batch.
+    latency_objective: Duration | None = Field(None, gt=0)
+
+    @property
+    def batch_latency_bound(self) -> float:
+        """How long the batch path may take for an event: one window plus one batch."""
+        return self.window.max_wait + (self.max_batch_latency or COMPLETION_WINDOW)
 
     @property
     def state_topic_name(self) -> str:
@@ -137,6 +178,25 @@ class PipelineSettings(Frozen):
             raise ValueError("input, output, dead-letter and state topics must all differ")
         return self
 
+    @model_validator(mode="after")
+    def _flex_consistent(self) -> PipelineSettings:
+        flex_used = self.mode != "batch" or self.max_batch_latency is not None
+        if flex_used and self.endpoint == "/v1/embeddings":
+            raise ValueError("flex processing (mode flex/auto, max_batch_latency) is not offered for /v1/embeddings")
+        if self.max_batch_latency is not None and self.flex.fallback == "batch":
+            raise ValueError(
+                "flex.fallback: 'batch' cannot be combined with max_batch_latency "
+                "(a hedged event would go back to a batch); use 'standard' or 'dead_letter'"
+            )
+        objective = self.latency_objective
+        if self.mode == "auto" and objective is not None and objective < self.batch_latency_bound:
+            raise ValueError(
+                f"latency_objective: {objective:g}s is shorter than the batch path's bound "
+                f"(window.max_wait + max_batch_latency = {self.batch_latency_bound:g}s), so no event "
+                "would go batch; use mode: flex, or set max_batch_latency below the objective"
+            )
+        return self
+
 
 class Settings(Frozen):
     kafka: KafkaSettings = KafkaSettings()
@@ -144,6 +204,8 @@ class Settings(Frozen):
     pipelines: list[PipelineSettings] = Field(min_length=1)
     #: Port of the Prometheus metrics endpoint; 0 disables it.
     metrics_port: int = Field(0, ge=0, le=65535)
+    #: Address the metrics endpoint binds to (``0.0.0.0`` to be scraped from outside a container).
+    metrics_host: str = "127.0.0.1"
 
     @model_validator(mode="after")
     def _unique_names(self) -> Settings:

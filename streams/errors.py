@@ -30,9 +30,14 @@ class ProviderError(BatchstreamError):
 
     status_code: int | None = None
 
-    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, status_code: int | None = None, code: str | None = None, param: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status_code = status_code
+        #: The provider's error ``code`` and ``param`` when it sent them.
+        self.code = code
+        self.param = param
 
 
 class ProviderBackpressure(ProviderError):
@@ -40,8 +45,10 @@ class ProviderBackpressure(ProviderError):
 
     retriable = True
 
-    def __init__(self, message: str, *, status_code: int | None = 429, retry_after: float | None = None) -> None:
-        super().__init__(message, status_code=status_code)
+    def __init__(
+        self, message: str, *, status_code: int | None = 429, retry_after: float | None = None, code: str | None = None
+    ) -> None:
+        super().__init__(message, status_code=status_code, code=code)
         self.retry_after = retry_after
 
 

@@ -4,15 +4,19 @@ Input values are JSON objects. A *request event* ``{"id": ..., "body": {...}}`` 
 an object) carries an OpenAI request body as is; any other object, including one whose
 ``body`` is a string such as a ticket's text, is rendered into a body by the pipeline's
 template. ``id`` is optional: the default is ``<topic>/<partition>/<offset>``, stable across
-replays. Anything else (undecodable bytes, invalid JSON, a non-object, an oversized value,
-a template that does not fit) becomes a dead letter at once.
+replays. In ``mode: auto`` an event may carry a ``deadline`` (field or Kafka header): an
+ISO 8601 time with a zone, or epoch seconds. Anything else (undecodable bytes, invalid
+JSON, a non-object, an oversized value, a template that does not fit, a bad deadline)
+becomes a dead letter at once.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
 
 import orjson
@@ -30,7 +34,11 @@ ReasonCode = Literal[
     "retries_exhausted",
     "batch_failed",
     "invalid_output",
+    "flex_unavailable",
 ]
+
+#: Raw Kafka headers as faust and aiokafka hand them over.
+Headers = Mapping[str, bytes] | Iterable[tuple[str, bytes]] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +73,8 @@ class Request:
     body: dict[str, Any]
     wants_json: bool
     event: Any
+    #: Epoch seconds by which the event wants its result (``mode: auto`` only).
+    deadline: float | None = None
 
     @property
     def custom_id(self) -> str:
@@ -184,8 +194,36 @@ def wants_json(endpoint: str, body: dict[str, Any]) -> bool:
     return isinstance(fmt, dict) and fmt.get("type") in ("json_schema", "json_object")
 
 
+def parse_deadline(value: Any) -> float:
+    """An absolute time: epoch seconds (or milliseconds), or ISO 8601 with a zone."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = float(text)
+        except ValueError:
+            moment = datetime.fromisoformat(text)
+            if moment.tzinfo is None:
+                raise ValueError(f"{text!r} has no time zone") from None
+            return moment.timestamp()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{value!r} is not a time")  # noqa: TRY004 - callers catch ValueError
+    return float(value) / 1000 if value > 1e11 else float(value)
+
+
+def _header(headers: Headers, name: str) -> bytes | None:
+    if headers is None:
+        return None
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    for key, value in items:
+        if key.lower() == name:
+            return value
+    return None
+
+
 def decode_event(
-    pipeline: PipelineSettings, source: Source, key: bytes | None, value: bytes | None
+    pipeline: PipelineSettings, source: Source, key: bytes | None, value: bytes | None, headers: Headers = None
 ) -> Request | Rejection:
     """Turn one Kafka record into a request, or say why it cannot be one. Pure."""
     raw = value or b""
@@ -216,6 +254,14 @@ def decode_event(
             return Rejection("template_error", f"template field {exc.args[0]!r} is missing from the event")
         except (ValueError, IndexError, AttributeError) as exc:
             return Rejection("template_error", f"template cannot render this event: {exc}")
+    deadline: float | None = None
+    if pipeline.mode == "auto":
+        given = event.get("deadline", _header(headers, "deadline"))
+        if given is not None:
+            try:
+                deadline = parse_deadline(given)
+            except ValueError as exc:
+                return Rejection("wrong_shape", f"'deadline' must be epoch seconds or ISO 8601 with a zone: {exc}")
     return Request(
         id=str(event_id),
         key=key,
@@ -225,6 +271,7 @@ def decode_event(
         body=body,
         wants_json=wants_json(pipeline.endpoint, body),
         event=event,
+        deadline=deadline,
     )
 
 

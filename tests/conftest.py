@@ -95,10 +95,10 @@ def workers(tmp_path: Path) -> Iterator[list[WorkerProcess]]:
 def configure(bootstrap: str, emulator: EmulatorThread, tmp_path: Path, unique: str) -> Callable[..., tuple[Path, str]]:
     """Factory: ``configure(pipeline(...), ...)`` writes a worker config; returns (path, group id)."""
 
-    def make(*pipelines: dict[str, Any], poll_interval: float = 0.2) -> tuple[Path, str]:
+    def make(*pipelines: dict[str, Any], poll_interval: float = 0.2, **top_level: Any) -> tuple[Path, str]:
         group = f"g-{unique}"
         path = write_config(tmp_path / "c.yaml", bootstrap=bootstrap, base_url=emulator.base_url, group=group,
-                            pipelines=list(pipelines), poll_interval=poll_interval)  # fmt: skip
+                            pipelines=list(pipelines), poll_interval=poll_interval, **top_level)  # fmt: skip
         return path, group
 
     return make
@@ -129,10 +129,11 @@ def run_pipeline(bootstrap: str, make_topic: Any, configure: Any, start_worker: 
     input offset is committed; return what the output and dead-letter topics hold."""
 
     async def run(values: list[Any], *, partitions: int = 2, expect: int | None = None,
-                  keys: list[bytes | None] | None = None, **overrides: Any) -> Fates:  # fmt: skip
+                  keys: list[bytes | None] | None = None, headers: list[list[tuple[str, bytes]]] | None = None,
+                  settings: dict[str, Any] | None = None, **overrides: Any) -> Fates:  # fmt: skip
         topic = await make_topic("in", partitions=partitions)
-        config, group = configure(pipeline("p", topic, **overrides))
-        await produce(bootstrap, topic, values, keys=keys)
+        config, group = configure(pipeline("p", topic, **overrides), **(settings or {}))
+        await produce(bootstrap, topic, values, keys=keys, headers=headers)
         worker = start_worker(config)
         total = len(values) if expect is None else expect
         async with TopicReader(bootstrap, f"{topic}.results") as results, TopicReader(bootstrap, f"{topic}.dlq") as dlq:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -35,18 +37,20 @@ async def wait_until(
 
 async def produce(
     bootstrap: str, topic: str, values: Iterable[bytes | dict[str, Any]], *, keys: Iterable[bytes | None] | None = None,
-    partition: int | None = None,
+    partition: int | None = None, headers: Iterable[list[tuple[str, bytes]]] | None = None,
 ) -> int:  # fmt: skip
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     await producer.start()
     count = 0
     try:
         key_iter = iter(keys) if keys is not None else None
+        header_iter = iter(headers) if headers is not None else None
         futures = []
         for value in values:
             raw = value if isinstance(value, bytes) else orjson.dumps(value)
             key = next(key_iter) if key_iter is not None else None
-            futures.append(await producer.send(topic, raw, key=key, partition=partition))
+            extra = next(header_iter) if header_iter is not None else None
+            futures.append(await producer.send(topic, raw, key=key, partition=partition, headers=extra))
             count += 1
         await asyncio.gather(*futures)
     finally:
@@ -132,7 +136,7 @@ async def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, 
 
 
 def write_config(path: Path, *, bootstrap: str, base_url: str, group: str, pipelines: list[dict[str, Any]],
-                 poll_interval: float = 0.2) -> Path:  # fmt: skip
+                 poll_interval: float = 0.2, **top_level: Any) -> Path:  # fmt: skip
     document = {
         "kafka": {
             "bootstrap_servers": bootstrap,
@@ -149,6 +153,7 @@ def write_config(path: Path, *, bootstrap: str, base_url: str, group: str, pipel
             "timeout": 30,
         },
         "pipelines": pipelines,
+        **top_level,
     }
     path.write_text(yaml.safe_dump(document))
     return path
@@ -184,6 +189,24 @@ def events(n: int) -> list[dict[str, Any]]:
 def assert_exactly_once(results: list[dict[str, Any]], dead: list[dict[str, Any]], ids: set[str]) -> None:
     seen = [r["id"] for r in results] + [d["id"] for d in dead]
     assert sorted(seen) == sorted(ids), "every id exactly once across results and dead letters"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def metric(port: int, name: str, **labels: str) -> float:
+    """One sample of the worker's Prometheus endpoint, as a user's scraper would read it."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    raise AssertionError(f"no sample {name}{labels} in the metrics")
 
 
 class WorkerProcess:

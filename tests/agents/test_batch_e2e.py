@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support import TopicReader, committed_total, pipeline, produce, wait_until
+from tests.support import TopicReader, committed_total, events, pipeline, produce, wait_until
 
 pytestmark = pytest.mark.kafka
 
@@ -32,3 +32,13 @@ async def test_ten_thousand_events_over_four_partitions(bootstrap, make_topic, c
 
     await wait_until(all_committed, timeout=30, what=f"committed offsets to reach {N}")
     assert worker.terminate() == 0, worker.log()
+
+
+async def test_a_pipeline_re_pointed_to_a_new_topic_ignores_the_old_topics_windows(run_pipeline, unique):
+    shared = {"state_topic": f"shared-{unique}.state", "window": {"max_requests": 50, "max_wait": "500ms"}}
+    first = await run_pipeline(events(120), **shared)
+    assert first.worker.terminate() == 0, first.worker.log()
+    # same pipeline name, group and state topic; a new input topic whose offsets overlap the old windows
+    second = await run_pipeline(events(120), **shared)
+    assert sorted(r["id"] for r in second.results) == sorted(e["id"] for e in events(120))
+    assert "ignored" in second.worker.log() and "windows of other input topics or groups" in second.worker.log()

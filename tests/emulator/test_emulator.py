@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import openai
@@ -102,3 +103,22 @@ async def test_cut_off_download_breaks_the_transfer(client: AsyncOpenAI, emulato
     with pytest.raises(openai.APIConnectionError):
         await client.files.content(batch.output_file_id or "")
     assert len((await client.files.content(batch.output_file_id or "")).content.splitlines()) == 20
+
+
+async def test_flex_calls_report_their_tier_and_can_be_refused(emulator: EmulatorThread, client: AsyncOpenAI) -> None:
+    messages: list[Any] = [{"role": "user", "content": "hello"}]
+    served = await client.chat.completions.create(model="m", messages=messages, service_tier="flex")
+    assert served.service_tier == "flex"
+    standard = await client.chat.completions.create(model="m", messages=messages)
+    assert standard.service_tier == "default"
+    emulator.emulator.faults.flex_429_rate = 1.0
+    with pytest.raises(openai.RateLimitError) as refused:
+        await client.responses.create(model="m", input="hello", service_tier="flex")
+    assert refused.value.code == "resource_unavailable"
+    emulator.emulator.faults.flex_unsupported_models = ["old-model"]
+    with pytest.raises(openai.BadRequestError) as rejected:
+        await client.chat.completions.create(model="old-model", messages=messages, service_tier="flex")
+    assert rejected.value.param == "service_tier"
+    stats = emulator.emulator.stats
+    counts = [stats[k] for k in ("flex_served", "flex_429", "flex_unsupported", "standard_requests")]
+    assert counts == [1, 1, 1, 1]

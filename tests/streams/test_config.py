@@ -50,3 +50,31 @@ def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
     bad.write_text("kafka: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_settings(bad)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"mode": "flex", "endpoint": "/v1/embeddings"}, "not offered for /v1/embeddings"),
+        ({"max_batch_latency": "2h"}, r"flex\.fallback: 'batch' cannot be combined with max_batch_latency"),
+        ({"mode": "auto", "latency_objective": "1h"}, r"latency_objective: 3600s is shorter than the batch path"),
+        ({"flex": {"concurrency": 0}}, r"pipelines\.0\.flex\.concurrency"),
+        ({"flex": {"fallback": "retry"}}, r"pipelines\.0\.flex\.fallback"),
+        ({"max_batch_latency": "soon", "flex": {"fallback": "standard"}}, r"pipelines\.0\.max_batch_latency"),
+    ],
+)
+def test_inconsistent_flex_settings_fail_at_start_up(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_settings(settings_document(api_key="k", **overrides), env={})
+
+
+def test_flex_defaults_and_a_consistent_auto_pipeline() -> None:
+    settings = parse_settings(
+        settings_document(
+            api_key="k", mode="auto", max_batch_latency="1h", latency_objective="2h", flex={"fallback": "standard"}
+        ),
+        env={},
+    )
+    pipeline = settings.pipelines[0]
+    assert (pipeline.flex.timeout, pipeline.flex.concurrency) == (900.0, 16)
+    assert pipeline.batch_latency_bound == 3600 + 5

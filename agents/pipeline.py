@@ -1,4 +1,14 @@
-"""The batch pipeline: Kafka events -> windows -> Batch API -> results and dead letters.
+"""A pipeline: Kafka events -> windows -> Batch API, or -> flex calls -> results and dead letters.
+
+Each event is routed (``agents/routing.py``): batch events go to windows as below; flex
+events are served one by one (``agents/flex.py``) under a concurrency limit, and their
+offset is acked only once their result or dead letter is written. A flex event whose
+fallback is ``batch`` joins a window and is acked when the window is sealed.
+
+With ``max_batch_latency``, a batch still unfinished that long after its window was first
+submitted is cancelled (*hedged*): its finished part is emitted, the window is recorded as
+``hedged`` with the offsets still owed, and those go flex; a restart re-reads them from the
+record, so the finished part is never redone.
 
 Where state lives and what happens at each crash point (see also ``agents/state.py``):
 
@@ -25,6 +35,9 @@ Where state lives and what happens at each crash point (see also ``agents/state.
    resumes P's in-flight batches. On revocation open windows are dropped (their events are
    unacked) and trackers are cancelled; the state they left says where to resume.
 
+8. *Flex event in flight.* Its offset is unacked; after a crash it is consumed and served
+   again (a result written just before the crash is then emitted twice, as in 6).
+
 The events of a window restored from state are re-read from the input topic by offset.
 """
 
@@ -46,12 +59,14 @@ from faust.types import TP, EventT, StreamT
 from openai.types import Batch
 
 from agents import metrics
+from agents.flex import Failed, FlexRunner, Served, ToBatch
 from agents.outcomes import InvalidOutputError, backoff, classify, extract_output
 from agents.provider import META_PIPELINE, META_WINDOW, TERMINAL, BatchClient, iter_jsonl
-from agents.state import InputReader, PartitionState, StateStore, WindowRecord
+from agents.routing import route
+from agents.state import InputReader, PartitionState, StateStore, WindowRecord, runs
 from sinks import TopicSink
 from streams.config import PipelineSettings, Settings
-from streams.errors import ProviderBackpressure, ProviderError
+from streams.errors import ProviderBackpressure, ProviderError, ProviderRejected
 from streams.models import (
     DeadLetter,
     Rejection,
@@ -78,8 +93,8 @@ class Pending:
     raw: bytes | None
 
 
-class BatchPipeline:
-    """One configured pipeline in ``mode: batch``, wired into a faust app."""
+class Pipeline:
+    """One configured pipeline (any mode), wired into a faust app."""
 
     def __init__(
         self,
@@ -118,13 +133,17 @@ class BatchPipeline:
         self.reader = InputReader(bootstrap, pipeline.input_topic, **kafka_options)
         self.windower: Windower[Pending] = Windower(self.policy)
         self.slots = asyncio.Semaphore(pipeline.max_open_batches)
+        self.cancel_wait = settings.provider.cancel_wait
+        self._labels = {"pipeline": pipeline.name}
+        self.flex = FlexRunner(pipeline, client, self._labels)
         self.owned: dict[int, PartitionState] = {}
         self.trackers: dict[str, asyncio.Task[None]] = {}
+        #: Flex events being served, per input partition (cancelled when it is revoked).
+        self.flex_tasks: dict[int, set[asyncio.Task[None]]] = {}
         self._lock = asyncio.Lock()
         self._loaded = asyncio.Event()
         self._stream: StreamT[Any] | None = None
         self._workdir = Path(tempfile.mkdtemp(prefix=f"batchstream-{pipeline.name}-"))
-        self._labels = {"pipeline": pipeline.name}
 
     # -- wiring ---------------------------------------------------------------------------
     def register(self) -> None:
@@ -155,11 +174,13 @@ class BatchPipeline:
                 self.windower.drop_partition(partition)
                 self.owned.pop(partition, None)
         doomed = [t for wid, t in self.trackers.items() if _partition_of(wid) in partitions]
+        for partition in partitions:
+            doomed.extend(self.flex_tasks.pop(partition, ()))
         for task in doomed:
             task.cancel()
         if doomed:
             await asyncio.wait(doomed, timeout=30)
-        log.info("%s: released partitions %s (%d trackers stopped)", self.cfg.name, sorted(partitions), len(doomed))
+        log.info("%s: released partitions %s (%d tasks stopped)", self.cfg.name, sorted(partitions), len(doomed))
 
     async def _on_assigned(self, _sender: Any, *args: Any, **_: Any) -> None:
         assigned: set[TP] = args[0]
@@ -184,7 +205,7 @@ class BatchPipeline:
                 return  # revoked meanwhile; the event stays unacked for the new owner
         source = Source(message.topic, partition, message.offset, int(message.timestamp * 1000))
         metrics.EVENTS_IN.labels(**self._labels).inc()
-        decoded = decode_event(self.cfg, source, message.key, message.value)
+        decoded = decode_event(self.cfg, source, message.key, message.value, message.headers)
         if isinstance(decoded, Request):
             line = decoded.jsonl_line()
             if len(line) > self.policy.max_bytes:
@@ -198,12 +219,92 @@ class BatchPipeline:
         if self.owned[partition].covers(decoded):
             await self._ack(event)  # replayed: already part of a recorded window
             return
-        key = WindowKey(partition, decoded.endpoint, decoded.model)
+        pending = Pending(decoded, event, message.value)
+        if route(self.cfg, decoded, now=time.time()) == "flex":
+            await self._start_flex(pending)
+        else:
+            await self._to_window(pending)
+
+    async def _to_window(self, pending: Pending) -> None:
+        request = pending.request
+        key = WindowKey(request.source.partition, request.endpoint, request.model)
         async with self._lock:
-            sealed = self.windower.add(key, Pending(decoded, event, message.value), decoded.custom_id,
-                                       len(line), time.monotonic())  # fmt: skip
+            sealed = self.windower.add(key, pending, request.custom_id, len(request.jsonl_line()), time.monotonic())
         for window in sealed:
             await self._seal(window)
+
+    # -- flex -----------------------------------------------------------------------------
+    async def _start_flex(self, pending: Pending) -> None:
+        await self.flex.slots.acquire()  # full: consumption waits here (bounded memory)
+        partition = pending.request.source.partition
+        if partition not in self.owned:  # revoked while we waited: the new owner serves it
+            self.flex.slots.release()
+            return
+        task = asyncio.create_task(self._serve_flex(pending), name=f"flex:{pending.request.custom_id}")
+        tasks = self.flex_tasks.setdefault(partition, set())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    async def _serve_flex(self, pending: Pending) -> None:
+        request = pending.request
+        metrics.FLEX_IN_FLIGHT.labels(**self._labels).inc()
+        try:
+            outcome = await self._serve_retrying(request)
+        finally:
+            metrics.FLEX_IN_FLIGHT.labels(**self._labels).dec()
+            self.flex.slots.release()
+        if isinstance(outcome, ToBatch):
+            await self._to_window(pending)  # acked when its window is sealed
+            return
+        self._emit_single(request, outcome, batch_id=None, submitted=None, rounds=0)
+        await self._flush_until_written(request.id)
+        await self._ack(pending.event)
+
+    async def _serve_retrying(self, request: Request) -> Served | Failed | ToBatch:
+        deadline = time.time() + self.cfg.flex.budget
+        failures = 0
+        while True:
+            try:
+                return await self.flex.serve(request, deadline=deadline)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - an event must never be dropped unacked
+                failures += 1
+                delay = backoff(failures, initial=1.0, maximum=60.0)
+                log.warning("%s: flex serving failed (%s); retrying in %.1fs", request.id, _describe(exc), delay)
+                await asyncio.sleep(delay)
+
+    def _emit_single(
+        self, request: Request, outcome: Served | Failed, *, batch_id: str | None, submitted: float | None, rounds: int
+    ) -> None:
+        """A result or dead letter for one event served synchronously."""
+        if isinstance(outcome, Failed):
+            self._dead_letter(request, outcome.reason, outcome.message, rounds + outcome.attempts, batch_id,
+                              outcome.error)  # fmt: skip
+            return
+        try:
+            output = extract_output(request.endpoint, outcome.body, request.wants_json)
+        except InvalidOutputError as exc:
+            self._dead_letter(request, "invalid_output", str(exc), rounds + outcome.attempts, batch_id,
+                              {"response": outcome.body})  # fmt: skip
+            return
+        timestamps = {"submitted": submitted or outcome.started, "completed": outcome.finished}
+        self._result(request, outcome.body, output, batch_id, timestamps, mode=outcome.mode, tier=outcome.tier)
+
+    async def _flush_until_written(self, what: str) -> None:
+        """Flush the sinks, retrying: the caller acks an offset only after this returns."""
+        failures = 0
+        while True:
+            try:
+                await self._flush()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the record must be written before the ack
+                failures += 1
+                delay = backoff(failures, initial=0.5, maximum=30.0)
+                log.warning("%s: writing its record failed (%s); retrying in %.1fs", what, _describe(exc), delay)
+                await asyncio.sleep(delay)
 
     async def _tick(self) -> None:
         async with self._lock:
@@ -220,16 +321,22 @@ class BatchPipeline:
             self.slots.release()
             return
         offsets = [p.request.source.offset for p in window.items]
-        digest = hashlib.sha256(f"{window.key.endpoint}|{window.key.model}".encode()).hexdigest()[:6]
+        # The digest keeps window ids (the state topic's keys) distinct across input topics
+        # and groups sharing a state topic, so compaction never merges two owners' records.
+        owner = f"{self.cfg.input_topic}|{self.state.group_id}|{window.key.endpoint}|{window.key.model}"
+        digest = hashlib.sha256(owner.encode()).hexdigest()[:8]
         record = WindowRecord(
             window_id=f"{self.cfg.name}.p{partition}.{min(offsets)}-{max(offsets)}.{digest}",
             pipeline=self.cfg.name,
+            input_topic=self.cfg.input_topic,
+            group_id=self.state.group_id,
             partition=partition,
             endpoint=window.key.endpoint,
             model=window.key.model,
             first_offset=min(offsets),
             last_offset=max(offsets),
             count=len(offsets),
+            members=None if max(offsets) - min(offsets) + 1 == len(offsets) else runs(offsets),
             status="sealed",
             sealed_at=time.time(),
         )
@@ -265,6 +372,8 @@ class BatchPipeline:
                         requests = await self._reread(record)
                     if record.status == "sealed":
                         record = await self._submit(record, requests, look_first=restored)
+                    elif record.status == "hedged":
+                        record, requests = await self._hedge(record, requests)
                     else:
                         record, requests = await self._finish(record, requests)
                     restored, failures = False, 0
@@ -298,7 +407,11 @@ class BatchPipeline:
                 log.info("%s: adopted batch %s created before a restart", record.window_id, batch.id)
         if batch is None:
             batch = await self._create(record, requests)
-        record = record.model_copy(update={"status": "submitted", "batch_id": batch.id, "submitted_at": time.time()})
+        now = time.time()
+        record = record.model_copy(update={
+            "status": "submitted", "batch_id": batch.id, "submitted_at": now,
+            "first_submitted_at": record.first_submitted_at or now,
+        })  # fmt: skip
         await self.state.put(record)
         self._put_local(record)
         metrics.BATCHES_SUBMITTED.labels(**self._labels).inc()
@@ -327,16 +440,44 @@ class BatchPipeline:
                 log.info("%s: provider refused the batch (%s); waiting %.1fs", record.window_id, exc, delay)
                 await asyncio.sleep(delay)
 
-    async def _wait(self, batch_id: str) -> Batch:
+    def _hedge_at(self, record: WindowRecord) -> float | None:
+        if self.cfg.max_batch_latency is None or record.first_submitted_at is None:
+            return None
+        return record.first_submitted_at + self.cfg.max_batch_latency
+
+    async def _wait(self, record: WindowRecord) -> tuple[Batch, bool]:
+        """Poll until the batch ends; at ``max_batch_latency`` cancel it. Return (batch, hedged)."""
+        assert record.batch_id is not None
+        hedge_at = self._hedge_at(record)
         while True:
-            batch = await self.client.retrieve(batch_id)
+            batch = await self.client.retrieve(record.batch_id)
+            late = hedge_at is not None and time.time() >= hedge_at
             if batch.status in TERMINAL:
-                return batch
-            await asyncio.sleep(self.poll_interval)
+                return batch, late
+            if late:
+                return await self._cancel(batch), True
+            pause = (
+                self.poll_interval if hedge_at is None else min(self.poll_interval, max(0.05, hedge_at - time.time()))
+            )
+            await asyncio.sleep(pause)
+
+    async def _cancel(self, batch: Batch) -> Batch:
+        """Cancel a late batch and wait up to ``cancel_wait`` for its finished part to be final."""
+        metrics.BATCHES_HEDGED.labels(**self._labels).inc()
+        log.info("%s: batch %s passed max_batch_latency; cancelling it", self.cfg.name, batch.id)
+        try:
+            batch = await self.client.cancel(batch.id)
+        except ProviderRejected:
+            pass  # it ended meanwhile
+        give_up = time.monotonic() + self.cancel_wait
+        while batch.status not in TERMINAL and time.monotonic() < give_up:
+            await asyncio.sleep(min(self.poll_interval, 1.0))
+            batch = await self.client.retrieve(batch.id)
+        return batch
 
     async def _finish(self, record: WindowRecord, requests: list[Request]) -> tuple[WindowRecord, list[Request]]:
         assert record.batch_id is not None
-        batch = await self._wait(record.batch_id)
+        batch, hedged = await self._wait(record)
         timestamps = {"submitted": float(batch.created_at), "completed": float(_completed_at(batch))}
         if batch.status == "failed":
             errors = [e.model_dump() for e in (batch.errors.data if batch.errors and batch.errors.data else [])]
@@ -355,7 +496,9 @@ class BatchPipeline:
             await self._flush()
             return await self._done(record), []
         lines: dict[str, dict[str, Any]] = {}
-        for file_id in (batch.output_file_id, batch.error_file_id):
+        # A batch still cancelling after cancel_wait gives nothing: all of it goes flex.
+        files = (batch.output_file_id, batch.error_file_id) if batch.status in TERMINAL else ()
+        for file_id in files:
             if file_id:
                 path = self._workdir / f"{file_id}.jsonl"
                 try:
@@ -378,13 +521,18 @@ class BatchPipeline:
                     )
                     continue
                 self._result(request, outcome.body, output, batch.id, timestamps)
-            elif outcome.kind == "retry" and record.round < self.cfg.retry.attempts:
+            elif outcome.kind == "retry" and (hedged or record.round < self.cfg.retry.attempts):
                 retry.append(request)
             elif outcome.kind == "retry":
                 self._dead_letter(request, "retries_exhausted", outcome.message, record.round, batch.id, outcome.error)
             else:
                 self._dead_letter(request, "provider_rejected", outcome.message, record.round, batch.id, outcome.error)
         await self._flush()
+        if retry and hedged:
+            record = record.model_copy(update={"status": "hedged", "offsets": sorted(r.source.offset for r in retry)})
+            await self.state.put(record)
+            self._put_local(record)
+            return record, retry
         if retry:
             delay = backoff(record.round, initial=self.cfg.retry.backoff_initial, maximum=self.cfg.retry.backoff_max)
             log.info(
@@ -392,6 +540,22 @@ class BatchPipeline:
             )
             await asyncio.sleep(delay)
             return await self._next_round(record, retry), retry
+        return await self._done(record), []
+
+    async def _hedge(self, record: WindowRecord, requests: list[Request]) -> tuple[WindowRecord, list[Request]]:
+        """Serve what a late batch still owes through flex (then the fallback), then finish."""
+        deadline = time.time() + self.cfg.flex.budget
+        submitted = record.first_submitted_at
+
+        async def serve(request: Request) -> None:
+            async with self.flex.slots:
+                outcome = await self.flex.serve(request, deadline=deadline, allow_batch=False)
+            assert not isinstance(outcome, ToBatch)
+            self._emit_single(request, outcome, batch_id=record.batch_id, submitted=submitted, rounds=record.round)
+
+        log.info("%s: serving %d unfinished requests through flex", record.window_id, len(requests))
+        await asyncio.gather(*(serve(r) for r in requests))
+        await self._flush()
         return await self._done(record), []
 
     async def _next_round(
@@ -426,16 +590,17 @@ class BatchPipeline:
         await self.dead_letters.flush()
 
     def _result(
-        self, request: Request, body: dict[str, Any], output: Any, batch_id: str, timestamps: dict[str, float]
-    ) -> None:
+        self, request: Request, body: dict[str, Any], output: Any, batch_id: str | None,
+        timestamps: dict[str, float], *, mode: str = "batch", tier: str = "batch",
+    ) -> None:  # fmt: skip
         received = request.source.timestamp_ms / 1000 if request.source.timestamp_ms else None
         result = Result(
             id=request.id,
             pipeline=self.cfg.name,
             task_version=self.task_version,
-            mode="batch",
+            mode=mode,
             batch_id=batch_id,
-            service_tier="batch",
+            service_tier=tier,
             output=output,
             response=body,
             usage=body.get("usage"),
@@ -464,10 +629,11 @@ class BatchPipeline:
         metrics.DEAD_LETTERS.labels(reason=reason, **self._labels).inc()
 
     async def stop(self) -> None:
-        for task in list(self.trackers.values()):
+        tasks = [*self.trackers.values(), *(t for ts in self.flex_tasks.values() for t in ts)]
+        for task in tasks:
             task.cancel()
         with contextlib.suppress(Exception):
-            await asyncio.gather(*self.trackers.values(), return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
         await self.client.close()
 
 

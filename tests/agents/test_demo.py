@@ -1,0 +1,40 @@
+"""``batchstream demo``, the README's main job, run as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.support import ROOT
+
+pytestmark = pytest.mark.kafka
+
+
+def row(output: str, label: str) -> str:
+    match = re.search(rf"│ {re.escape(label)}\s+│ ([^│]*?)\s+│", output)
+    assert match, f"no {label!r} row in the summary:\n{output}"
+    return match.group(1)
+
+
+@pytest.mark.parametrize("mode", ["batch", "flex", "auto"])
+def test_demo_gives_every_ticket_its_fate(mode: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "agents.cli", "demo", "--events", "300", "--mode", mode],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "100"},
+    )  # fmt: skip
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    assert row(output, "results") == "300"
+    assert row(output, "missing") == "0"
+    assert row(output, "dead letters").split()[0] == "5", "the five malformed events"
+    assert re.search(r'ticket-\d+:\s+\{"category":', output), "sample results are shown"
+    served = row(output, "served by (path/tier)")
+    paths = {part.split("/")[0] for part in served.split()}
+    if mode == "flex":  # a ticket refused on every flex attempt falls back to a batch
+        assert "flex" in paths and paths <= {"flex", "batch"}, served
+    else:
+        assert paths == {"batch": {"batch"}, "auto": {"flex", "batch"}}[mode], served
