@@ -392,10 +392,11 @@ class Pipeline:
     async def _reread(self, record: WindowRecord) -> list[Request]:
         rows = await self.reader.read(record.partition, record.first_offset, record.last_offset)
         requests = []
+        belongs = record.round_filter()
         for offset, ts, key, value in rows:
             source = Source(self.cfg.input_topic, record.partition, offset, ts)
             decoded = decode_event(self.cfg, source, key, value)
-            if isinstance(decoded, Request) and record.includes(decoded):
+            if isinstance(decoded, Request) and belongs(decoded):
                 requests.append(decoded)
         return requests
 

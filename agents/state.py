@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Literal
 
 import faust
@@ -91,27 +91,42 @@ class WindowRecord(BaseModel):
             return False
         return self.members is None or any(first <= offset <= last for first, last in self.members)
 
-    def includes(self, request: Request) -> bool:
-        """Whether the request belongs to the current round of this window."""
-        if not self.covers(request):
-            return False
-        return self.offsets is None or request.source.offset in self.offsets
+    def round_filter(self) -> Callable[[Request], bool]:
+        """A predicate: whether a request belongs to the current round of this window."""
+        pending = None if self.offsets is None else frozenset(self.offsets)
+        return lambda request: self.covers(request) and (pending is None or request.source.offset in pending)
 
     def dumps(self) -> bytes:
         return orjson.dumps(self.model_dump(mode="json"))
 
 
 class PartitionState:
-    """The window records of one input partition, as last written."""
+    """The window records of one input partition, as last written.
+
+    Only events at or below the *horizon* (the highest offset of a window loaded from the
+    state topic) can be replays: the consumer never re-delivers within one assignment, and
+    a new assignment loads the state again. So a window finished in this assignment above
+    the horizon is forgotten at once, and memory stays bounded by the windows in flight.
+    """
 
     def __init__(self, partition: int, records: Iterable[WindowRecord] = ()) -> None:
         self.partition = partition
         self.records: dict[str, WindowRecord] = {r.window_id: r for r in records}
+        self.horizon = -1
+
+    def loaded(self) -> None:
+        """Everything from the state topic is in: fix the replay horizon."""
+        self.horizon = max((r.last_offset for r in self.records.values()), default=-1)
 
     def put(self, record: WindowRecord) -> None:
-        self.records[record.window_id] = record
+        if record.status == "done" and record.first_offset > self.horizon:
+            self.records.pop(record.window_id, None)
+        else:
+            self.records[record.window_id] = record
 
     def covers(self, request: Request) -> bool:
+        if request.source.offset > self.horizon:
+            return False
         return any(r.covers(request) for r in self.records.values())
 
     def unfinished(self) -> list[WindowRecord]:
@@ -190,6 +205,7 @@ class StateStore:
         stale: list[WindowRecord] = []
         for p, state in states.items():
             stale.extend(state.forget_done_before(committed.get(p, -1)))
+            state.loaded()
         if stale:
             await self.tombstone(stale)
         log.info(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agents.state import WindowRecord, runs
+from agents.state import PartitionState, WindowRecord, runs
 from streams.models import Request, Source
 
 
@@ -26,3 +26,22 @@ def test_a_window_covers_only_its_members(members: list[tuple[int, int]] | None,
     assert {o for o in range(10) if record.covers(req(o))} == covered
     assert not record.covers(req(3, model="other"))
     assert WindowRecord.model_validate_json(record.dumps()) == record
+
+
+def record(first: int, last: int, status: str = "done") -> WindowRecord:
+    return WindowRecord(window_id=f"w{first}", pipeline="p", partition=0, endpoint="/v1/chat/completions", model="m",
+                        first_offset=first, last_offset=last, count=last - first + 1, status=status,  # type: ignore[arg-type]
+                        sealed_at=0.0)  # fmt: skip
+
+
+def test_only_loaded_windows_are_replay_candidates_and_finished_new_ones_are_forgotten() -> None:
+    state = PartitionState(0, [record(0, 9), record(10, 19, "submitted")])
+    state.loaded()
+    assert state.horizon == 19
+    assert state.covers(req(5)) and state.covers(req(15)) and not state.covers(req(20))
+    state.put(record(20, 29, "sealed"))
+    assert "w20" in state.records and [r.window_id for r in state.unfinished()] == ["w10", "w20"]
+    state.put(record(20, 29, "done"))
+    assert "w20" not in state.records, "a window finished above the horizon needs no memory"
+    state.put(record(10, 19, "done"))
+    assert state.covers(req(15)), "a loaded window still recognises its replayed events"
