@@ -18,9 +18,13 @@ Where state lives and what happens at each crash point (see also ``agents/state.
    written to the state topic and confirmed **before** the window's events are acked. From
    here the window is the state topic's responsibility, not the input offset's.
 3. *Uploaded, or batch created but not recorded.* The batch's metadata carries
-   ``batchstream_window = <window id>#r<round>``. A restarted owner that finds a ``sealed``
-   record first lists recent batches for that tag and adopts the batch it finds; only when
-   none exists does it submit. The window is never submitted twice by one owner.
+   ``batchstream_window = <window id>#r<round>``, and the record notes when the create call
+   started (written before the call). A restarted owner that finds a ``sealed`` record
+   lists recent batches for that tag and adopts the batch it finds. If a create call had
+   started, it keeps looking until ``provider.create_timeout`` after that start (a create
+   call never outlives it: it is abandoned then, without SDK retries), so a call still in
+   flight at the provider when its owner died is adopted rather than duplicated. A worker
+   that loses a partition also waits for its own create calls to return.
 4. *Submitted, offsets not yet committed.* On replay the events fall inside a recorded
    window's range (same endpoint and model) and are skipped.
 5. *Provider finished, output not (fully) downloaded.* Downloads stream to a temporary file
@@ -49,10 +53,10 @@ import hashlib
 import logging
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import faust
 from faust.types import TP, EventT, StreamT
@@ -82,6 +86,8 @@ from streams.models import (
 from streams.windows import Window, Windower, WindowKey, WindowPolicy
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -134,12 +140,16 @@ class Pipeline:
         self.windower: Windower[Pending] = Windower(self.policy)
         self.slots = asyncio.Semaphore(pipeline.max_open_batches)
         self.cancel_wait = settings.provider.cancel_wait
+        self.create_timeout = settings.provider.create_timeout
         self._labels = {"pipeline": pipeline.name}
         self.flex = FlexRunner(pipeline, client, self._labels)
         self.owned: dict[int, PartitionState] = {}
         self.trackers: dict[str, asyncio.Task[None]] = {}
         #: Flex events being served, per input partition (cancelled when it is revoked).
         self.flex_tasks: dict[int, set[asyncio.Task[None]]] = {}
+        #: Steps that must not be abandoned half-way, by input partition (see ``_shielded``).
+        self._critical: dict[asyncio.Future[Any], int] = {}
+        self._stopped = False
         self._lock = asyncio.Lock()
         self._loaded = asyncio.Event()
         self._stream: StreamT[Any] | None = None
@@ -152,6 +162,7 @@ class Pipeline:
         # mode's Signal types receivers as taking ``signal=`` by keyword; ours accept **kwargs.
         self.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
         self.app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]
+        self.app.on_before_shutdown.connect(self.stop)
 
     async def _agent(self, stream: StreamT[Any]) -> None:
         self._stream = cast("faust.Stream[Any]", stream).noack()
@@ -180,6 +191,10 @@ class Pipeline:
             task.cancel()
         if doomed:
             await asyncio.wait(doomed, timeout=30)
+        critical = [step for step, p in self._critical.items() if p in partitions]
+        if critical:
+            # finish creating batches and emitting results before the next owner looks
+            await asyncio.wait(critical, timeout=30)
         log.info("%s: released partitions %s (%d tasks stopped)", self.cfg.name, sorted(partitions), len(doomed))
 
     async def _on_assigned(self, _sender: Any, *args: Any, **_: Any) -> None:
@@ -403,11 +418,11 @@ class Pipeline:
     async def _submit(self, record: WindowRecord, requests: Sequence[Request], *, look_first: bool) -> WindowRecord:
         batch: Batch | None = None
         if look_first:
-            batch = await self.client.find(record.tag, created_after=record.sealed_at - 300)
+            batch = await self._find_created(record)
             if batch is not None:
                 log.info("%s: adopted batch %s created before a restart", record.window_id, batch.id)
         if batch is None:
-            batch = await self._create(record, requests)
+            record, batch = await self._create(record, requests)
         now = time.time()
         record = record.model_copy(update={
             "status": "submitted", "batch_id": batch.id, "submitted_at": now,
@@ -418,7 +433,27 @@ class Pipeline:
         metrics.BATCHES_SUBMITTED.labels(**self._labels).inc()
         return record
 
-    async def _create(self, record: WindowRecord, requests: Sequence[Request]) -> Batch:
+    async def _find_created(self, record: WindowRecord) -> Batch | None:
+        """The batch of this window round, if a create call (ours or a previous owner's) made it.
+
+        A create call recorded as started may still be in flight at the provider (its
+        owner crashed or lost the partition mid-call): until ``create_timeout`` after it
+        started, keep looking before concluding that no batch exists.
+        """
+        created_after = record.sealed_at - 300
+        batch = await self.client.find(record.tag, created_after=created_after)
+        if batch is not None or record.create_started_at is None:
+            return batch
+        settle_at = record.create_started_at + self.create_timeout
+        if time.time() < settle_at:
+            log.info("%s: a create call may still be in flight; looking for its batch until it times out",
+                     record.window_id)  # fmt: skip
+        while batch is None and time.time() < settle_at:
+            await asyncio.sleep(min(self.poll_interval, max(0.05, settle_at - time.time())))
+            batch = await self.client.find(record.tag, created_after=created_after)
+        return batch
+
+    async def _create(self, record: WindowRecord, requests: Sequence[Request]) -> tuple[WindowRecord, Batch]:
         path = self._workdir / f"{record.window_id}.r{record.round}.jsonl"
         with path.open("wb") as fh:
             for request in requests:
@@ -430,8 +465,13 @@ class Pipeline:
         metadata = {**self.cfg.metadata, META_PIPELINE: self.cfg.name, META_WINDOW: record.tag}
         attempt = 0
         while True:
+            # Recorded before the call: whoever resumes this window knows a batch may exist.
+            record = record.model_copy(update={"create_started_at": time.time()})
+            await self.state.put(record)
+            self._put_local(record)
             try:
-                return await self.client.create(file_id, record.endpoint, metadata)
+                batch = await self._shielded(record.partition, self.client.create(file_id, record.endpoint, metadata))
+                return record, batch
             except ProviderBackpressure as exc:
                 attempt += 1
                 delay = exc.retry_after or backoff(
@@ -445,6 +485,24 @@ class Pipeline:
         if self.cfg.max_batch_latency is None or record.first_submitted_at is None:
             return None
         return record.first_submitted_at + self.cfg.max_batch_latency
+
+    def _shielded(self, partition: int, step: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
+        """Run a step that must not be abandoned half-way; ``_on_revoked`` and ``stop`` wait for it.
+
+        Two steps are: a batch-create call (cancelled mid-flight, the provider could still
+        create the batch after the partition's next owner had looked for it, and the window
+        would be submitted twice) and the emission of a finished batch's records with the
+        state write that follows (cut short, the next owner would emit them again).
+        """
+        task = asyncio.ensure_future(step)
+        self._critical[task] = partition
+        task.add_done_callback(self._step_done)
+        return asyncio.shield(task)
+
+    def _step_done(self, task: asyncio.Future[Any]) -> None:
+        self._critical.pop(task, None)
+        if not task.cancelled():
+            task.exception()  # retrieved here: the tracker that started it may be gone
 
     async def _wait(self, record: WindowRecord) -> tuple[Batch, bool]:
         """Poll until the batch ends; at ``max_batch_latency`` cancel it. Return (batch, hedged)."""
@@ -491,11 +549,15 @@ class Pipeline:
                 await asyncio.sleep(delay)
                 return await self._next_round(record, requests, same_round=True), requests
             message = "; ".join(str(e.get("message") or e.get("code")) for e in errors) or "batch failed"
-            for request in requests:
-                self._dead_letter(request, "batch_failed", f"batch {batch.id} failed: {message}",
-                                  record.round, batch.id, {"batch_errors": errors})  # fmt: skip
-            await self._flush()
-            return await self._done(record), []
+
+            async def fail_all() -> tuple[WindowRecord, list[Request]]:
+                for request in requests:
+                    self._dead_letter(request, "batch_failed", f"batch {batch.id} failed: {message}",
+                                      record.round, batch.id, {"batch_errors": errors})  # fmt: skip
+                await self._flush()
+                return await self._done(record), []
+
+            return await self._shielded(record.partition, fail_all())
         lines: dict[str, dict[str, Any]] = {}
         # A batch still cancelling after cancel_wait gives nothing: all of it goes flex.
         files = (batch.output_file_id, batch.error_file_id) if batch.status in TERMINAL else ()
@@ -509,6 +571,21 @@ class Pipeline:
                             lines[str(line["custom_id"])] = line
                 finally:
                     path.unlink(missing_ok=True)
+        settle = self._shielded(record.partition, self._settle(record, batch, requests, lines, hedged, timestamps))
+        record, retry = await settle
+        if record.status == "sealed":  # a retry round, recorded: back off before submitting it
+            delay = backoff(
+                record.round - 1, initial=self.cfg.retry.backoff_initial, maximum=self.cfg.retry.backoff_max
+            )
+            log.info("%s: %d requests to retry (round %d) in %.1fs", record.window_id, len(retry), record.round, delay)
+            await asyncio.sleep(delay)
+        return record, retry
+
+    async def _settle(
+        self, record: WindowRecord, batch: Batch, requests: list[Request], lines: dict[str, dict[str, Any]],
+        hedged: bool, timestamps: dict[str, float],
+    ) -> tuple[WindowRecord, list[Request]]:  # fmt: skip
+        """Emit a finished batch's records, then record what comes next: done, a retry round, or hedged."""
         retry: list[Request] = []
         for request in requests:
             outcome = classify(lines.get(request.custom_id))
@@ -535,11 +612,6 @@ class Pipeline:
             self._put_local(record)
             return record, retry
         if retry:
-            delay = backoff(record.round, initial=self.cfg.retry.backoff_initial, maximum=self.cfg.retry.backoff_max)
-            log.info(
-                "%s: %d requests to retry (round %d) in %.1fs", record.window_id, len(retry), record.round + 1, delay
-            )
-            await asyncio.sleep(delay)
             return await self._next_round(record, retry), retry
         return await self._done(record), []
 
@@ -568,6 +640,7 @@ class Pipeline:
             "round": record.round if same_round else record.round + 1,
             "offsets": sorted(r.source.offset for r in requests),
             "sealed_at": time.time(),
+            "create_started_at": None,
         })  # fmt: skip
         await self.state.put(record)
         self._put_local(record)
@@ -629,12 +702,23 @@ class Pipeline:
         self.dead_letters.add(letter, key=request.key)
         metrics.DEAD_LETTERS.labels(reason=reason, **self._labels).inc()
 
-    async def stop(self) -> None:
+    async def stop(self, *_: Any, **__: Any) -> None:
+        """Stop trackers and flex calls (idempotent); their state says where to resume.
+
+        Steps that must not be cut short (batch creations, emission of finished batches) are
+        awaited up to 30 s, so whoever takes the partitions over neither duplicates a batch
+        nor re-emits a finished one.
+        """
+        if self._stopped:
+            return
+        self._stopped = True
         tasks = [*self.trackers.values(), *(t for ts in self.flex_tasks.values() for t in ts)]
         for task in tasks:
             task.cancel()
         with contextlib.suppress(Exception):
             await asyncio.gather(*tasks, return_exceptions=True)
+        if self._critical:
+            await asyncio.wait(list(self._critical), timeout=30)
         await self.client.close()
 
 

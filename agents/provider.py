@@ -89,7 +89,7 @@ class BatchClient:
     async def create(self, file_id: str, endpoint: str, metadata: dict[str, str]) -> Batch:
         return await self._call(
             "create batch",
-            lambda: self._client.batches.create(
+            lambda: self._client.with_options(timeout=self.settings.create_timeout, max_retries=0).batches.create(
                 input_file_id=file_id,
                 endpoint=endpoint,  # type: ignore[arg-type]
                 completion_window="24h",

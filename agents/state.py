@@ -75,6 +75,8 @@ class WindowRecord(BaseModel):
     submitted_at: float | None = None
     #: When the window was first submitted: ``max_batch_latency`` counts from here.
     first_submitted_at: float | None = None
+    #: When the current round's create call started (None: no batch can exist for it).
+    create_started_at: float | None = None
 
     @property
     def tag(self) -> str:

@@ -61,6 +61,8 @@ class Faults(BaseModel):
     expire_after_fraction: float = Field(0.5, ge=0, le=1)
     #: Seconds ``POST /v1/batches`` waits after creating the batch before answering.
     create_delay: float = Field(0.0, ge=0)
+    #: Seconds ``POST /v1/batches`` waits before creating the batch (a slow request in flight).
+    create_lag: float = Field(0.0, ge=0)
     #: The next N file downloads are cut off half-way.
     cut_off_downloads: int = Field(0, ge=0)
     #: Share of flex calls refused with 429 "resource unavailable".
@@ -275,6 +277,10 @@ class Emulator:
     # -- batches -------------------------------------------------------------------------
     async def create_batch(self, request: web.Request) -> web.Response:
         body = orjson.loads(await request.read())
+        if self.faults.create_lag:
+            self.stats["creates_lagging"] += 1
+            await asyncio.sleep(self.faults.create_lag)
+            self.stats["creates_lagged"] += 1
         if self.faults.create_429 > 0:
             self.faults.create_429 -= 1
             self.stats["create_429"] += 1

@@ -71,6 +71,9 @@ class ProviderSettings(Frozen):
     poll_interval: Duration = Field(10.0, gt=0)
     #: Retries of a cut-off or failed result download before the batch is retried later.
     download_attempts: int = Field(5, ge=1)
+    #: A batch-create call is abandoned after this long (no SDK retries); after a crash, the
+    #: window's next owner looks this long for a batch the old owner was creating.
+    create_timeout: Duration = Field(60.0, gt=0)
     #: How long a batch cancelled at ``max_batch_latency`` may take to reach ``cancelled``;
     #: after that its unfinished part goes flex without waiting for the finished part.
     cancel_wait: Duration = Field(60.0, gt=0)

@@ -136,7 +136,8 @@ async def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, 
 
 
 def write_config(path: Path, *, bootstrap: str, base_url: str, group: str, pipelines: list[dict[str, Any]],
-                 poll_interval: float = 0.2, **top_level: Any) -> Path:  # fmt: skip
+                 poll_interval: float = 0.2, provider: dict[str, Any] | None = None,
+                 **top_level: Any) -> Path:  # fmt: skip
     document = {
         "kafka": {
             "bootstrap_servers": bootstrap,
@@ -151,6 +152,9 @@ def write_config(path: Path, *, bootstrap: str, base_url: str, group: str, pipel
             "poll_interval": poll_interval,
             "max_retries": 0,
             "timeout": 30,
+            # a window whose owner died mid-create waits this long for the batch to show up
+            "create_timeout": 10,
+            **(provider or {}),
         },
         "pipelines": pipelines,
         **top_level,

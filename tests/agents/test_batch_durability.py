@@ -117,3 +117,85 @@ async def test_two_workers_one_stopped_mid_run(bootstrap, emulator, make_topic, 
     await wait_until(committed, timeout=30, what="every offset committed")
     duplicates = len(results.values) - len({v["id"] for v in results.values})
     print(f"rebalance test: {len(values)} ids, {duplicates} duplicates")
+
+
+async def test_worker_stopped_while_creating_batches_hands_them_over_once(
+    bootstrap, emulator, make_topic, configure, start_worker
+):
+    emu = emulator.emulator
+    emu.faults.create_lag = 6.0  # each create request is in flight for 6 s before the batch exists
+    topic = await make_topic("handover", partitions=4)
+    config, group = configure(pipeline("ho", topic, window={"max_requests": 25, "max_wait": "500ms"}))
+    values = [{"id": f"h{i}", "text": f"event {i}"} for i in range(200)]
+    await produce(bootstrap, topic, values)
+    first = start_worker(config, "a")
+
+    async def owns() -> bool:
+        return "loaded state of partitions" in first.log()
+
+    await wait_until(owns, timeout=60, what="the first worker to own its partitions")
+
+    async def creating() -> bool:
+        return emu.stats["creates_lagging"] > 0
+
+    await wait_until(creating, timeout=60, interval=0.05, what="batch creations in flight")
+    assert emu.stats.get("batches_created", 0) == 0
+    second = start_worker(config, "b")  # takes partitions over while the first is stopping
+    assert first.terminate() == 0, first.log()
+    async with TopicReader(bootstrap, f"{topic}.results") as results:
+
+        async def complete() -> bool:
+            return {v["id"] for _, v in await results.poll()} >= {v["id"] for v in values}
+
+        await wait_until(complete, timeout=120, what="every id to have a result")
+
+    async def committed() -> bool:
+        return await committed_total(bootstrap, group, topic) == len(values)
+
+    await wait_until(committed, timeout=30, what="every offset committed")
+    tags = {k: n for k, n in emu.stats.items() if k.startswith("tag:")}
+    assert tags and all(n == 1 for n in tags.values()), f"a window was submitted twice: {tags}"
+    assert "adopted batch" in second.log(), "the second worker adopted the batches the first had created"
+
+
+async def test_sigkill_while_a_create_call_is_in_flight_adopts_its_batch(
+    bootstrap, emulator, make_topic, configure, start_worker
+):
+    emu = emulator.emulator
+    # The provider creates the batch 15 s after the request arrives: after the next owner
+    # (which waits out the session timeout) first looks, before create_timeout has passed.
+    emu.faults.create_lag = 15.0
+    topic = await make_topic("inflight", partitions=2)
+    window = {"max_requests": 50, "max_wait": "500ms"}
+    config, group = configure(pipeline("if", topic, window=window), provider={"create_timeout": 30})
+    values = [{"id": f"i{i}", "text": f"event {i}"} for i in range(100)]
+    await produce(bootstrap, topic, values)
+    first = start_worker(config, "first")
+
+    async def creating() -> bool:
+        return emu.stats["creates_lagging"] > 0
+
+    await wait_until(creating, timeout=60, interval=0.05, what="a create call in flight")
+    first.kill()  # the provider finishes the call after its caller is gone
+    assert emu.stats.get("batches_created", 0) == 0
+    emu.faults.create_lag = 0
+    second = start_worker(config, "second")
+    async with TopicReader(bootstrap, f"{topic}.results") as results:
+
+        async def complete() -> bool:
+            return {v["id"] for _, v in await results.poll()} >= {v["id"] for v in values}
+
+        await wait_until(complete, timeout=120, what="every id to have a result")
+
+    async def committed() -> bool:
+        return await committed_total(bootstrap, group, topic) == len(values)
+
+    await wait_until(committed, timeout=30, what="every offset committed")
+
+    async def lagging_calls_done() -> bool:
+        return emu.stats["creates_lagged"] == emu.stats["creates_lagging"]
+
+    await wait_until(lagging_calls_done, timeout=30, what="the dead worker's create calls to finish")
+    tags = {k: n for k, n in emu.stats.items() if k.startswith("tag:")}
+    assert tags and all(n == 1 for n in tags.values()), f"a window was submitted twice: {tags}"
+    assert "adopted batch" in second.log()
