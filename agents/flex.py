@@ -35,11 +35,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Served:
-    """The provider answered: ``mode`` is the path (flex or standard), ``tier`` what it reported."""
+    """The provider answered: ``mode`` is the path (flex or standard), ``tier`` what it reported
+    (None when the response does not say: an OpenAI-compatible server without tiers)."""
 
     body: dict[str, Any]
     mode: Literal["flex", "standard"]
-    tier: str
+    tier: str | None
     attempts: int
     started: float
     finished: float
@@ -65,6 +66,11 @@ Outcome = Served | Failed | ToBatch
 
 def _error_detail(exc: ProviderError) -> dict[str, Any]:
     return {"status_code": exc.status_code, "code": exc.code, "param": exc.param, "message": str(exc)}
+
+
+def _reported_tier(response: dict[str, Any]) -> str | None:
+    tier = response.get("service_tier")
+    return tier if isinstance(tier, str) and tier else None
 
 
 def _rejects_flex(exc: ProviderRejected) -> bool:
@@ -119,7 +125,7 @@ class FlexRunner:
                     break
                 await asyncio.sleep(delay)
                 continue
-            return Served(response, "flex", str(response.get("service_tier") or "flex"), attempts, started, time.time())
+            return Served(response, "flex", _reported_tier(response), attempts, started, time.time())
         return await self._fall_back(request, attempts, last, started, allow_batch=allow_batch)
 
     async def _fall_back(
@@ -156,5 +162,4 @@ class FlexRunner:
                     or backoff(tries, initial=self.cfg.retry.backoff_initial, maximum=self.cfg.retry.backoff_max)
                 )
                 continue
-            tier = str(response.get("service_tier") or "default")
-            return Served(response, "standard", tier, flex_attempts + tries, started, time.time())
+            return Served(response, "standard", _reported_tier(response), flex_attempts + tries, started, time.time())

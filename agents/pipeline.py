@@ -442,7 +442,7 @@ class Pipeline:
         """
         created_after = record.sealed_at - 300
         batch = await self.client.find(record.tag, created_after=created_after)
-        if batch is not None or record.create_started_at is None:
+        if batch is not None or record.create_started_at is None or not self.client.can_list:
             return batch
         settle_at = record.create_started_at + self.create_timeout
         if time.time() < settle_at:
@@ -665,7 +665,7 @@ class Pipeline:
 
     def _result(
         self, request: Request, body: dict[str, Any], output: Any, batch_id: str | None,
-        timestamps: dict[str, float], *, mode: str = "batch", tier: str = "batch",
+        timestamps: dict[str, float], *, mode: str = "batch", tier: str | None = "batch",
     ) -> None:  # fmt: skip
         received = request.source.timestamp_ms / 1000 if request.source.timestamp_ms else None
         result = Result(

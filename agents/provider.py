@@ -59,6 +59,8 @@ class BatchClient:
 
     def __init__(self, settings: ProviderSettings) -> None:
         self.settings = settings
+        #: False once the server refused to list batches (adoption is then impossible).
+        self.can_list = True
         self._client = openai.AsyncOpenAI(
             base_url=settings.base_url,
             api_key=settings.api_key.get_secret_value(),
@@ -143,7 +145,16 @@ class BatchClient:
                     return None
             return None
 
-        return await self._call("list batches", call)
+        if not self.can_list:
+            return None
+        try:
+            return await self._call("list batches", call)
+        except ProviderRejected as exc:
+            # A server that cannot list batches (404/405): nothing can be adopted, so windows
+            # are submitted again after a crash; the rare duplicate beats a window stuck forever.
+            log.warning("cannot list batches (%s): batches created before a crash cannot be adopted", exc)
+            self.can_list = False
+            return None
 
     async def download(self, file_id: str, dest: Path) -> Path:
         """Stream a result file to ``dest``; retry when the transfer is cut off.

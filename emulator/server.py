@@ -73,6 +73,11 @@ class Faults(BaseModel):
     standard_latency: float = Field(0.0, ge=0)
     #: Models that do not offer flex: ``service_tier="flex"`` is a 400 naming the parameter.
     flex_unsupported_models: list[str] = Field(default_factory=list)
+    #: The next N ``POST /v1/batches`` create the batch, then answer HTTP 500 anyway.
+    create_500: int = Field(0, ge=0)
+    #: Behave like a minimal OpenAI-compatible server: ``GET /v1/batches`` is a 404 and
+    #: responses carry no ``service_tier``.
+    minimal: bool = False
     seed: int = 0
 
 
@@ -319,6 +324,10 @@ class Emulator:
         batch.task = asyncio.create_task(self._process(batch))
         if self.faults.create_delay:
             await asyncio.sleep(self.faults.create_delay)
+        if self.faults.create_500 > 0:
+            self.faults.create_500 -= 1
+            self.stats["create_500"] += 1
+            return _error(500, "The server had an error while processing your request.")
         return _json(batch.as_json())
 
     def _validate(self, batch: StoredBatch, data: bytes) -> list[dict[str, Any]] | None:
@@ -461,6 +470,8 @@ class Emulator:
         return ok, orjson.dumps(record)
 
     async def list_batches(self, request: web.Request) -> web.Response:
+        if self.faults.minimal:
+            return _error(404, "Not found")
         limit = max(1, min(100, int(request.query.get("limit", "20"))))
         after = request.query.get("after")
         ordered = sorted(self.batches.values(), key=lambda b: (b.created_at, b.id), reverse=True)
@@ -508,6 +519,8 @@ class Emulator:
         if isinstance(body, dict) and body.get("service_tier") != "flex":
             self.stats["standard_requests"] += 1
         status, payload = self.respond(request.path, body, custom_id=None)
+        if self.faults.minimal:
+            payload.pop("service_tier", None)
         return _json(payload, status=status)
 
     async def _flex_gate(self, path: str, body: dict[str, Any]) -> web.Response | None:

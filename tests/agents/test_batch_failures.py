@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 from typing import Any
 
 import pytest
@@ -146,3 +147,31 @@ async def test_invalid_json_output_is_dead_lettered(emulator, run_pipeline):
     assert dead and {d["reason"] for d in dead} == {"invalid_output"}
     assert len(dead) == emulator.emulator.stats["invalid_json_outputs"]
     assert all(r["output"]["label"] in ("a", "b") for r in results)
+
+
+async def test_create_answering_500_after_creating_is_adopted_not_resubmitted(emulator, run_pipeline):
+    emu = emulator.emulator
+    emu.faults.create_500 = 2
+    values = events(40)
+    results, dead, worker = await run_pipeline(values, partitions=1, window={"max_requests": 20, "max_wait": "300ms"})
+    assert_exactly_once(results, dead, {e["id"] for e in values})
+    assert emu.stats["create_500"] == 2
+    tags = {k: n for k, n in emu.stats.items() if k.startswith("tag:")}
+    assert tags and all(n == 1 for n in tags.values()), f"a window was submitted twice: {tags}"
+    assert "adopted batch" in worker.log()
+
+
+async def test_a_minimal_openai_compatible_server(emulator, run_pipeline):
+    """No batch listing, no service_tier in responses: nothing is lost, nothing emitted twice."""
+    emu = emulator.emulator
+    emu.faults.minimal = True
+    emu.faults.create_500 = 1  # cannot be adopted without listing: the window is submitted again
+    now = time.time()
+    values: list[Any] = [{"id": f"u{i}", "text": "u", "deadline": now + 60} for i in range(10)] + events(30)
+    results, dead, worker = await run_pipeline(
+        values, partitions=1, mode="auto", flex={"fallback": "dead_letter", "backoff_initial": "50ms"}
+    )
+    assert_exactly_once(results, dead, {v["id"] for v in values})
+    assert {(r["mode"], r["service_tier"]) for r in results if r["id"].startswith("u")} == {("flex", None)}
+    assert {r["mode"] for r in results if r["id"].startswith("e")} == {"batch"}
+    assert "cannot list batches" in worker.log()
