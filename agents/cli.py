@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-from streams.errors import BatchstreamError
+from streams.errors import BatchstreamError, ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,12 +42,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "worker":
             return _worker(args.config, args.loglevel)
         if args.command == "emulator":
-            from emulator import Faults, serve
+            from pydantic import ValidationError
 
-            faults = Faults(
-                batch_seconds=args.batch_seconds, item_error_rate=args.item_error_rate,
-                flex_429_rate=args.flex_429_rate, flex_latency=args.flex_latency,
-            )  # fmt: skip
+            from emulator import Faults, serve
+            from streams.config import format_validation_error
+
+            try:
+                faults = Faults(
+                    batch_seconds=args.batch_seconds, item_error_rate=args.item_error_rate,
+                    flex_429_rate=args.flex_429_rate, flex_latency=args.flex_latency,
+                )  # fmt: skip
+            except ValidationError as exc:
+                message = format_validation_error("emulator options", exc).replace("_", "-")
+                raise ConfigError(message) from None
             serve(args.host, args.port, faults)
             return 0
         if args.command == "demo":

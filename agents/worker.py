@@ -9,6 +9,7 @@ from typing import Any
 
 import faust
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
 
 from agents.pipeline import Pipeline
 from agents.provider import BatchClient
@@ -41,8 +42,13 @@ async def prepare_topics(settings: Settings) -> dict[str, int]:
     exactly that count (it is co-partitioned with the input) and is compacted.
     Returns each pipeline's input partition count.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers, **kafka_options(settings.kafka))
-    await admin.start()
+    servers = settings.kafka.bootstrap_servers
+    admin = AIOKafkaAdminClient(bootstrap_servers=servers, **kafka_options(settings.kafka))
+    try:
+        await admin.start()
+    except KafkaError as exc:
+        await admin.close()
+        raise ConfigError(f"kafka.bootstrap_servers: cannot reach Kafka at {servers}: {exc}") from None
     try:
         existing = await _partition_counts(admin)
         counts: dict[str, int] = {}
