@@ -1,8 +1,10 @@
 from pathlib import Path
+from typing import get_args, get_origin
 
 import pytest
+from pydantic import BaseModel
 
-from streams.config import load_settings, parse_settings
+from streams.config import PipelineSettings, Settings, load_settings, parse_settings
 from streams.errors import ConfigError
 from tests.support import settings_document
 
@@ -78,3 +80,25 @@ def test_flex_defaults_and_a_consistent_auto_pipeline() -> None:
     pipeline = settings.pipelines[0]
     assert (pipeline.flex.timeout, pipeline.flex.concurrency) == (900.0, 16)
     assert pipeline.batch_latency_bound == 3600 + 5
+
+
+def leaf_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if annotation is not None and get_origin(annotation) is list and get_args(annotation)[0] is PipelineSettings:
+            keys += leaf_keys(PipelineSettings)
+        elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys += leaf_keys(annotation, f"{prefix}{name}.")
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def test_every_setting_is_in_the_configuration_reference() -> None:
+    reference = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    keys = leaf_keys(Settings)
+    assert "flex.fallback" in keys and "kafka" not in keys
+    missing = [key for key in keys if f"`{key.split('.', 1)[1] if key.startswith(('kafka.', 'provider.')) else key}`"
+               not in reference]  # fmt: skip
+    assert missing == [], "settings missing from docs/configuration.md"
