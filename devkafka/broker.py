@@ -89,7 +89,15 @@ def free_port() -> int:
 
 
 def new_cluster_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    """A KRaft cluster id: 16 random bytes, URL-safe base64, never starting with ``-``.
+
+    As Kafka's own ``Uuid.randomUuid`` does: an id starting with ``-`` would be read as an
+    option by ``kafka-storage format -t``.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 SERVER_PROPERTIES = """\
