@@ -33,7 +33,7 @@ from emulator.outputs import answer_text, count_tokens, digest, last_user_text, 
 
 BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/responses", "/v1/embeddings", "/v1/completions")
 MAX_METADATA_PAIRS = 16
-Outcome = Literal["failed", "expired", "completed_without_output"]
+Outcome = Literal["failed", "expired", "cancelled", "completed_without_output"]
 
 
 class Faults(BaseModel):
@@ -57,7 +57,7 @@ class Faults(BaseModel):
     token_limit: int = Field(0, ge=0)
     #: Outcomes forced on the next created batches, one each, in order.
     batch_outcomes: list[Outcome] = Field(default_factory=list)
-    #: Share of requests finished before a forced expiry.
+    #: Share of requests finished before a forced expiry or cancellation.
     expire_after_fraction: float = Field(0.5, ge=0, le=1)
     #: Seconds ``POST /v1/batches`` waits after creating the batch before answering.
     create_delay: float = Field(0.0, ge=0)
@@ -376,7 +376,7 @@ class Emulator:
         batch.status, batch.times["in_progress"] = "in_progress", now
         total = len(batch.lines)
         stop_at = total
-        if batch.outcome == "expired":
+        if batch.outcome in ("expired", "cancelled"):  # ended part-way by the provider or a user
             stop_at = int(total * self.faults.expire_after_fraction)
         outputs: list[bytes] = []
         errors: list[bytes] = []
@@ -389,7 +389,7 @@ class Emulator:
                 ended_by = "cancelled"
                 break
             if done >= stop_at:
-                ended_by = "expired"
+                ended_by = "cancelled" if batch.outcome == "cancelled" else "expired"
                 break
             elapsed = time.monotonic() - started
             target = total if duration <= 0 else min(total, int(total * elapsed / duration))

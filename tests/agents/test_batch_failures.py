@@ -80,21 +80,20 @@ async def test_failed_batch_dead_letters_carry_the_batch_error(emulator, run_pip
     assert_exactly_once(results, dead, {e["id"] for e in values})
 
 
-async def test_expired_batch_keeps_completed_part_and_resubmits_the_rest(emulator, run_pipeline):
-    emulator.emulator.faults.batch_outcomes = ["expired"]
+@pytest.mark.parametrize("ending", ["expired", "cancelled"])
+async def test_batch_ended_part_way_keeps_completed_part_and_resubmits_the_rest(emulator, run_pipeline, ending):
+    emulator.emulator.faults.batch_outcomes = [ending]
     emulator.emulator.faults.expire_after_fraction = 0.4
     values = events(50)
-    results, dead, _ = await run_pipeline(
-        values,
-        partitions=1,
-    )
+    results, dead, _ = await run_pipeline(values, partitions=1)
     assert dead == []
     assert_exactly_once(results, dead, {e["id"] for e in values})
     first_batch = {r["batch_id"] for r in results[:20]}
-    assert len(first_batch) == 1, "the 40% finished before expiry come from the expired batch"
+    assert len(first_batch) == 1, "the 40% finished before the end come from the ended batch"
     assert len({r["batch_id"] for r in results}) == 2
-    # the completed part was not redone: 50 requests in all were executed
-    assert emulator.emulator.stats["batches_expired"] == 1
+    assert emulator.emulator.stats[f"batches_{ending}"] == 1
+    sizes = sorted(b.as_json()["request_counts"]["total"] for b in emulator.emulator.batches.values())
+    assert sizes == [30, 50], "only the 30 unfinished requests were resubmitted"
 
 
 async def test_completed_without_output_reads_the_error_file(emulator, run_pipeline):
