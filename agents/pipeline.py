@@ -96,7 +96,8 @@ class Pending:
 
     request: Request
     event: EventT[Any]
-    raw: bytes | None
+    #: Size of the request's JSONL line (computed once, when the event is decoded).
+    nbytes: int
 
 
 class Pipeline:
@@ -221,10 +222,11 @@ class Pipeline:
         source = Source(message.topic, partition, message.offset, int(message.timestamp * 1000))
         metrics.EVENTS_IN.labels(**self._labels).inc()
         decoded = decode_event(self.cfg, source, message.key, message.value, message.headers)
+        nbytes = 0
         if isinstance(decoded, Request):
-            line = decoded.jsonl_line()
-            if len(line) > self.policy.max_bytes:
-                decoded = Rejection("oversized", f"request line of {len(line)} bytes exceeds max_bytes")
+            nbytes = len(decoded.jsonl_line())
+            if nbytes > self.policy.max_bytes:
+                decoded = Rejection("oversized", f"request line of {nbytes} bytes exceeds max_bytes")
         if isinstance(decoded, Rejection):
             self.dead_letters.add(dead_letter_for(self.cfg, source, message.value, decoded), key=message.key)
             await self.dead_letters.flush()
@@ -234,7 +236,7 @@ class Pipeline:
         if self.owned[partition].covers(decoded):
             await self._ack(event)  # replayed: already part of a recorded window
             return
-        pending = Pending(decoded, event, message.value)
+        pending = Pending(decoded, event, nbytes)
         if route(self.cfg, decoded, now=time.time()) == "flex":
             await self._start_flex(pending)
         else:
@@ -244,7 +246,7 @@ class Pipeline:
         request = pending.request
         key = WindowKey(request.source.partition, request.endpoint, request.model)
         async with self._lock:
-            sealed = self.windower.add(key, pending, request.custom_id, len(request.jsonl_line()), time.monotonic())
+            sealed = self.windower.add(key, pending, request.custom_id, pending.nbytes, time.monotonic())
         for window in sealed:
             await self._seal(window)
 
