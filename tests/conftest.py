@@ -13,7 +13,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from devkafka import KafkaBroker
 from emulator import EmulatorThread
-from tests.support import TopicReader, WorkerProcess, committed_total, pipeline, produce, wait_until, write_config
+from tests.support import TopicReader, WorkerProcess, pipeline, produce, wait_committed, wait_until, write_config
 
 
 @pytest.fixture(scope="session")
@@ -144,10 +144,7 @@ def run_pipeline(bootstrap: str, make_topic: Any, configure: Any, start_worker: 
 
             await wait_until(all_fates, timeout=120, what=f"{total} results and dead letters")
 
-            async def committed() -> bool:
-                return await committed_total(bootstrap, group, topic) == len(values)
-
-            await wait_until(committed, timeout=30, what="every input offset committed")
+            await wait_committed(bootstrap, group, topic, len(values))
             return Fates(results.values, dlq.values, worker)
 
     return run

@@ -124,6 +124,33 @@ async def committed_total(bootstrap: str, group: str, topic: str) -> int:
     return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset > 0)
 
 
+async def wait_committed(bootstrap: str, group: str, topic: str, total: int, timeout: float = 30) -> None:
+    """Wait until the group's committed offsets of ``topic`` add up to ``total``."""
+
+    async def committed() -> bool:
+        return await committed_total(bootstrap, group, topic) == total
+
+    await wait_until(committed, timeout=timeout, what=f"{total} input offsets committed")
+
+
+async def wait_every_id(readers: list[TopicReader], ids: set[str], timeout: float = 120) -> None:
+    """Wait until every id appears in the records of ``readers`` (results, dead letters)."""
+
+    async def complete() -> bool:
+        seen = set()
+        for reader in readers:
+            seen |= {v["id"] for _, v in await reader.poll()}
+        return ids <= seen
+
+    await wait_until(complete, timeout=timeout, what="every id in results or dead letters")
+
+
+def assert_each_window_submitted_once(stats: dict[str, int]) -> None:
+    """The emulator counts batches per window round (metadata tag): each must be 1."""
+    tags = {k: n for k, n in stats.items() if k.startswith("tag:")}
+    assert tags and all(n == 1 for n in tags.values()), f"a window round was submitted twice: {tags}"
+
+
 async def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     await consumer.start()

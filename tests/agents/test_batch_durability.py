@@ -6,7 +6,16 @@ from collections import Counter
 
 import pytest
 
-from tests.support import TopicReader, WorkerProcess, committed_total, pipeline, produce, wait_until
+from tests.support import (
+    TopicReader,
+    WorkerProcess,
+    assert_each_window_submitted_once,
+    pipeline,
+    produce,
+    wait_committed,
+    wait_every_id,
+    wait_until,
+)  # fmt: skip
 
 pytestmark = pytest.mark.kafka
 
@@ -66,24 +75,15 @@ async def test_sigkill_at_each_crash_point_then_restart(bootstrap, emulator, mak
         # 5. run to the end
         w = start(5)
 
-        async def complete() -> bool:
-            await seen()
-            return ids <= {v["id"] for v in results.values + dlq.values}
-
-        await wait_until(complete, timeout=180, what="every id in results or dead letters")
-
-        async def committed() -> bool:
-            return await committed_total(bootstrap, group, topic) == len(values)
-
-        await wait_until(committed, timeout=30, what="every offset committed")
+        await wait_every_id([results, dlq], ids, timeout=180)
+        await wait_committed(bootstrap, group, topic, len(values))
 
     emitted = Counter(v["id"] for v in results.values + dlq.values)
     duplicates = sum(n - 1 for n in emitted.values())
     print(f"crash test: {len(ids)} ids, {duplicates} duplicates, {emu.stats['batches_created']} batches")
     assert set(emitted) == ids
     assert dlq.values == []
-    tags = {k: n for k, n in emu.stats.items() if k.startswith("tag:")}
-    assert tags and all(n == 1 for n in tags.values()), f"a window round was submitted twice: {tags}"
+    assert_each_window_submitted_once(emu.stats)
 
 
 async def test_two_workers_one_stopped_mid_run(bootstrap, emulator, make_topic, configure, start_worker):
@@ -106,15 +106,8 @@ async def test_two_workers_one_stopped_mid_run(bootstrap, emulator, make_topic, 
         await wait_until(some_results, timeout=90, what="first results")
         assert second.terminate() == 0, second.log()
 
-        async def complete() -> bool:
-            return {v["id"] for _, v in await results.poll()} >= {v["id"] for v in values}
-
-        await wait_until(complete, timeout=180, what="every id to have a result")
-
-    async def committed() -> bool:
-        return await committed_total(bootstrap, group, topic) == len(values)
-
-    await wait_until(committed, timeout=30, what="every offset committed")
+        await wait_every_id([results], {v["id"] for v in values}, timeout=180)
+    await wait_committed(bootstrap, group, topic, len(values))
     duplicates = len(results.values) - len({v["id"] for v in results.values})
     print(f"rebalance test: {len(values)} ids, {duplicates} duplicates")
 
@@ -143,18 +136,9 @@ async def test_worker_stopped_while_creating_batches_hands_them_over_once(
     second = start_worker(config, "b")  # takes partitions over while the first is stopping
     assert first.terminate() == 0, first.log()
     async with TopicReader(bootstrap, f"{topic}.results") as results:
-
-        async def complete() -> bool:
-            return {v["id"] for _, v in await results.poll()} >= {v["id"] for v in values}
-
-        await wait_until(complete, timeout=120, what="every id to have a result")
-
-    async def committed() -> bool:
-        return await committed_total(bootstrap, group, topic) == len(values)
-
-    await wait_until(committed, timeout=30, what="every offset committed")
-    tags = {k: n for k, n in emu.stats.items() if k.startswith("tag:")}
-    assert tags and all(n == 1 for n in tags.values()), f"a window was submitted twice: {tags}"
+        await wait_every_id([results], {v["id"] for v in values})
+    await wait_committed(bootstrap, group, topic, len(values))
+    assert_each_window_submitted_once(emu.stats)
     assert "adopted batch" in second.log(), "the second worker adopted the batches the first had created"
 
 
@@ -181,21 +165,12 @@ async def test_sigkill_while_a_create_call_is_in_flight_adopts_its_batch(
     emu.faults.create_lag = 0
     second = start_worker(config, "second")
     async with TopicReader(bootstrap, f"{topic}.results") as results:
-
-        async def complete() -> bool:
-            return {v["id"] for _, v in await results.poll()} >= {v["id"] for v in values}
-
-        await wait_until(complete, timeout=120, what="every id to have a result")
-
-    async def committed() -> bool:
-        return await committed_total(bootstrap, group, topic) == len(values)
-
-    await wait_until(committed, timeout=30, what="every offset committed")
+        await wait_every_id([results], {v["id"] for v in values})
+    await wait_committed(bootstrap, group, topic, len(values))
 
     async def lagging_calls_done() -> bool:
         return emu.stats["creates_lagged"] == emu.stats["creates_lagging"]
 
     await wait_until(lagging_calls_done, timeout=30, what="the dead worker's create calls to finish")
-    tags = {k: n for k, n in emu.stats.items() if k.startswith("tag:")}
-    assert tags and all(n == 1 for n in tags.values()), f"a window was submitted twice: {tags}"
+    assert_each_window_submitted_once(emu.stats)
     assert "adopted batch" in second.log()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support import TopicReader, committed_total, events, pipeline, produce, wait_until
+from tests.support import TopicReader, events, pipeline, produce, wait_committed
 
 pytestmark = pytest.mark.kafka
 
@@ -27,10 +27,7 @@ async def test_ten_thousand_events_over_four_partitions(bootstrap, make_topic, c
         keys = {k for k, _ in results.records}
         assert keys == {f"k{i}".encode() for i in range(N)}
 
-    async def all_committed() -> bool:
-        return await committed_total(bootstrap, group, topic) == N
-
-    await wait_until(all_committed, timeout=30, what=f"committed offsets to reach {N}")
+    await wait_committed(bootstrap, group, topic, N)
     assert worker.terminate() == 0, worker.log()
 
 

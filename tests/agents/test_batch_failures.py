@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import assert_exactly_once, events
+from tests.support import assert_each_window_submitted_once, assert_exactly_once, events
 
 pytestmark = pytest.mark.kafka
 
@@ -70,10 +70,7 @@ async def test_non_retriable_item_errors_are_dead_lettered_once(emulator, run_pi
 async def test_failed_batch_dead_letters_carry_the_batch_error(emulator, run_pipeline):
     emulator.emulator.faults.batch_outcomes = ["failed"]
     values = events(10)
-    results, dead, _ = await run_pipeline(
-        values,
-        partitions=1,
-    )
+    results, dead, _ = await run_pipeline(values, partitions=1)
     assert results == []
     assert {d["reason"] for d in dead} == {"batch_failed"}
     assert all("injected" in d["message"] and d["error"]["batch_errors"] for d in dead)
@@ -99,10 +96,7 @@ async def test_batch_ended_part_way_keeps_completed_part_and_resubmits_the_rest(
 async def test_completed_without_output_reads_the_error_file(emulator, run_pipeline):
     emulator.emulator.faults.batch_outcomes = ["completed_without_output"]
     values = events(10)
-    results, dead, _ = await run_pipeline(
-        values,
-        partitions=1,
-    )
+    results, dead, _ = await run_pipeline(values, partitions=1)
     assert dead == []
     assert_exactly_once(results, dead, {e["id"] for e in values})
     assert emulator.emulator.stats["batches_created"] == 2
@@ -112,10 +106,7 @@ async def test_refused_creates_wait_and_retry(emulator, run_pipeline):
     emulator.emulator.faults.create_429 = 3
     emulator.emulator.faults.token_limit = 2
     values = events(40)
-    results, dead, worker = await run_pipeline(
-        values,
-        partitions=1,
-    )
+    results, dead, worker = await run_pipeline(values, partitions=1)
     assert dead == []
     assert_exactly_once(results, dead, {e["id"] for e in values})
     assert emulator.emulator.stats["create_429"] == 3
@@ -126,10 +117,7 @@ async def test_refused_creates_wait_and_retry(emulator, run_pipeline):
 async def test_cut_off_downloads_are_retried(emulator, run_pipeline):
     emulator.emulator.faults.cut_off_downloads = 2
     values = events(30)
-    results, dead, _ = await run_pipeline(
-        values,
-        partitions=1,
-    )
+    results, dead, _ = await run_pipeline(values, partitions=1)
     assert dead == []
     assert_exactly_once(results, dead, {e["id"] for e in values})
     assert emulator.emulator.stats["downloads_cut_off"] == 2
@@ -155,8 +143,7 @@ async def test_create_answering_500_after_creating_is_adopted_not_resubmitted(em
     results, dead, worker = await run_pipeline(values, partitions=1, window={"max_requests": 20, "max_wait": "300ms"})
     assert_exactly_once(results, dead, {e["id"] for e in values})
     assert emu.stats["create_500"] == 2
-    tags = {k: n for k, n in emu.stats.items() if k.startswith("tag:")}
-    assert tags and all(n == 1 for n in tags.values()), f"a window was submitted twice: {tags}"
+    assert_each_window_submitted_once(emu.stats)
     assert "adopted batch" in worker.log()
 
 

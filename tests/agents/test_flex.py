@@ -11,12 +11,13 @@ import pytest
 from tests.support import (
     TopicReader,
     assert_exactly_once,
-    committed_total,
     events,
     free_port,
     metric,
     pipeline,
     produce,
+    wait_committed,
+    wait_every_id,
     wait_until,
 )  # fmt: skip
 
@@ -163,16 +164,8 @@ async def test_sigkill_while_flex_calls_are_in_flight_loses_nothing(
         served_before = emu.stats["flex_served"]
         start_worker(config, "second")
 
-        async def complete() -> bool:
-            await results.poll(), await dlq.poll()
-            return {v["id"] for v in results.values + dlq.values} >= {v["id"] for v in values}
-
-        await wait_until(complete, timeout=120, what="every id in results or dead letters")
-
-        async def committed() -> bool:
-            return await committed_total(bootstrap, group, topic) == len(values)
-
-        await wait_until(committed, timeout=30, what="every offset committed")
+        await wait_every_id([results, dlq], {v["id"] for v in values})
+        await wait_committed(bootstrap, group, topic, len(values))
     duplicates = len(results.values) + len(dlq.values) - len(values)
     print(f"flex crash test: {len(values)} ids, {duplicates} duplicates, {served_before} served before the kill")
     assert dlq.values == []
