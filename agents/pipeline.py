@@ -1,9 +1,11 @@
 """A pipeline: Kafka events -> windows -> Batch API, or -> flex calls -> results and dead letters.
 
-Each event is routed (``agents/routing.py``): batch events go to windows as below; flex
-events are served one by one (``agents/flex.py``) under a concurrency limit, and their
-offset is acked only once their result or dead letter is written. A flex event whose
-fallback is ``batch`` joins a window and is acked when the window is sealed.
+Each event is entered in its partition's commit frontier (``streams/offsets.py``) and
+routed (``agents/routing.py``): batch events go to windows as below; flex events are served
+one by one (``agents/flex.py``) under a concurrency limit, and are marked finished only once
+their result or dead letter is written. A flex event whose fallback is ``batch`` joins a
+window and is finished when the window is sealed. Offsets are committed from the frontiers
+(``Pipeline.commit``), never past an event that is not finished.
 
 With ``max_batch_latency``, a batch still unfinished that long after its window was first
 submitted is cancelled (*hedged*): its finished part is emitted, the window is recorded as
@@ -12,10 +14,10 @@ record, so the finished part is never redone.
 
 Where state lives and what happens at each crash point (see also ``agents/state.py``):
 
-1. *Window open, nothing submitted.* Its events are unacked, so the group's committed
-   offset stays before them; after a crash they are consumed again and re-windowed.
+1. *Window open, nothing submitted.* Its events are not finished, so the group's
+   committed offset stays before them; after a crash they are consumed again and re-windowed.
 2. *Window sealed.* A ``sealed`` record (the intent, with the window's offset range) is
-   written to the state topic and confirmed **before** the window's events are acked. From
+   written to the state topic and confirmed **before** the window's events are finished. From
    here the window is the state topic's responsibility, not the input offset's.
 3. *Uploaded, or batch created but not recorded.* The batch's metadata carries
    ``batchstream_window = <window id>#r<round>``, and the record notes when the create call
@@ -36,10 +38,11 @@ Where state lives and what happens at each crash point (see also ``agents/state.
    on that pair.
 7. *Rebalance.* Windows are per input partition and their records live in the same
    partition of the state topic, so whoever is assigned partition P reloads P's records and
-   resumes P's in-flight batches. On revocation open windows are dropped (their events are
-   unacked) and trackers are cancelled; the state they left says where to resume.
+   resumes P's in-flight batches. On revocation the frontier is committed and closed, open
+   windows are dropped (their events were not finished) and trackers are cancelled; the
+   state they left says where to resume.
 
-8. *Flex event in flight.* Its offset is unacked; after a crash it is consumed and served
+8. *Flex event in flight.* It is not finished; after a crash it is consumed and served
    again (a result written just before the crash is then emitted twice, as in 6).
 
 The events of a window restored from state are re-read from the input topic by offset.
@@ -54,7 +57,6 @@ import logging
 import tempfile
 import time
 from collections.abc import Coroutine, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -83,21 +85,15 @@ from streams.models import (
     decode_event,
     task_version,
 )
+from streams.offsets import Frontier, Pending
 from streams.windows import Window, Windower, WindowKey, WindowPolicy
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-
-@dataclass(slots=True)
-class Pending:
-    """A request waiting in an open window, with the event to ack once it is sealed."""
-
-    request: Request
-    event: EventT[Any]
-    #: Size of the request's JSONL line (computed once, when the event is decoded).
-    nbytes: int
+#: How long an event delivered before its partition's state is loaded waits for the load.
+ASSIGNMENT_WAIT = 120
 
 
 class Pipeline:
@@ -152,27 +148,54 @@ class Pipeline:
         self._critical: dict[asyncio.Future[Any], int] = {}
         self._stopped = False
         self._lock = asyncio.Lock()
-        self._loaded = asyncio.Event()
-        self._stream: StreamT[Any] | None = None
+        #: One commit frontier per owned input partition (``streams/offsets.py``).
+        self.frontiers: dict[int, Frontier] = {}
+        #: Events delivered before our assignment handler finished wait on these.
+        self._assigned: dict[int, asyncio.Future[None]] = {}
+        self.commit_interval = settings.kafka.commit_interval
+        self._committed: dict[int, int] = {}
         self._workdir = Path(tempfile.mkdtemp(prefix=f"batchstream-{pipeline.name}-"))
 
     # -- wiring ---------------------------------------------------------------------------
     def register(self) -> None:
         self.app.agent(self.input, name=f"batchstream.{self.cfg.name}")(self._agent)
         self.app.timer(max(0.05, min(0.5, self.policy.max_wait / 4)))(self._tick)
+        self.app.timer(self.commit_interval)(self._commit_tick)
         # mode's Signal types receivers as taking ``signal=`` by keyword; ours accept **kwargs.
         self.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
         self.app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]
         self.app.on_before_shutdown.connect(self.stop)
 
     async def _agent(self, stream: StreamT[Any]) -> None:
-        self._stream = cast("faust.Stream[Any]", stream).noack()
-        async for event in self._stream.events():
+        # No event is ever acked to faust, so faust's own commit arithmetic (which commits
+        # past unacked offsets when acks come out of order) never has anything to commit:
+        # offsets are committed by ``commit`` below, from the frontiers alone.
+        async for event in cast("faust.Stream[Any]", stream).noack().events():
             await self.handle(event)
 
-    async def _ack(self, event: EventT[Any]) -> None:
-        assert self._stream is not None
-        await self._stream.ack(event)
+    async def _commit_tick(self) -> None:
+        await self.commit()
+
+    async def commit(self, partitions: set[int] | None = None) -> None:
+        """Commit each owned partition's frontier: never past an event whose fate is not durable.
+
+        Runs every ``kafka.commit_interval``, before partitions are released and at stop.
+        Goes through the faust consumer, which commits with the group's current
+        generation: a commit racing a rebalance is refused by the broker, never misapplied.
+        """
+        offsets = {
+            TP(self.cfg.input_topic, p): position
+            for p, frontier in self.frontiers.items()
+            if (partitions is None or p in partitions)
+            and (position := frontier.position) is not None
+            and position > self._committed.get(p, -1)
+        }
+        if not offsets:
+            return
+        # faust's own commit path for given offsets (assignment check, producer flush,
+        # commit with the group generation); faust-streaming is pinned to 0.15.x for it.
+        if await self.app.consumer._commit_offsets(offsets):  # type: ignore[attr-defined]
+            self._committed.update({tp.partition: offset for tp, offset in offsets.items()})
 
     # -- rebalance ------------------------------------------------------------------------
     def _mine(self, tps: set[TP]) -> set[int]:
@@ -181,10 +204,17 @@ class Pipeline:
     async def _on_revoked(self, _sender: Any, *args: Any, **_: Any) -> None:
         revoked: set[TP] = args[0]
         partitions = self._mine(revoked)
+        with contextlib.suppress(Exception):  # best effort: what is not committed is read again
+            await self.commit(partitions)
         async with self._lock:
             for partition in partitions:
                 self.windower.drop_partition(partition)
                 self.owned.pop(partition, None)
+                frontier = self.frontiers.pop(partition, None)
+                if frontier is not None:
+                    frontier.close()  # late answers of this assignment can no longer move it
+                self._committed.pop(partition, None)
+                self._wake(partition)
         doomed = [t for wid, t in self.trackers.items() if _partition_of(wid) in partitions]
         for partition in partitions:
             doomed.extend(self.flex_tasks.pop(partition, ()))
@@ -204,21 +234,48 @@ class Pipeline:
         states = await self.state.load(partitions)
         async with self._lock:
             self.owned.update(states)
+            for partition in states:
+                self.frontiers[partition] = Frontier()
+                self._wake(partition)
         for state in states.values():
             for record in state.unfinished():
                 self._track(record, None, slot_held=False)
         metrics.OWNED_PARTITIONS.labels(**self._labels).set(len(self.owned))
-        self._loaded.set()
+
+    def _wake(self, partition: int) -> None:
+        waiter = self._assigned.pop(partition, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _frontier_of(self, event: EventT[Any]) -> Frontier | None:
+        """The frontier of the event's partition, once our assignment handler has loaded it.
+
+        None when the event is stale: its partition was revoked while it waited, so it is
+        left for whoever owns the partition now (it was never marked finished).
+        """
+        message = event.message
+        frontier = self.frontiers.get(message.partition)
+        if frontier is not None:
+            return frontier
+        waiter = self._assigned.setdefault(message.partition, asyncio.get_running_loop().create_future())
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), timeout=ASSIGNMENT_WAIT)
+        except TimeoutError:
+            log.warning("%s: partition %d was not loaded within %ds; leaving offset %d unread",
+                        self.cfg.name, message.partition, ASSIGNMENT_WAIT, message.offset)  # fmt: skip
+            return None
+        generation = getattr(message, "generation_id", None)
+        if generation is not None and generation != self.app.consumer_generation_id:
+            return None  # delivered in an earlier generation of the group
+        return self.frontiers.get(message.partition)
 
     # -- ingest ---------------------------------------------------------------------------
     async def handle(self, event: EventT[Any]) -> None:
         message = event.message
         partition = message.partition
-        if partition not in self.owned:
-            # Delivered before our assignment handler finished loading: wait for it.
-            await asyncio.wait_for(self._loaded.wait(), timeout=120)
-            if partition not in self.owned:
-                return  # revoked meanwhile; the event stays unacked for the new owner
+        frontier = await self._frontier_of(event)
+        if frontier is None or not frontier.received(message.offset):
+            return
         source = Source(message.topic, partition, message.offset, int(message.timestamp * 1000))
         metrics.EVENTS_IN.labels(**self._labels).inc()
         decoded = decode_event(self.cfg, source, message.key, message.value, message.headers)
@@ -231,12 +288,12 @@ class Pipeline:
             self.dead_letters.add(dead_letter_for(self.cfg, source, message.value, decoded), key=message.key)
             await self.dead_letters.flush()
             metrics.DEAD_LETTERS.labels(reason=decoded.reason, **self._labels).inc()
-            await self._ack(event)
+            frontier.finished(message.offset)
             return
         if self.owned[partition].covers(decoded):
-            await self._ack(event)  # replayed: already part of a recorded window
+            frontier.finished(message.offset)  # replayed: already part of a recorded window
             return
-        pending = Pending(decoded, event, nbytes)
+        pending = Pending(decoded, frontier, nbytes)
         if route(self.cfg, decoded, now=time.time()) == "flex":
             await self._start_flex(pending)
         else:
@@ -254,7 +311,7 @@ class Pipeline:
     async def _start_flex(self, pending: Pending) -> None:
         await self.flex.slots.acquire()  # full: consumption waits here (bounded memory)
         partition = pending.request.source.partition
-        if partition not in self.owned:  # revoked while we waited: the new owner serves it
+        if pending.frontier.closed:  # revoked while we waited: the new owner serves it
             self.flex.slots.release()
             return
         task = asyncio.create_task(self._serve_flex(pending), name=f"flex:{pending.request.custom_id}")
@@ -271,11 +328,11 @@ class Pipeline:
             metrics.FLEX_IN_FLIGHT.labels(**self._labels).dec()
             self.flex.slots.release()
         if isinstance(outcome, ToBatch):
-            await self._to_window(pending)  # acked when its window is sealed
+            await self._to_window(pending)  # finished when its window is sealed
             return
         self._emit_single(request, outcome, batch_id=None, submitted=None, rounds=0)
         await self._flush_until_written(request.id)
-        await self._ack(pending.event)
+        pending.frontier.finished(request.source.offset)
 
     async def _serve_retrying(self, request: Request) -> Served | Failed | ToBatch:
         deadline = time.time() + self.cfg.flex.budget
@@ -285,7 +342,7 @@ class Pipeline:
                 return await self.flex.serve(request, deadline=deadline)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - an event must never be dropped unacked
+            except Exception as exc:  # noqa: BLE001 - an event must never be left unfinished
                 failures += 1
                 delay = backoff(failures, initial=1.0, maximum=60.0)
                 log.warning("%s: flex serving failed (%s); retrying in %.1fs", request.id, _describe(exc), delay)
@@ -309,7 +366,7 @@ class Pipeline:
         self._result(request, outcome.body, output, batch_id, timestamps, mode=outcome.mode, tier=outcome.tier)
 
     async def _flush_until_written(self, what: str) -> None:
-        """Flush the sinks, retrying: the caller acks an offset only after this returns."""
+        """Flush the sinks, retrying: the caller finishes an event only after this returns."""
         failures = 0
         while True:
             try:
@@ -317,7 +374,7 @@ class Pipeline:
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - the record must be written before the ack
+            except Exception as exc:  # noqa: BLE001 - the record must be written before the event is finished
                 failures += 1
                 delay = backoff(failures, initial=0.5, maximum=30.0)
                 log.warning("%s: writing its record failed (%s); retrying in %.1fs", what, _describe(exc), delay)
@@ -330,11 +387,13 @@ class Pipeline:
             await self._seal(window)
 
     async def _seal(self, window: Window[Pending]) -> None:
-        """Record the window durably, then ack its events and hand it to a tracker."""
+        """Record the window durably, then finish its events and hand it to a tracker."""
         await self.slots.acquire()  # full: consumption waits here (bounded memory)
         partition = window.key.partition
         state = self.owned.get(partition)
-        if state is None:
+        if state is None or window.items[0].frontier.closed:
+            # revoked (perhaps assigned again since): its events are read again from the
+            # committed offset by whoever owns the partition now
             self.slots.release()
             return
         offsets = [p.request.source.offset for p in window.items]
@@ -364,7 +423,7 @@ class Pipeline:
             raise
         state.put(record)
         for pending in window.items:
-            await self._ack(pending.event)
+            pending.frontier.finished(pending.request.source.offset)
         metrics.WINDOWS_SEALED.labels(**self._labels).inc()
         self._track(record, [p.request for p in window.items], slot_held=True)
 
@@ -721,6 +780,12 @@ class Pipeline:
             await asyncio.gather(*tasks, return_exceptions=True)
         if self._critical:
             await asyncio.wait(list(self._critical), timeout=30)
+        try:
+            await self.commit()
+        except Exception as exc:  # noqa: BLE001 - stopping anyway; the next owner reads from the last commit
+            log.warning("%s: final commit failed: %s", self.cfg.name, _describe(exc))
+        for frontier in self.frontiers.values():
+            frontier.close()
         await self.client.close()
 
 
