@@ -270,3 +270,61 @@ class WorkerProcess:
             self.proc.kill()
             self.proc.wait()
         self._log.close()
+
+
+async def produce_placed(
+    bootstrap: str, topic: str, values: Iterable[bytes | dict[str, Any]], *, keys: Iterable[bytes | None] | None = None,
+    partition: int | None = None,
+) -> list[tuple[int, int]]:  # fmt: skip
+    """Like :func:`produce`, but return where each value landed: ``(partition, offset)``."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        key_iter = iter(keys) if keys is not None else None
+        futures = []
+        for value in values:
+            raw = value if isinstance(value, bytes) else orjson.dumps(value)
+            key = next(key_iter) if key_iter is not None else None
+            futures.append(await producer.send(topic, raw, key=key, partition=partition))
+        placed = await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return [(meta.partition, meta.offset) for meta in placed]
+
+
+async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    """The group's committed offset of each partition of ``topic``; never-committed partitions are absent."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset >= 0}
+
+
+async def wait_committed_offsets(
+    bootstrap: str, group: str, topic: str, expected: dict[int, int], timeout: float = 30
+) -> None:
+    """Wait until the group's committed offset of each partition in ``expected`` is exactly that."""
+    seen: dict[int, int] = {}
+
+    async def reached() -> bool:
+        nonlocal seen
+        seen = await committed_offsets(bootstrap, group, topic)
+        return all(seen.get(p) == off for p, off in expected.items())
+
+    try:
+        await wait_until(reached, timeout=timeout, what=f"committed offsets {expected}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last seen {seen}") from None
+
+
+async def wait_log(worker: WorkerProcess, text: str, *, count: int = 1, timeout: float = 60) -> None:
+    """Wait until the worker's log holds ``text`` at least ``count`` times (the worker must stay alive)."""
+
+    async def logged() -> bool:
+        assert worker.proc.poll() is None, f"worker exited with {worker.proc.returncode}:\n{worker.log()[-4000:]}"
+        return worker.log().count(text) >= count
+
+    await wait_until(logged, timeout=timeout, interval=0.1, what=f"{text!r} x{count} in {worker.log_path.name}")
