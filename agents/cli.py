@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             serve(args.host, args.port, faults)
             return 0
         if args.command == "demo":
-            from agents.demo import run_demo
+            from demo import run_demo
 
             return run_demo(events=args.events, mode=args.mode)
         return _dev_kafka(args.port, args.data_dir)

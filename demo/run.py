@@ -55,7 +55,7 @@ MALFORMED: list[bytes] = [b"{not json", b"\xff\xfe\x00binary", b"[1, 2, 3]", b'{
 
 
 def load_tickets(limit: int) -> list[dict[str, Any]]:
-    text = resources.files("agents").joinpath("data/tickets.jsonl").read_bytes()
+    text = resources.files("demo").joinpath("data/tickets.jsonl").read_bytes()
     tickets = [orjson.loads(line) for line in text.splitlines() if line.strip()]
     while len(tickets) < limit:  # more than bundled: repeat with new ids
         tickets += [{**t, "id": f"{t['id']}-{len(tickets)}"} for t in tickets[: limit - len(tickets)]]
