@@ -12,7 +12,16 @@ of calls and a deadline), then applies the pipeline's fallback:
 
 A model that does not offer flex rejects the ``service_tier`` parameter (HTTP 400 naming
 it); that goes straight to the fallback. Any other 4xx is a ``provider_rejected`` dead
-letter. What the caller gets is an outcome value; it writes the record and acks the event.
+letter. What the caller gets is an outcome value (``agents/outcomes.py``).
+
+:class:`FlexLane` is the flex path of a pipeline: it takes routed events on under the
+concurrency limit (a full lane holds back consumption), serves each in a task filed under
+its input partition, writes its record, and only then marks the event finished in its
+frontier. An event whose fallback is ``batch`` is handed to the batch lane instead.
+
+Crash point: a flex event in flight is not finished, so the committed offset stays before
+it; after a crash it is consumed and served again (a result written just before the crash
+is then emitted twice, with the same ``id`` and ``task_version``).
 """
 
 from __future__ import annotations
@@ -20,48 +29,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-from agents import metrics
-from agents.outcomes import backoff
+from agents.metrics import PipelineMetrics
+from agents.outbox import Outbox
+from agents.outcomes import Failed, FlexOutcome, Served, ToBatch
 from agents.provider import BatchClient
+from agents.retry import backoff, retry_forever
+from agents.tasks import PartitionTasks
 from streams.config import PipelineSettings
 from streams.errors import ProviderBackpressure, ProviderError, ProviderRejected
-from streams.models import ReasonCode, Request
+from streams.models import Request
+from streams.offsets import Pending
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Served:
-    """The provider answered: ``mode`` is the path (flex or standard), ``tier`` what it reported
-    (None when the response does not say: an OpenAI-compatible server without tiers)."""
-
-    body: dict[str, Any]
-    mode: Literal["flex", "standard"]
-    tier: str | None
-    attempts: int
-    started: float
-    finished: float
-
-
-@dataclass(frozen=True, slots=True)
-class Failed:
-    reason: ReasonCode
-    message: str
-    attempts: int
-    error: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ToBatch:
-    """Flex had no capacity within the budget and the fallback is ``batch``."""
-
-    attempts: int
-
-
-Outcome = Served | Failed | ToBatch
 
 
 def _error_detail(exc: ProviderError) -> dict[str, Any]:
@@ -80,15 +62,15 @@ def _rejects_flex(exc: ProviderRejected) -> bool:
 class FlexRunner:
     """Serves single requests through flex, then the fallback. One per pipeline."""
 
-    def __init__(self, pipeline: PipelineSettings, client: BatchClient, labels: dict[str, str]) -> None:
-        self.cfg = pipeline
-        self.flex = pipeline.flex
+    def __init__(self, cfg: PipelineSettings, client: BatchClient, metrics: PipelineMetrics) -> None:
+        self.cfg = cfg
+        self.flex = cfg.flex
         self.client = client
-        self.labels = labels
+        self.metrics = metrics
         #: Flex calls in flight; the caller acquires a slot before it takes an event on.
-        self.slots = asyncio.Semaphore(pipeline.flex.concurrency)
+        self.slots = asyncio.Semaphore(cfg.flex.concurrency)
 
-    async def serve(self, request: Request, *, deadline: float, allow_batch: bool = True) -> Outcome:
+    async def serve(self, request: Request, *, deadline: float, allow_batch: bool = True) -> FlexOutcome:
         """Serve one request: flex until ``deadline`` (epoch seconds) or ``flex.attempts``, then fall back.
 
         ``allow_batch=False`` (a hedged event, already late) turns a ``batch`` fallback into
@@ -103,7 +85,7 @@ class FlexRunner:
             if remaining <= 0:
                 break
             attempts += 1
-            metrics.FLEX_CALLS.labels(tier="flex", **self.labels).inc()
+            self.metrics.flex_call("flex")
             try:
                 response = await self.client.respond(
                     request.endpoint, body, timeout=max(1.0, min(self.flex.timeout, remaining))
@@ -116,9 +98,11 @@ class FlexRunner:
                 return Failed("provider_rejected", str(exc), attempts, _error_detail(exc))
             except ProviderError as exc:
                 last = exc
+                retry_after = None
                 if isinstance(exc, ProviderBackpressure):
-                    metrics.FLEX_REFUSED.labels(**self.labels).inc()
-                delay = getattr(exc, "retry_after", None) or backoff(
+                    self.metrics.flex_refused.inc()
+                    retry_after = exc.retry_after
+                delay = retry_after or backoff(
                     attempts, initial=self.flex.backoff_initial, maximum=self.flex.backoff_max
                 )
                 if attempts >= self.flex.attempts or time.time() + delay >= deadline:
@@ -130,26 +114,26 @@ class FlexRunner:
 
     async def _fall_back(
         self, request: Request, attempts: int, last: ProviderError | None, started: float, *, allow_batch: bool
-    ) -> Outcome:
+    ) -> FlexOutcome:
         why = f"flex unavailable after {attempts} calls in {time.time() - started:.1f}s"
         if last is not None:
             why += f": {last}"
         fallback = self.flex.fallback
         if fallback == "batch" and not allow_batch:
             fallback = "standard"
-        metrics.FLEX_FALLBACKS.labels(fallback=fallback, **self.labels).inc()
+        self.metrics.flex_fallback(fallback)
         if fallback == "dead_letter":
             return Failed("flex_unavailable", why, attempts, _error_detail(last) if last else None)
         if fallback == "batch":
             return ToBatch(attempts)
         return await self._standard(request, attempts, started)
 
-    async def _standard(self, request: Request, flex_attempts: int, started: float) -> Outcome:
+    async def _standard(self, request: Request, flex_attempts: int, started: float) -> FlexOutcome:
         body = {k: v for k, v in request.body.items() if k != "service_tier"}
         tries = 0
         while True:
             tries += 1
-            metrics.FLEX_CALLS.labels(tier="standard", **self.labels).inc()
+            self.metrics.flex_call("standard")
             try:
                 response = await self.client.respond(request.endpoint, body, timeout=self.flex.timeout)
             except ProviderRejected as exc:
@@ -157,9 +141,56 @@ class FlexRunner:
             except ProviderError as exc:
                 if tries >= self.cfg.retry.attempts:
                     return Failed("retries_exhausted", str(exc), flex_attempts + tries, _error_detail(exc))
+                retry_after = exc.retry_after if isinstance(exc, ProviderBackpressure) else None
                 await asyncio.sleep(
-                    getattr(exc, "retry_after", None)
+                    retry_after
                     or backoff(tries, initial=self.cfg.retry.backoff_initial, maximum=self.cfg.retry.backoff_max)
                 )
                 continue
             return Served(response, "standard", _reported_tier(response), flex_attempts + tries, started, time.time())
+
+
+class FlexLane:
+    """The flex path of one pipeline: one task per event, at most ``flex.concurrency`` at once."""
+
+    def __init__(
+        self,
+        runner: FlexRunner,
+        outbox: Outbox,
+        tasks: PartitionTasks,
+        *,
+        to_batch: Callable[[Pending], Awaitable[None]],
+    ) -> None:
+        self.runner = runner
+        self.outbox = outbox
+        self.tasks = tasks
+        self.metrics = runner.metrics
+        #: Where an event goes when flex has no capacity and the fallback is ``batch``.
+        self.to_batch = to_batch
+
+    async def add(self, pending: Pending) -> None:
+        """Take an event on; waits while the lane is full (consumption waits with it)."""
+        await self.runner.slots.acquire()
+        if pending.frontier.closed:  # revoked while we waited: the new owner serves it
+            self.runner.slots.release()
+            return
+        request = pending.request
+        self.tasks.spawn(request.source.partition, self._serve(pending), name=f"flex:{request.custom_id}")
+
+    async def _serve(self, pending: Pending) -> None:
+        request = pending.request
+        deadline = time.time() + self.runner.flex.budget
+        self.metrics.flex_in_flight.inc()
+        try:
+            outcome = await retry_forever(
+                lambda: self.runner.serve(request, deadline=deadline), what=f"{request.id}: flex serving"
+            )
+        finally:
+            self.metrics.flex_in_flight.dec()
+            self.runner.slots.release()
+        if isinstance(outcome, ToBatch):
+            await self.to_batch(pending)  # finished when its window is sealed
+            return
+        self.outbox.served(request, outcome, batch_id=None, submitted=None, rounds=0)
+        await self.outbox.flush_until_written(request.id)
+        pending.frontier.finished(request.source.offset)

@@ -22,3 +22,30 @@ FLEX_FALLBACKS = Counter(
 )
 FLEX_IN_FLIGHT = Gauge("batchstream_flex_in_flight", "Events being served by flex or its fallback", ["pipeline"])
 BATCHES_HEDGED = Counter("batchstream_batches_hedged", "Batches cancelled at max_batch_latency", ["pipeline"])
+
+
+class PipelineMetrics:
+    """The metrics of one pipeline, its ``pipeline`` label bound once rather than per event."""
+
+    def __init__(self, pipeline: str) -> None:
+        self.pipeline = pipeline
+        self.events_in = EVENTS_IN.labels(pipeline=pipeline)
+        self.results = RESULTS.labels(pipeline=pipeline)
+        self.windows_sealed = WINDOWS_SEALED.labels(pipeline=pipeline)
+        self.batches_submitted = BATCHES_SUBMITTED.labels(pipeline=pipeline)
+        self.batches_done = BATCHES_DONE.labels(pipeline=pipeline)
+        self.batches_in_flight = BATCHES_IN_FLIGHT.labels(pipeline=pipeline)
+        self.batches_hedged = BATCHES_HEDGED.labels(pipeline=pipeline)
+        self.backpressure = BACKPRESSURE.labels(pipeline=pipeline)
+        self.owned_partitions = OWNED_PARTITIONS.labels(pipeline=pipeline)
+        self.flex_refused = FLEX_REFUSED.labels(pipeline=pipeline)
+        self.flex_in_flight = FLEX_IN_FLIGHT.labels(pipeline=pipeline)
+
+    def dead_letter(self, reason: str) -> None:
+        DEAD_LETTERS.labels(pipeline=self.pipeline, reason=reason).inc()
+
+    def flex_call(self, tier: str) -> None:
+        FLEX_CALLS.labels(pipeline=self.pipeline, tier=tier).inc()
+
+    def flex_fallback(self, fallback: str) -> None:
+        FLEX_FALLBACKS.labels(pipeline=self.pipeline, fallback=fallback).inc()

@@ -1,12 +1,22 @@
-"""Pure mapping of batch result lines to per-event outcomes, and retry policy."""
+"""What a provider's answer means for one event. Pure.
+
+- a batch result line -> :class:`LineOutcome` (``ok``, ``retry`` or ``fail``), by
+  :func:`classify`;
+- a synchronous call (flex, or its fallback) -> :data:`FlexOutcome`: :class:`Served`,
+  :class:`Failed`, or :class:`ToBatch`;
+- a response body -> the useful output (text, parsed JSON, embeddings), by
+  :func:`extract_output`.
+"""
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
+
+from streams.errors import InvalidOutputError
+from streams.models import ReasonCode
 
 RETRIABLE_CODES = frozenset({
     "server_error", "rate_limit_exceeded", "batch_expired", "batch_cancelled", "timeout",
@@ -15,7 +25,9 @@ RETRIABLE_CODES = frozenset({
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class LineOutcome:
+    """What one batch result line says about its request."""
+
     kind: Literal["ok", "retry", "fail"]
     body: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
@@ -30,33 +42,29 @@ def _status_retriable(status: int) -> bool:
     return status in (408, 409, 429) or status >= 500
 
 
-def classify(line: dict[str, Any] | None) -> Outcome:
-    """One output- or error-file line (or None when the line is missing) -> an Outcome.
+def classify(line: dict[str, Any] | None) -> LineOutcome:
+    """One output- or error-file line (or None when the line is missing) -> a LineOutcome.
 
     Handles both failure shapes: ``error`` set with ``response`` null, and ``error`` null
     with a non-200 ``response.status_code`` whose body holds the error.
     """
     if line is None:
-        return Outcome("retry", error={"code": "missing_result", "message": "no result line for this request"})
+        return LineOutcome("retry", error={"code": "missing_result", "message": "no result line for this request"})
     error = line.get("error")
     response = line.get("response")
     if isinstance(error, dict):
         kind: Literal["retry", "fail"] = "retry" if error.get("code") in RETRIABLE_CODES else "fail"
-        return Outcome(kind, error=error)
+        return LineOutcome(kind, error=error)
     if not isinstance(response, dict):
-        return Outcome("retry", error={"code": "malformed_line", "message": "line has neither response nor error"})
+        return LineOutcome("retry", error={"code": "malformed_line", "message": "line has neither response nor error"})
     status = int(response.get("status_code") or 0)
     body = response.get("body") if isinstance(response.get("body"), dict) else {}
     if status == 200:
-        return Outcome("ok", body=body)
+        return LineOutcome("ok", body=body)
     inner = body.get("error") if isinstance(body, dict) else None
     detail = dict(inner) if isinstance(inner, dict) else {"message": f"HTTP {status}"}
     detail["status_code"] = status
-    return Outcome("retry" if _status_retriable(status) else "fail", error=detail)
-
-
-class InvalidOutputError(ValueError):
-    """The response's text is not the JSON the request asked for."""
+    return LineOutcome("retry" if _status_retriable(status) else "fail", error=detail)
 
 
 def extract_output(endpoint: str, body: dict[str, Any], wants_json: bool) -> Any:
@@ -86,7 +94,34 @@ def extract_output(endpoint: str, body: dict[str, Any], wants_json: bool) -> Any
         raise InvalidOutputError(f"the response is not valid JSON: {exc}") from exc
 
 
-def backoff(attempt: int, *, initial: float, maximum: float, rng: random.Random | None = None) -> float:
-    """Exponential backoff with equal jitter: uniform in [c/2, c], c = min(max, initial * 2**(attempt-1))."""
-    ceiling = min(maximum, initial * 2 ** max(0, attempt - 1))
-    return (rng or random).uniform(ceiling / 2, ceiling)
+@dataclass(frozen=True, slots=True)
+class Served:
+    """The provider answered: ``mode`` is the path (flex or standard), ``tier`` what it reported
+    (None when the response does not say: an OpenAI-compatible server without tiers)."""
+
+    body: dict[str, Any]
+    mode: Literal["flex", "standard"]
+    tier: str | None
+    attempts: int
+    started: float
+    finished: float
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The event ends as a dead letter."""
+
+    reason: ReasonCode
+    message: str
+    attempts: int
+    error: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ToBatch:
+    """Flex had no capacity within the budget and the fallback is ``batch``."""
+
+    attempts: int
+
+
+FlexOutcome = Served | Failed | ToBatch

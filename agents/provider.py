@@ -7,7 +7,6 @@ ProviderUnavailable, any other 4xx -> ProviderRejected. Callers decide on ``retr
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -125,10 +124,6 @@ class BatchClient:
         if not isinstance(response, dict):
             raise ProviderUnavailable(f"{endpoint}: the response is not a JSON object")
         return response
-
-    async def delete_file(self, file_id: str) -> None:
-        with contextlib.suppress(ProviderError):
-            await self._call("delete file", lambda: self._client.files.delete(file_id))
 
     async def find(self, window_tag: str, *, created_after: float) -> Batch | None:
         """The newest batch whose metadata names ``window_tag``, looking back to ``created_after``.

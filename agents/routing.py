@@ -19,13 +19,13 @@ from streams.models import Request
 Route = Literal["batch", "flex"]
 
 
-def route(pipeline: PipelineSettings, request: Request, *, now: float) -> Route:
-    if pipeline.mode != "auto":
-        return pipeline.mode
+def route(cfg: PipelineSettings, request: Request, *, now: float) -> Route:
+    if cfg.mode != "auto":
+        return cfg.mode
     deadline = request.deadline
-    if deadline is None and pipeline.latency_objective is not None:
+    if deadline is None and cfg.latency_objective is not None:
         received = request.source.timestamp_ms / 1000 if request.source.timestamp_ms else now
-        deadline = received + pipeline.latency_objective
+        deadline = received + cfg.latency_objective
     if deadline is None:
         return "batch"
-    return "batch" if deadline - now >= pipeline.batch_latency_bound else "flex"
+    return "batch" if deadline - now >= cfg.batch_latency_bound else "flex"

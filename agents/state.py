@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import Literal
+from typing import Literal, Protocol
 
 import faust
 import orjson
@@ -101,6 +101,32 @@ class WindowRecord(BaseModel):
     def dumps(self) -> bytes:
         return orjson.dumps(self.model_dump(mode="json"))
 
+    # -- transitions: each returns the next record; the ledger saves it --------------------
+    def create_started(self, now: float) -> WindowRecord:
+        """A create call for the current round is about to start: a batch may exist from here."""
+        return self.model_copy(update={"create_started_at": now})
+
+    def submitted(self, batch_id: str, now: float) -> WindowRecord:
+        return self.model_copy(update={
+            "status": "submitted", "batch_id": batch_id, "submitted_at": now,
+            "first_submitted_at": self.first_submitted_at or now,
+        })  # fmt: skip
+
+    def next_round(self, offsets: Iterable[int], now: float, *, same_round: bool = False) -> WindowRecord:
+        """Sealed again for ``offsets``: a retry round (``same_round`` when the provider refused the batch)."""
+        return self.model_copy(update={
+            "status": "sealed", "batch_id": None, "round": self.round if same_round else self.round + 1,
+            "offsets": sorted(offsets), "sealed_at": now, "create_started_at": None,
+        })  # fmt: skip
+
+    def hedged(self, offsets: Iterable[int]) -> WindowRecord:
+        """Cancelled at ``max_batch_latency`` with its finished part emitted; ``offsets`` go flex."""
+        return self.model_copy(update={"status": "hedged", "offsets": sorted(offsets)})
+
+    def done(self) -> WindowRecord:
+        """Every event of the window has its result or dead letter written."""
+        return self.model_copy(update={"status": "done", "offsets": None})
+
 
 class PartitionState:
     """The window records of one input partition, as last written.
@@ -140,6 +166,58 @@ class PartitionState:
         for record in gone:
             del self.records[record.window_id]
         return gone
+
+
+class StateBackend(Protocol):
+    """Where window records are kept: the state topic (:class:`StateStore`), or memory in tests."""
+
+    group_id: str
+
+    async def put(self, record: WindowRecord) -> None: ...
+
+    async def load(self, partitions: Iterable[int]) -> dict[int, PartitionState]: ...
+
+
+class Ledger:
+    """The window records of the partitions this worker owns: the state topic plus a local copy.
+
+    ``save`` writes a record and waits for the broker's confirmation before it updates the
+    local copy, so what the worker believes never runs ahead of what a successor would read.
+    """
+
+    def __init__(self, backend: StateBackend) -> None:
+        self.backend = backend
+        self.group_id = backend.group_id
+        self._owned: dict[int, PartitionState] = {}
+
+    async def load(self, partitions: Iterable[int]) -> list[WindowRecord]:
+        """Take ownership of the partitions' records; return the windows not yet done."""
+        states = await self.backend.load(partitions)
+        self._owned.update(states)
+        return [record for state in states.values() for record in state.unfinished()]
+
+    def release(self, partitions: Iterable[int]) -> None:
+        for partition in partitions:
+            self._owned.pop(partition, None)
+
+    def owns(self, partition: int) -> bool:
+        return partition in self._owned
+
+    @property
+    def partitions(self) -> set[int]:
+        return set(self._owned)
+
+    def covers(self, request: Request) -> bool:
+        """Whether the request is an event of a recorded window (a replay to skip)."""
+        state = self._owned.get(request.source.partition)
+        return state is not None and state.covers(request)
+
+    async def save(self, record: WindowRecord) -> WindowRecord:
+        await self.backend.put(record)
+        state = self._owned.get(record.partition)
+        if state is not None:
+            state.put(record)
+        return record
 
 
 class StateStore:

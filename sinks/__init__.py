@@ -1,5 +1,5 @@
 """What flows out: results and dead letters, each a sink to a Kafka topic."""
 
-from sinks.base import Sink, TopicSink
+from sinks.base import MemorySink, Sink, TopicSink
 
-__all__ = ["Sink", "TopicSink"]
+__all__ = ["MemorySink", "Sink", "TopicSink"]

@@ -19,9 +19,11 @@ from pydantic import BaseModel
 
 
 class Sink(Protocol):
+    """Cheap ``add``; ``flush`` writes everything added so far, or raises."""
+
     def add(self, value: BaseModel, *, key: bytes | None) -> None: ...
 
-    async def flush(self, timeout: float) -> int: ...
+    async def flush(self, timeout: float = ...) -> int: ...
 
 
 class TopicSink:
@@ -59,3 +61,31 @@ class TopicSink:
             self._pending = pending + self._pending
             raise
         return len(pending)
+
+
+class MemorySink:
+    """A sink that keeps records in memory: the test double for :class:`TopicSink`.
+
+    ``records`` holds what a flush has written; ``fail_next`` makes the next flushes raise
+    (nothing of theirs is written) to exercise the commit gate.
+    """
+
+    def __init__(self) -> None:
+        self.records: list[tuple[bytes | None, BaseModel]] = []
+        self.fail_next = 0
+        self._pending: list[tuple[bytes | None, BaseModel]] = []
+
+    def add(self, value: BaseModel, *, key: bytes | None) -> None:
+        self._pending.append((key, value))
+
+    async def flush(self, timeout: float = 60.0) -> int:
+        if self.fail_next:
+            self.fail_next -= 1
+            raise ConnectionError("memory sink: injected flush failure")
+        pending, self._pending = self._pending, []
+        self.records.extend(pending)
+        return len(pending)
+
+    @property
+    def values(self) -> list[BaseModel]:
+        return [value for _, value in self.records]

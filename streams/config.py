@@ -217,12 +217,6 @@ class Settings(Frozen):
             raise ValueError("pipeline names must be unique")
         return self
 
-    def pipeline(self, name: str) -> PipelineSettings:
-        for pipeline in self.pipelines:
-            if pipeline.name == name:
-                return pipeline
-        raise KeyError(name)
-
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 

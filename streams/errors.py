@@ -2,6 +2,8 @@
 
     BatchstreamError
      +-- ConfigError                  bad configuration: raised at start-up, names the field
+     +-- InvalidOutputError           a response is not the JSON its request asked for
+     +-- DuplicateCustomIdError       two lines of one window would share a custom_id
      +-- ProviderError                a provider call failed (mapped at the SDK boundary)
           +-- ProviderBackpressure    429 / token_limit_exceeded: wait ``retry_after`` and retry
           +-- ProviderUnavailable     5xx, timeouts, connection errors, cut-off downloads: retry
@@ -23,6 +25,14 @@ class BatchstreamError(Exception):
 
 class ConfigError(BatchstreamError):
     """The configuration file or environment is invalid."""
+
+
+class InvalidOutputError(BatchstreamError, ValueError):
+    """The response's text is not the JSON the request asked for (dead letter ``invalid_output``)."""
+
+
+class DuplicateCustomIdError(BatchstreamError, ValueError):
+    """Two lines of one window would share a custom_id: the provider would reject the whole file."""
 
 
 class ProviderError(BatchstreamError):

@@ -139,13 +139,13 @@ class DeadLetter(BaseModel):
     source: SourceRecord
 
 
-def task_version(pipeline: PipelineSettings) -> str:
+def task_version(cfg: PipelineSettings) -> str:
     """A short hash of what determines an output: endpoint, model, template and parameters."""
     material = orjson.dumps(
         {
-            "endpoint": pipeline.endpoint,
-            "model": pipeline.model,
-            "template": pipeline.template.model_dump(mode="json"),
+            "endpoint": cfg.endpoint,
+            "model": cfg.model,
+            "template": cfg.template.model_dump(mode="json"),
         },
         option=orjson.OPT_SORT_KEYS,
     )
@@ -157,22 +157,22 @@ class _Missing(dict[str, Any]):
         raise KeyError(key)
 
 
-def _render_body(pipeline: PipelineSettings, event: dict[str, Any]) -> dict[str, Any]:
-    template = pipeline.template
+def _render_body(cfg: PipelineSettings, event: dict[str, Any]) -> dict[str, Any]:
+    template = cfg.template
     fields = _Missing(event)
     user = template.user.format_map(fields) if template.user else orjson.dumps(event).decode()
-    if pipeline.endpoint == "/v1/embeddings":
-        return {"model": pipeline.model, "input": user, **template.parameters}
+    if cfg.endpoint == "/v1/embeddings":
+        return {"model": cfg.model, "input": user, **template.parameters}
     messages: list[dict[str, str]] = []
     if template.system:
         messages.append({"role": "system", "content": template.system.format_map(fields)})
     messages.append({"role": "user", "content": user})
-    if pipeline.endpoint == "/v1/responses":
-        body: dict[str, Any] = {"model": pipeline.model, "input": messages}
+    if cfg.endpoint == "/v1/responses":
+        body: dict[str, Any] = {"model": cfg.model, "input": messages}
         if template.response_format:
             body["text"] = {"format": _responses_format(template.response_format)}
     else:
-        body = {"model": pipeline.model, "messages": messages}
+        body = {"model": cfg.model, "messages": messages}
         if template.response_format:
             body["response_format"] = template.response_format
     body.update(template.parameters)
@@ -223,12 +223,12 @@ def _header(headers: Headers, name: str) -> bytes | None:
 
 
 def decode_event(
-    pipeline: PipelineSettings, source: Source, key: bytes | None, value: bytes | None, headers: Headers = None
+    cfg: PipelineSettings, source: Source, key: bytes | None, value: bytes | None, headers: Headers = None
 ) -> Request | Rejection:
     """Turn one Kafka record into a request, or say why it cannot be one. Pure."""
     raw = value or b""
-    if len(raw) > pipeline.max_event_bytes:
-        return Rejection("oversized", f"event is {len(raw)} bytes, limit {pipeline.max_event_bytes}")
+    if len(raw) > cfg.max_event_bytes:
+        return Rejection("oversized", f"event is {len(raw)} bytes, limit {cfg.max_event_bytes}")
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -244,18 +244,18 @@ def decode_event(
         return Rejection("wrong_shape", "'id' must be a non-empty string or an integer")
     if isinstance(event.get("body"), dict):
         body = dict(event["body"])
-        body.setdefault("model", pipeline.model)
+        body.setdefault("model", cfg.model)
         if not isinstance(body["model"], str):
             return Rejection("wrong_shape", "'body.model' must be a string")
     else:
         try:
-            body = _render_body(pipeline, event)
+            body = _render_body(cfg, event)
         except KeyError as exc:
             return Rejection("template_error", f"template field {exc.args[0]!r} is missing from the event")
         except (ValueError, IndexError, AttributeError) as exc:
             return Rejection("template_error", f"template cannot render this event: {exc}")
     deadline: float | None = None
-    if pipeline.mode == "auto":
+    if cfg.mode == "auto":
         given = event.get("deadline", _header(headers, "deadline"))
         if given is not None:
             try:
@@ -266,17 +266,17 @@ def decode_event(
         id=str(event_id),
         key=key,
         source=source,
-        endpoint=pipeline.endpoint,
+        endpoint=cfg.endpoint,
         model=body["model"],
         body=body,
-        wants_json=wants_json(pipeline.endpoint, body),
+        wants_json=wants_json(cfg.endpoint, body),
         event=event,
         deadline=deadline,
     )
 
 
 def dead_letter_for(
-    pipeline: PipelineSettings,
+    cfg: PipelineSettings,
     source: Source,
     value: bytes | None,
     rejection: Rejection,
@@ -297,7 +297,7 @@ def dead_letter_for(
         event_id = str(event["id"]) if isinstance(event, dict) and "id" in event else source.default_id
     return DeadLetter(
         id=event_id,
-        pipeline=pipeline.name,
+        pipeline=cfg.name,
         reason=rejection.reason,
         message=rejection.message,
         attempts=attempts,

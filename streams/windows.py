@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from streams.errors import DuplicateCustomIdError
+
 T = TypeVar("T")
 
 
@@ -41,10 +43,6 @@ class WindowPolicy:
             max_bytes=min(max_bytes, provider_max_bytes),
             max_wait=max_wait,
         )
-
-
-class DuplicateCustomIdError(ValueError):
-    """Two lines of one window would share a custom_id: the provider would reject the file."""
 
 
 @dataclass(slots=True)
@@ -103,11 +101,6 @@ class Windower(Generic[T]):
         """Forget the open windows of a revoked partition (their events were never acked)."""
         keys = [k for k in self._open if k.partition == partition]
         return [self._open.pop(k) for k in keys]
-
-    def flush_all(self) -> list[Window[T]]:
-        windows = list(self._open.values())
-        self._open.clear()
-        return windows
 
     @property
     def open_requests(self) -> int:

@@ -2,7 +2,9 @@ import random
 
 import pytest
 
-from agents.outcomes import InvalidOutputError, backoff, classify, extract_output
+from agents.outcomes import classify, extract_output
+from agents.retry import backoff
+from streams.errors import InvalidOutputError
 
 
 def test_both_error_shapes_and_retriability() -> None:

@@ -1,6 +1,7 @@
 import pytest
 
-from streams.windows import DuplicateCustomIdError, Windower, WindowKey, WindowPolicy
+from streams.errors import DuplicateCustomIdError
+from streams.windows import Windower, WindowKey, WindowPolicy
 
 KEY = WindowKey(0, "/v1/chat/completions", "m")
 

@@ -1,0 +1,123 @@
+"""The batch lane: open windows, sealing, and the windows in flight.
+
+Requests routed to the batch path join an open window (``streams/windows.py``) of their
+input partition, endpoint and model. A window is sealed when a bound is reached (on
+``add``) or when its ``max_wait`` passes (on ``tick``): its ``sealed`` record is written to
+the state topic, and only then are its events finished in their frontier. Each sealed
+window then lives as an :class:`~agents.inflight.InFlightWindow` task until ``done``.
+
+``max_open_batches`` bounds the windows in flight: sealing waits for a slot, and so does
+consumption, which keeps memory bounded however slow the provider is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Iterable
+
+from agents.inflight import InFlightWindow, WindowServices
+from agents.state import WindowRecord, runs
+from streams.models import Request
+from streams.offsets import Pending
+from streams.windows import Window, Windower, WindowKey, WindowPolicy
+
+log = logging.getLogger(__name__)
+
+
+class BatchLane:
+    """The batch path of one pipeline."""
+
+    def __init__(self, services: WindowServices, policy: WindowPolicy) -> None:
+        self.s = services
+        self.cfg = services.cfg
+        self.policy = policy
+        self.windower: Windower[Pending] = Windower(policy)
+        #: Windows in flight (sealed, not done); a full lane holds back sealing and intake.
+        self.slots = asyncio.Semaphore(self.cfg.max_open_batches)
+        self._lock = asyncio.Lock()
+        # The digest keeps window ids (the state topic's keys) distinct across input topics
+        # and groups sharing a state topic, so compaction never merges two owners' records.
+        self._owner = f"{self.cfg.input_topic}|{services.ledger.group_id}"
+
+    async def add(self, pending: Pending) -> None:
+        """Put a request in its window; seal the windows it closed."""
+        request = pending.request
+        key = WindowKey(request.source.partition, request.endpoint, request.model)
+        async with self._lock:
+            sealed = self.windower.add(key, pending, request.custom_id, pending.nbytes, time.monotonic())
+        for window in sealed:
+            await self._seal(window)
+
+    async def tick(self) -> None:
+        """Seal the windows whose ``max_wait`` has passed."""
+        async with self._lock:
+            due = self.windower.due(time.monotonic())
+        for window in due:
+            await self._seal(window)
+
+    def resume(self, records: Iterable[WindowRecord]) -> None:
+        """Carry on with windows restored from state (their events are re-read by offset)."""
+        for record in records:
+            self._track(record, None, slot_held=False)
+
+    async def revoke(self, partitions: Iterable[int]) -> None:
+        """Forget the open windows of revoked partitions: their events were never finished."""
+        async with self._lock:
+            for partition in partitions:
+                self.windower.drop_partition(partition)
+
+    def _record_for(self, window: Window[Pending]) -> WindowRecord:
+        key = window.key
+        offsets = [p.request.source.offset for p in window.items]
+        first, last = min(offsets), max(offsets)
+        digest = hashlib.sha256(f"{self._owner}|{key.endpoint}|{key.model}".encode()).hexdigest()[:8]
+        return WindowRecord(
+            window_id=f"{self.cfg.name}.p{key.partition}.{first}-{last}.{digest}",
+            pipeline=self.cfg.name,
+            input_topic=self.cfg.input_topic,
+            group_id=self.s.ledger.group_id,
+            partition=key.partition,
+            endpoint=key.endpoint,
+            model=key.model,
+            first_offset=first,
+            last_offset=last,
+            count=len(offsets),
+            members=None if last - first + 1 == len(offsets) else runs(offsets),
+            status="sealed",
+            sealed_at=time.time(),
+        )
+
+    async def _seal(self, window: Window[Pending]) -> None:
+        """Record the window durably, then finish its events and start it."""
+        await self.slots.acquire()  # full: consumption waits here (bounded memory)
+        if not self.s.ledger.owns(window.key.partition) or window.items[0].frontier.closed:
+            # revoked (perhaps assigned again since): its events are read again from the
+            # committed offset by whoever owns the partition now
+            self.slots.release()
+            return
+        try:
+            record = await self.s.ledger.save(self._record_for(window))
+        except BaseException:
+            self.slots.release()
+            raise
+        for pending in window.items:
+            pending.frontier.finished(pending.request.source.offset)
+        self.s.metrics.windows_sealed.inc()
+        self._track(record, [p.request for p in window.items], slot_held=True)
+
+    def _track(self, record: WindowRecord, requests: list[Request] | None, *, slot_held: bool) -> None:
+        window = InFlightWindow(record, requests, self.s)
+        self.s.tasks.spawn(record.partition, self._run(window, slot_held), name=record.window_id)
+
+    async def _run(self, window: InFlightWindow, slot_held: bool) -> None:
+        if not slot_held:
+            await self.slots.acquire()
+        self.s.metrics.batches_in_flight.inc()
+        try:
+            await window.run()
+        finally:
+            self.s.metrics.batches_in_flight.dec()
+            self.slots.release()

@@ -1,0 +1,114 @@
+"""Input offsets: one commit frontier per owned partition, committed by batchstream itself.
+
+The rule (``docs/durability.md``): the committed offset of an input partition never passes
+an event whose fate is not durable. Every delivered event is entered in its partition's
+:class:`~streams.offsets.Frontier`; the lanes mark it finished once its record or its
+window's ``sealed`` record is written. :meth:`Commits.commit` commits the frontier
+positions through the faust consumer: every ``kafka.commit_interval``, before partitions
+are released, and at stop.
+
+No event is ever acked to faust. faust's own arithmetic commits to the end of the first run
+of acked offsets and checks the head against the last commit off by one, so out-of-order
+acks (the normal case here) would commit past events still waiting; with nothing acked it
+never commits anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import faust
+from faust.types import TP, EventT
+
+from agents.retry import describe
+from streams.offsets import Frontier
+
+log = logging.getLogger(__name__)
+
+#: How long an event delivered before its partition's state is loaded waits for the load.
+ASSIGNMENT_WAIT = 120.0
+
+
+class Commits:
+    """The frontiers of one input topic's partitions owned by this worker."""
+
+    def __init__(self, app: faust.App, topic: str) -> None:
+        self.app = app
+        self.topic = topic
+        self.frontiers: dict[int, Frontier] = {}
+        self._committed: dict[int, int] = {}
+        #: Events delivered before their partition's assignment finished loading wait on these.
+        self._waiting: dict[int, asyncio.Future[None]] = {}
+
+    def open(self, partitions: Iterable[int]) -> None:
+        """New frontiers for a new assignment; wakes the events that waited for it."""
+        for partition in partitions:
+            self.frontiers[partition] = Frontier()
+            self._wake(partition)
+
+    async def frontier_of(self, event: EventT[Any]) -> Frontier | None:
+        """The frontier of the event's partition, once its assignment is loaded.
+
+        None when the event is stale: its partition was revoked while it waited (or it was
+        delivered in an earlier generation of the group); it is left unread for whoever owns
+        the partition now, who reads it again from the committed offset.
+        """
+        message = event.message
+        frontier = self.frontiers.get(message.partition)
+        if frontier is not None:
+            return frontier
+        waiter = self._waiting.setdefault(message.partition, asyncio.get_running_loop().create_future())
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), timeout=ASSIGNMENT_WAIT)
+        except TimeoutError:
+            log.warning("%s[%d] was not loaded within %.0fs; offset %d is left for a later assignment",
+                        self.topic, message.partition, ASSIGNMENT_WAIT, message.offset)  # fmt: skip
+            return None
+        generation = getattr(message, "generation_id", None)
+        if generation is not None and generation != self.app.consumer_generation_id:
+            return None
+        return self.frontiers.get(message.partition)
+
+    async def commit(self, partitions: Iterable[int] | None = None) -> None:
+        """Commit the frontier positions that moved since the last commit."""
+        wanted = None if partitions is None else set(partitions)
+        offsets = {
+            TP(self.topic, p): position
+            for p, frontier in self.frontiers.items()
+            if (wanted is None or p in wanted)
+            and (position := frontier.position) is not None
+            and position > self._committed.get(p, -1)
+        }
+        if not offsets:
+            return
+        # faust's own commit path for given offsets: assignment check, producer flush, commit
+        # with the group generation (a commit racing a rebalance is refused by the broker,
+        # never misapplied). faust-streaming is pinned to 0.15.x for this method.
+        if await self.app.consumer._commit_offsets(offsets):  # type: ignore[attr-defined]
+            self._committed.update({tp.partition: offset for tp, offset in offsets.items()})
+
+    async def release(self, partitions: Iterable[int]) -> None:
+        """Revocation: commit what is finished (best effort), then close the frontiers."""
+        partitions = set(partitions)
+        try:
+            await self.commit(partitions)
+        except Exception as exc:  # noqa: BLE001 - what is not committed is read again, never lost
+            log.info("%s: commit before release failed: %s", self.topic, describe(exc))
+        for partition in partitions:
+            frontier = self.frontiers.pop(partition, None)
+            if frontier is not None:
+                frontier.close()  # late answers of this assignment can no longer move it
+            self._committed.pop(partition, None)
+            self._wake(partition)
+
+    async def close(self) -> None:
+        """Stop: a last commit, then every frontier closed (idempotent)."""
+        await self.release(list(self.frontiers))
+
+    def _wake(self, partition: int) -> None:
+        waiter = self._waiting.pop(partition, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)

@@ -1,0 +1,343 @@
+"""One sealed window in flight: its life from the sealed record to ``done``.
+
+    sealed --submit or adopt--> submitted --poll--> ended at the provider
+        completed / expired / cancelled: emit what succeeded, then
+            done, or sealed again (round + 1) for what may be retried
+        failed (token_limit_exceeded): sealed again, same round, after a backoff
+        failed (otherwise): every event a ``batch_failed`` dead letter, done
+        late (``max_batch_latency``): cancel, emit the finished part, hedged --flex--> done
+
+Every transition is written to the state topic (through the ledger) before the next step
+starts, so whoever runs the window next (this worker after a failed step, a restarted
+worker, the partition's next owner) resumes from the last record.
+
+Crash points, and what happens at each:
+
+1. *Window open, nothing submitted* (``agents/batches.py``). Its events are not finished,
+   so the committed offset stays before them; after a crash they are read and windowed again.
+2. *Window sealed.* The ``sealed`` record (the intent, with the window's offset range) is
+   confirmed written **before** the window's events are finished. From here the window is
+   the state topic's responsibility, not the input offset's.
+3. *Uploaded, or batch created but not recorded.* The batch's metadata carries
+   ``batchstream_window = <window id>#r<round>``, and the record notes when the create call
+   started (written before the call). A restarted owner that finds a ``sealed`` record lists
+   recent batches for that tag and adopts the batch it finds. If a create call had started,
+   it keeps looking until ``provider.create_timeout`` after that start (a create call never
+   outlives it: it is abandoned then, without SDK retries), so a call still in flight at the
+   provider when its owner died is adopted rather than duplicated. A create call is a
+   shielded step: a worker that loses the partition waits for it to return.
+4. *Submitted, offsets not yet committed.* On replay the events fall inside a recorded
+   window's range (same endpoint and model) and are skipped.
+5. *Provider finished, output not (fully) downloaded.* Downloads stream to a temporary file
+   and are checked (length, every line parses); a cut-off download is retried, and a restart
+   simply downloads again.
+6. *Results half emitted.* The record turns ``done`` (or moves to its next round) only after
+   every result and dead letter of the round is flushed; emission and that write are one
+   shielded step. A crash in between re-emits the round's records on restart; those
+   duplicates carry the same ``id`` and ``task_version``: consumers dedupe on that pair.
+7. *Rebalance.* Windows are per input partition and their records live in the same
+   partition of the state topic, so whoever is assigned partition P reloads P's records and
+   resumes P's windows, re-reading their events from the input topic by offset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from openai.types import Batch
+
+from agents.flex import FlexRunner
+from agents.metrics import PipelineMetrics
+from agents.outbox import Outbox, stamps
+from agents.outcomes import ToBatch, classify
+from agents.provider import META_PIPELINE, META_WINDOW, TERMINAL, BatchClient, iter_jsonl
+from agents.retry import backoff, retry_forever
+from agents.state import InputReader, Ledger, WindowRecord
+from agents.tasks import PartitionTasks
+from streams.config import PipelineSettings, ProviderSettings
+from streams.errors import ProviderBackpressure, ProviderRejected
+from streams.models import Request, Source, decode_event
+
+log = logging.getLogger(__name__)
+
+#: How far before a window was sealed to look for its batch when adopting one.
+ADOPTION_LOOKBACK = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class WindowServices:
+    """What every in-flight window of one pipeline works with."""
+
+    cfg: PipelineSettings
+    provider: ProviderSettings
+    client: BatchClient
+    ledger: Ledger
+    outbox: Outbox
+    flex: FlexRunner
+    tasks: PartitionTasks
+    reader: InputReader
+    workdir: Path
+    metrics: PipelineMetrics
+
+
+class InFlightWindow:
+    """Drives one window from its record to ``done``; ``run`` returns only then (or when cancelled)."""
+
+    def __init__(self, record: WindowRecord, requests: list[Request] | None, services: WindowServices) -> None:
+        self.record = record
+        #: The current round's requests; None for a window restored from state (re-read on first use).
+        self.requests = requests
+        self.s = services
+        self.cfg = services.cfg
+        #: Whether a batch may exist that this worker does not know of (restored, or a step failed).
+        self._look_first = requests is None
+
+    async def run(self) -> None:
+        while self.record.status != "done":
+            await retry_forever(self._step, what=self.record.window_id, on_failure=self._lost_track)
+
+    def _lost_track(self, _exc: BaseException) -> None:
+        self._look_first = True  # we may not know whether the last call took effect
+
+    async def _step(self) -> None:
+        if self.requests is None:
+            self.requests = await self._reread()
+        if self.record.status == "sealed":
+            await self._submit()
+        elif self.record.status == "hedged":
+            await self._hedge()
+        else:
+            await self._finish()
+        self._look_first = False
+
+    async def _save(self, record: WindowRecord) -> None:
+        self.record = await self.s.ledger.save(record)
+
+    def _backoff(self, attempt: int) -> float:
+        return backoff(attempt, initial=self.cfg.retry.backoff_initial, maximum=self.cfg.retry.backoff_max)
+
+    # -- submit or adopt ---------------------------------------------------------------------
+    async def _reread(self) -> list[Request]:
+        record = self.record
+        rows = await self.s.reader.read(record.partition, record.first_offset, record.last_offset)
+        belongs = record.round_filter()
+        requests = []
+        for offset, ts, key, value in rows:
+            source = Source(self.cfg.input_topic, record.partition, offset, ts)
+            decoded = decode_event(self.cfg, source, key, value)
+            if isinstance(decoded, Request) and belongs(decoded):
+                requests.append(decoded)
+        return requests
+
+    async def _submit(self) -> None:
+        batch: Batch | None = None
+        if self._look_first:
+            batch = await self._find_created()
+            if batch is not None:
+                log.info("%s: adopted batch %s created before a restart", self.record.window_id, batch.id)
+        if batch is None:
+            batch = await self._create()
+        await self._save(self.record.submitted(batch.id, time.time()))
+        self.s.metrics.batches_submitted.inc()
+
+    async def _find_created(self) -> Batch | None:
+        """The batch of this window round, if a create call (ours or a previous owner's) made it.
+
+        A create call recorded as started may still be in flight at the provider (its owner
+        crashed or lost the partition mid-call): until ``create_timeout`` after it started,
+        keep looking before concluding that no batch exists.
+        """
+        record, client = self.record, self.s.client
+        created_after = record.sealed_at - ADOPTION_LOOKBACK
+        batch = await client.find(record.tag, created_after=created_after)
+        if batch is not None or record.create_started_at is None or not client.can_list:
+            return batch
+        settle_at = record.create_started_at + self.s.provider.create_timeout
+        if time.time() < settle_at:
+            log.info("%s: a create call may still be in flight; looking for its batch until it times out",
+                     record.window_id)  # fmt: skip
+        while batch is None and time.time() < settle_at:
+            await asyncio.sleep(min(self.s.provider.poll_interval, max(0.05, settle_at - time.time())))
+            batch = await client.find(record.tag, created_after=created_after)
+        return batch
+
+    async def _create(self) -> Batch:
+        assert self.requests is not None
+        record = self.record
+        path = self.s.workdir / f"{record.window_id}.r{record.round}.jsonl"
+        with path.open("wb") as fh:
+            for request in self.requests:
+                fh.write(request.jsonl_line())
+        try:
+            file_id = await self.s.client.upload(path)
+        finally:
+            path.unlink(missing_ok=True)
+        metadata = {**self.cfg.metadata, META_PIPELINE: self.cfg.name, META_WINDOW: record.tag}
+        attempt = 0
+        while True:
+            # Recorded before the call: whoever resumes this window knows a batch may exist.
+            await self._save(self.record.create_started(time.time()))
+            create = self.s.client.create(file_id, record.endpoint, metadata)
+            try:
+                return await self.s.tasks.shield(record.partition, create)
+            except ProviderBackpressure as exc:
+                attempt += 1
+                delay = exc.retry_after or self._backoff(attempt)
+                self.s.metrics.backpressure.inc()
+                log.info("%s: provider refused the batch (%s); waiting %.1fs", record.window_id, exc, delay)
+                await asyncio.sleep(delay)
+
+    # -- poll, hedge ---------------------------------------------------------------------------
+    def _hedge_at(self) -> float | None:
+        if self.cfg.max_batch_latency is None or self.record.first_submitted_at is None:
+            return None
+        return self.record.first_submitted_at + self.cfg.max_batch_latency
+
+    async def _wait(self) -> tuple[Batch, bool]:
+        """Poll until the batch ends; at ``max_batch_latency`` cancel it. Return (batch, hedged)."""
+        assert self.record.batch_id is not None
+        hedge_at = self._hedge_at()
+        poll = self.s.provider.poll_interval
+        while True:
+            batch = await self.s.client.retrieve(self.record.batch_id)
+            late = hedge_at is not None and time.time() >= hedge_at
+            if batch.status in TERMINAL:
+                return batch, late
+            if late:
+                return await self._cancel(batch), True
+            await asyncio.sleep(poll if hedge_at is None else min(poll, max(0.05, hedge_at - time.time())))
+
+    async def _cancel(self, batch: Batch) -> Batch:
+        """Cancel a late batch and wait up to ``cancel_wait`` for its finished part to be final."""
+        self.s.metrics.batches_hedged.inc()
+        log.info("%s: batch %s passed max_batch_latency; cancelling it", self.cfg.name, batch.id)
+        try:
+            batch = await self.s.client.cancel(batch.id)
+        except ProviderRejected:
+            pass  # it ended meanwhile
+        give_up = time.monotonic() + self.s.provider.cancel_wait
+        while batch.status not in TERMINAL and time.monotonic() < give_up:
+            await asyncio.sleep(min(self.s.provider.poll_interval, 1.0))
+            batch = await self.s.client.retrieve(batch.id)
+        return batch
+
+    async def _hedge(self) -> None:
+        """Serve what a late batch still owes through flex (then the fallback), then finish."""
+        assert self.requests is not None
+        record, flex = self.record, self.s.flex
+        deadline = time.time() + self.cfg.flex.budget
+
+        async def serve(request: Request) -> None:
+            async with flex.slots:
+                outcome = await flex.serve(request, deadline=deadline, allow_batch=False)
+            assert not isinstance(outcome, ToBatch)
+            self.s.outbox.served(request, outcome, batch_id=record.batch_id, submitted=record.first_submitted_at,
+                                 rounds=record.round)  # fmt: skip
+
+        log.info("%s: serving %d unfinished requests through flex", record.window_id, len(self.requests))
+        await asyncio.gather(*(serve(r) for r in self.requests))
+        await self.s.outbox.flush()
+        await self._done()
+
+    # -- settle ---------------------------------------------------------------------------------
+    async def _finish(self) -> None:
+        assert self.requests is not None
+        batch, hedged = await self._wait()
+        if batch.status == "failed":
+            await self._failed(batch)
+            return
+        lines: dict[str, dict[str, Any]] = {}
+        # A batch still cancelling after cancel_wait gives nothing: all of it goes flex.
+        files = (batch.output_file_id, batch.error_file_id) if batch.status in TERMINAL else ()
+        for file_id in files:
+            if file_id:
+                path = self.s.workdir / f"{file_id}.jsonl"
+                try:
+                    await self.s.client.download(file_id, path)
+                    for line in iter_jsonl(path):
+                        if isinstance(line, dict) and "custom_id" in line:
+                            lines[str(line["custom_id"])] = line
+                finally:
+                    path.unlink(missing_ok=True)
+        await self.s.tasks.shield(self.record.partition, self._settle(batch, lines, hedged))
+        if self.record.status == "sealed":  # a retry round, recorded: back off before submitting it
+            delay = self._backoff(self.record.round - 1)
+            log.info("%s: %d requests to retry (round %d) in %.1fs",
+                     self.record.window_id, len(self.requests), self.record.round, delay)  # fmt: skip
+            await asyncio.sleep(delay)
+
+    async def _failed(self, batch: Batch) -> None:
+        assert self.requests is not None
+        errors = [e.model_dump() for e in (batch.errors.data if batch.errors and batch.errors.data else [])]
+        if any(e.get("code") == "token_limit_exceeded" for e in errors):
+            delay = self._backoff(self.record.round)
+            self.s.metrics.backpressure.inc()
+            log.info("%s: token_limit_exceeded; resubmitting in %.1fs", self.record.window_id, delay)
+            await asyncio.sleep(delay)
+            await self._next_round(self.requests, same_round=True)
+            return
+        message = "; ".join(str(e.get("message") or e.get("code")) for e in errors) or "batch failed"
+        requests, record = self.requests, self.record
+
+        async def fail_all() -> None:
+            for request in requests:
+                self.s.outbox.dead_letter(request, "batch_failed", f"batch {batch.id} failed: {message}",
+                                          attempts=record.round, batch_id=batch.id,
+                                          error={"batch_errors": errors})  # fmt: skip
+            await self.s.outbox.flush()
+            await self._done()
+
+        await self.s.tasks.shield(record.partition, fail_all())
+
+    async def _settle(self, batch: Batch, lines: dict[str, dict[str, Any]], hedged: bool) -> None:
+        """Emit a finished batch's records, then record what comes next: done, a retry round, or hedged."""
+        assert self.requests is not None
+        record, outbox = self.record, self.s.outbox
+        timestamps = stamps_of(batch)
+        retry: list[Request] = []
+        for request in self.requests:
+            outcome = classify(lines.get(request.custom_id))
+            if outcome.kind == "ok":
+                assert outcome.body is not None
+                outbox.result(request, outcome.body, attempts=record.round, batch_id=batch.id,
+                              timestamps=stamps(request, **timestamps))  # fmt: skip
+            elif outcome.kind == "retry" and (hedged or record.round < self.cfg.retry.attempts):
+                retry.append(request)
+            elif outcome.kind == "retry":
+                outbox.dead_letter(request, "retries_exhausted", outcome.message, attempts=record.round,
+                                   batch_id=batch.id, error=outcome.error)  # fmt: skip
+            else:
+                outbox.dead_letter(request, "provider_rejected", outcome.message, attempts=record.round,
+                                   batch_id=batch.id, error=outcome.error)  # fmt: skip
+        await outbox.flush()
+        if retry and hedged:
+            await self._save(record.hedged(r.source.offset for r in retry))
+            self.requests = retry
+        elif retry:
+            await self._next_round(retry)
+        else:
+            await self._done()
+
+    async def _next_round(self, requests: Sequence[Request], *, same_round: bool = False) -> None:
+        offsets = [r.source.offset for r in requests]
+        await self._save(self.record.next_round(offsets, time.time(), same_round=same_round))
+        self.requests = list(requests)
+
+    async def _done(self) -> None:
+        await self._save(self.record.done())
+        self.requests = []
+        self.s.metrics.batches_done.inc()
+
+
+def stamps_of(batch: Batch) -> dict[str, float]:
+    """When the provider says a batch was submitted and completed (or ended otherwise)."""
+    completed = next(
+        (v for v in (batch.completed_at, batch.expired_at, batch.cancelled_at, batch.failed_at) if v), None
+    )
+    return {"submitted": float(batch.created_at), "completed": float(completed or time.time())}

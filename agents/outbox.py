@@ -1,0 +1,125 @@
+"""The outbox: every result and dead letter is built here, and ``flush`` is the gate.
+
+No event is finished (its offset allowed into a commit), and no window record moves on,
+before the records it produced are flushed: ``flush`` returns once the broker confirmed
+every record added before it (the sinks' contract, ``sinks/base.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from agents.metrics import PipelineMetrics
+from agents.outcomes import Failed, Served, extract_output
+from agents.retry import retry_forever
+from sinks import Sink
+from streams.config import PipelineSettings
+from streams.errors import InvalidOutputError
+from streams.models import (
+    DeadLetter,
+    ReasonCode,
+    Rejection,
+    Request,
+    Result,
+    Source,
+    SourceRecord,
+    Timestamps,
+    dead_letter_for,
+    task_version,
+)
+
+#: Backoff while a record cannot be written (the broker is down or restarting).
+WRITE_RETRY_INITIAL = 0.5
+WRITE_RETRY_MAX = 30.0
+
+
+def stamps(request: Request, *, submitted: float | None, completed: float | None) -> Timestamps:
+    received = request.source.timestamp_ms / 1000 if request.source.timestamp_ms else None
+    return Timestamps(received=received, submitted=submitted, completed=completed)
+
+
+class Outbox:
+    """Results and dead letters of one pipeline, through its two sinks."""
+
+    def __init__(self, cfg: PipelineSettings, results: Sink, dead_letters: Sink, metrics: PipelineMetrics) -> None:
+        self.cfg = cfg
+        self.task_version = task_version(cfg)
+        self.results = results
+        self.dead_letters = dead_letters
+        self.metrics = metrics
+
+    def result(
+        self, request: Request, body: dict[str, Any], *, attempts: int, batch_id: str | None, timestamps: Timestamps,
+        mode: Literal["batch", "flex", "standard"] = "batch", tier: str | None = "batch",
+    ) -> None:  # fmt: skip
+        """A result; an ``invalid_output`` dead letter when the output is not what the request asked for."""
+        try:
+            output = extract_output(request.endpoint, body, request.wants_json)
+        except InvalidOutputError as exc:
+            self.dead_letter(request, "invalid_output", str(exc), attempts=attempts, batch_id=batch_id,
+                             error={"response": body})  # fmt: skip
+            return
+        result = Result(
+            id=request.id,
+            pipeline=self.cfg.name,
+            task_version=self.task_version,
+            mode=mode,
+            batch_id=batch_id,
+            service_tier=tier,
+            output=output,
+            response=body,
+            usage=body.get("usage"),
+            source=_source_record(request.source),
+            timestamps=timestamps,
+        )
+        self.results.add(result, key=request.key)
+        self.metrics.results.inc()
+
+    def served(
+        self, request: Request, outcome: Served | Failed, *, batch_id: str | None, submitted: float | None, rounds: int
+    ) -> None:
+        """The record of one event served by a synchronous call (flex, or its standard fallback)."""
+        attempts = rounds + outcome.attempts
+        if isinstance(outcome, Failed):
+            self.dead_letter(request, outcome.reason, outcome.message, attempts=attempts, batch_id=batch_id,
+                             error=outcome.error)  # fmt: skip
+            return
+        timestamps = stamps(request, submitted=submitted or outcome.started, completed=outcome.finished)
+        self.result(request, outcome.body, attempts=attempts, batch_id=batch_id, timestamps=timestamps,
+                    mode=outcome.mode, tier=outcome.tier)  # fmt: skip
+
+    def dead_letter(
+        self, request: Request, reason: ReasonCode, message: str, *, attempts: int,
+        batch_id: str | None = None, error: dict[str, Any] | None = None,
+    ) -> None:  # fmt: skip
+        letter = DeadLetter(
+            id=request.id,
+            pipeline=self.cfg.name,
+            reason=reason,
+            message=message,
+            attempts=attempts,
+            batch_id=batch_id,
+            error=error,
+            event=request.event,
+            source=_source_record(request.source),
+        )
+        self.dead_letters.add(letter, key=request.key)
+        self.metrics.dead_letter(reason)
+
+    def rejected(self, source: Source, key: bytes | None, value: bytes | None, rejection: Rejection) -> None:
+        """A dead letter for input that never became a request, with its original bytes."""
+        self.dead_letters.add(dead_letter_for(self.cfg, source, value, rejection), key=key)
+        self.metrics.dead_letter(rejection.reason)
+
+    async def flush(self) -> None:
+        await self.results.flush()
+        await self.dead_letters.flush()
+
+    async def flush_until_written(self, what: str) -> None:
+        """Flush, retrying until the broker has every record: the caller finishes events only after."""
+        await retry_forever(self.flush, what=f"{what}: writing its records",
+                            initial=WRITE_RETRY_INITIAL, maximum=WRITE_RETRY_MAX)  # fmt: skip
+
+
+def _source_record(source: Source) -> SourceRecord:
+    return SourceRecord(topic=source.topic, partition=source.partition, offset=source.offset)

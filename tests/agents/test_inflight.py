@@ -1,0 +1,251 @@
+"""The batch lane without Kafka: a window's record transitions for each provider outcome.
+
+Provider calls go through the openai SDK to the in-process emulator; the state topic is a
+ledger over memory and the output topics are memory sinks, so each test reads exactly which
+records the window wrote, in which order, and what it emitted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import pytest
+
+from agents.batches import BatchLane
+from agents.flex import FlexRunner
+from agents.inflight import InFlightWindow, WindowServices
+from agents.metrics import PipelineMetrics
+from agents.outbox import Outbox
+from agents.provider import BatchClient
+from agents.state import InputReader, Ledger, PartitionState, WindowRecord
+from agents.tasks import PartitionTasks
+from sinks import MemorySink
+from streams.config import PipelineSettings, Settings, parse_settings
+from streams.models import DeadLetter, Request, Result, Source, decode_event
+from streams.offsets import Frontier, Pending
+from streams.windows import WindowPolicy
+
+
+class MemoryBackend:
+    """The state topic as a list of confirmed writes."""
+
+    group_id = "g"
+
+    def __init__(self) -> None:
+        self.writes: list[WindowRecord] = []
+
+    async def put(self, record: WindowRecord) -> None:
+        self.writes.append(record)
+
+    async def load(self, partitions: Iterable[int]) -> dict[int, PartitionState]:
+        return {p: PartitionState(p) for p in partitions}
+
+
+class Lane:
+    def __init__(self, settings: Settings, tmp_path: Any) -> None:
+        self.cfg: PipelineSettings = settings.pipelines[0]
+        self.backend = MemoryBackend()
+        self.results, self.dead = MemorySink(), MemorySink()
+        metrics = PipelineMetrics(f"unit-{id(self)}")
+        client = BatchClient(settings.provider)
+        self.client = client
+        self.services = WindowServices(
+            cfg=self.cfg, provider=settings.provider, client=client, ledger=Ledger(self.backend),
+            outbox=Outbox(self.cfg, self.results, self.dead, metrics), flex=FlexRunner(self.cfg, client, metrics),
+            tasks=PartitionTasks(), reader=InputReader("127.0.0.1:9", self.cfg.input_topic), workdir=tmp_path,
+            metrics=metrics,
+        )  # fmt: skip
+
+    def requests(self, n: int, partition: int = 0) -> list[Request]:
+        out = []
+        for offset in range(n):
+            source = Source(self.cfg.input_topic, partition, offset, 1_700_000_000_000)
+            decoded = decode_event(self.cfg, source, None, f'{{"id": "e{offset}", "text": "event {offset}"}}'.encode())
+            assert isinstance(decoded, Request)
+            out.append(decoded)
+        return out
+
+    async def run(self, n: int) -> tuple[WindowRecord, list[Request]]:
+        requests = self.requests(n)
+        ledger = self.services.ledger
+        await ledger.load([0])
+        record = WindowRecord(
+            window_id="unit.p0.0-x", pipeline=self.cfg.name, input_topic=self.cfg.input_topic, group_id="g",
+            partition=0, endpoint=self.cfg.endpoint, model=self.cfg.model, first_offset=0, last_offset=n - 1,
+            count=n, status="sealed", sealed_at=1.0,
+        )  # fmt: skip
+        await ledger.save(record)
+        window = InFlightWindow(record, list(requests), self.services)
+        await window.run()
+        await self.client.close()
+        return window.record, requests
+
+    @property
+    def statuses(self) -> list[tuple[str, int, int | None]]:
+        """(status, round, how many offsets pending) of each state write, in order."""
+        return [(r.status, r.round, None if r.offsets is None else len(r.offsets)) for r in self.backend.writes]
+
+    def fates(self) -> tuple[list[Result], list[DeadLetter]]:
+        results = [v for v in self.results.values if isinstance(v, Result)]
+        dead = [v for v in self.dead.values if isinstance(v, DeadLetter)]
+        return results, dead
+
+
+@pytest.fixture
+def make_lane(emulator: Any, tmp_path: Any) -> Callable[..., Lane]:
+    def make(**pipeline: Any) -> Lane:
+        document = {
+            "provider": {
+                "base_url": emulator.base_url, "api_key": "sk-unit", "poll_interval": 0.05, "max_retries": 0,
+                "create_timeout": 5, "cancel_wait": 5,
+            },
+            "pipelines": [{
+                "name": "unit", "input_topic": "in", "output_topic": "out", "dead_letter_topic": "dlq",
+                "model": "gpt-4o-mini", "retry": {"attempts": 3, "backoff_initial": "10ms", "backoff_max": "20ms"},
+                **pipeline,
+            }],
+        }  # fmt: skip
+        return Lane(parse_settings(document), tmp_path)
+
+    return make
+
+
+def _ids(records: Iterable[Result | DeadLetter]) -> list[str]:
+    return sorted(r.id for r in records)
+
+
+async def test_completed_batch_emits_every_result_then_records_done(emulator, make_lane):
+    lane = make_lane()
+    record, requests = await lane.run(20)
+    results, dead = lane.fates()
+    assert lane.statuses == [("sealed", 1, None), ("sealed", 1, None), ("submitted", 1, None), ("done", 1, None)]
+    assert lane.backend.writes[1].create_started_at is not None, "the create call is recorded before it starts"
+    assert record.status == "done" and record.batch_id is not None
+    assert _ids(results) == _ids(requests) and dead == []
+    assert {r.batch_id for r in results} == {record.batch_id}
+    assert emulator.emulator.stats["batches_created"] == 1
+
+
+async def test_failed_batch_dead_letters_every_event_with_the_providers_errors(emulator, make_lane):
+    emulator.emulator.faults.batch_outcomes = ["failed"]
+    lane = make_lane()
+    record, requests = await lane.run(10)
+    results, dead = lane.fates()
+    assert [s for s, _, _ in lane.statuses] == ["sealed", "sealed", "submitted", "done"]
+    assert results == []
+    assert _ids(dead) == _ids(requests)
+    assert {d.reason for d in dead} == {"batch_failed"}
+    assert all(d.batch_id == record.batch_id and d.error and d.error["batch_errors"] for d in dead)
+
+
+async def test_token_limit_exceeded_resubmits_the_same_round(emulator, make_lane):
+    emulator.emulator.faults.token_limit = 1
+    lane = make_lane()
+    _, requests = await lane.run(10)
+    results, dead = lane.fates()
+    assert [(s, r) for s, r, _ in lane.statuses] == [
+        ("sealed", 1), ("sealed", 1), ("submitted", 1), ("sealed", 1), ("sealed", 1), ("submitted", 1), ("done", 1),
+    ]  # fmt: skip
+    assert _ids(results) == _ids(requests) and dead == []
+
+
+@pytest.mark.parametrize("ending", ["expired", "cancelled"])
+async def test_an_ended_batch_keeps_its_finished_part_and_resubmits_the_rest(emulator, make_lane, ending: str):
+    emu = emulator.emulator
+    emu.faults.batch_outcomes = [ending]
+    emu.faults.expire_after_fraction = 0.4
+    lane = make_lane()
+    _, requests = await lane.run(20)
+    results, dead = lane.fates()
+    writes = lane.backend.writes
+    assert [(s, r) for s, r, _ in lane.statuses] == [
+        ("sealed", 1), ("sealed", 1), ("submitted", 1), ("sealed", 2), ("sealed", 2), ("submitted", 2), ("done", 2),
+    ]  # fmt: skip
+    second_round = writes[3].offsets
+    assert second_round is not None and 0 < len(second_round) < 20, "only the unfinished part goes again"
+    assert _ids(results) == _ids(requests) and dead == []
+    first, second = writes[2].batch_id, writes[5].batch_id
+    assert sum(r.batch_id == first for r in results) == 20 - len(second_round)
+    assert sum(r.batch_id == second for r in results) == len(second_round)
+
+
+async def test_item_errors_go_round_by_round_until_attempts_run_out(emulator, make_lane):
+    emu = emulator.emulator
+    emu.faults.item_error_rate = 1.0
+    emu.faults.item_error_status = 500
+    lane = make_lane()
+    _, requests = await lane.run(8)
+    results, dead = lane.fates()
+    assert lane.statuses == [
+        ("sealed", 1, None), ("sealed", 1, None), ("submitted", 1, None),
+        ("sealed", 2, 8), ("sealed", 2, 8), ("submitted", 2, 8),
+        ("sealed", 3, 8), ("sealed", 3, 8), ("submitted", 3, 8),
+        ("done", 3, None),
+    ]  # fmt: skip
+    assert results == []
+    assert _ids(dead) == _ids(requests)
+    assert {(d.reason, d.attempts) for d in dead} == {("retries_exhausted", 3)}
+
+
+async def test_rejected_items_are_dead_letters_at_once(emulator, make_lane):
+    emu = emulator.emulator
+    emu.faults.item_error_rate = 1.0
+    emu.faults.item_error_status = 400
+    lane = make_lane()
+    _, requests = await lane.run(5)
+    results, dead = lane.fates()
+    assert [s for s, _, _ in lane.statuses] == ["sealed", "sealed", "submitted", "done"]
+    assert {(d.reason, d.attempts) for d in dead} == {("provider_rejected", 1)}
+    assert _ids(dead) == _ids(requests) and results == []
+
+
+async def test_a_late_batch_is_hedged_and_its_rest_served_by_flex(emulator, make_lane):
+    emu = emulator.emulator
+    emu.faults.batch_seconds = 2.0  # the provider finishes requests steadily over 2 s
+    lane = make_lane(
+        max_batch_latency="800ms",
+        flex={"concurrency": 4, "attempts": 2, "budget": "10s", "backoff_initial": "10ms", "fallback": "standard"},
+    )
+    _, requests = await lane.run(24)
+    results, dead = lane.fates()
+    statuses = [s for s, _, _ in lane.statuses]
+    assert statuses == ["sealed", "sealed", "submitted", "hedged", "done"]
+    owed = lane.backend.writes[3].offsets
+    assert owed is not None and 0 < len(owed) < 24, "the finished part is kept, the rest is owed"
+    assert _ids(results) == _ids(requests) and dead == []
+    assert sum(r.mode == "flex" for r in results) == len(owed) == emu.stats["flex_requests"]
+    assert emu.stats["batches_cancel_requested"] == 1
+
+
+async def test_the_lane_seals_at_max_requests_and_finishes_events_only_once_recorded(emulator, make_lane):
+    lane = make_lane(window={"max_requests": 5, "max_wait": "1h"})
+    services = lane.services
+    await services.ledger.load([0])
+    batches = BatchLane(services, WindowPolicy(max_requests=5, max_bytes=10**6, max_wait=3600))
+    frontier = Frontier()
+    requests = lane.requests(7)
+    for request in requests:
+        frontier.received(request.source.offset)
+        await batches.add(Pending(request, frontier, len(request.jsonl_line())))
+    assert frontier.position == 5, "the sealed window's five events are finished, the open window's two are not"
+    assert [(r.status, r.first_offset, r.last_offset) for r in lane.backend.writes[:1]] == [("sealed", 0, 4)]
+    await services.tasks.close()
+    await lane.client.close()
+
+
+async def test_a_window_sealed_after_its_partition_was_revoked_is_dropped(emulator, make_lane):
+    lane = make_lane(window={"max_requests": 2, "max_wait": "1h"})
+    services = lane.services
+    await services.ledger.load([0])
+    batches = BatchLane(services, WindowPolicy(max_requests=2, max_bytes=10**6, max_wait=3600))
+    frontier = Frontier()
+    first, second = lane.requests(2)
+    frontier.received(0)
+    frontier.received(1)
+    await batches.add(Pending(first, frontier, 10))
+    frontier.close()  # revoked (and perhaps assigned again) before the window sealed
+    await batches.add(Pending(second, frontier, 10))
+    assert lane.backend.writes == [], "nothing recorded: the next owner reads both events again"
+    await lane.client.close()
+
