@@ -151,7 +151,7 @@ class Pipeline:
                 decoded = Rejection("oversized", f"request line of {nbytes} bytes exceeds max_bytes")
         if isinstance(decoded, Rejection):
             self.outbox.rejected(source, message.key, message.value, decoded)
-            await self.outbox.dead_letters.flush()
+            await self.outbox.flush_until_written(source.default_id)  # while the broker is away, intake waits
             frontier.finished(message.offset)
             return
         if self.ledger.covers(decoded):

@@ -1,0 +1,65 @@
+"""The outbox: one place for results and dead letters, and a flush that only returns once written."""
+
+from __future__ import annotations
+
+from agents.metrics import PipelineMetrics
+from agents.outbox import Outbox, stamps
+from agents.outcomes import Failed, Served
+from sinks import MemorySink
+from streams.config import parse_settings
+from streams.models import DeadLetter, Request, Result, Source, decode_event
+from tests.support import settings_document
+
+
+def _outbox() -> tuple[Outbox, MemorySink, MemorySink, Request]:
+    cfg = parse_settings(settings_document(template={"user": "{text}", "response_format": {"type": "json_object"}}),
+                         env={"OPENAI_API_KEY": "sk"}).pipelines[0]  # fmt: skip
+    results, dead = MemorySink(), MemorySink()
+    request = decode_event(cfg, Source("in", 0, 7, 1_700_000_000_000), b"k", b'{"id": "a", "text": "hi"}')
+    assert isinstance(request, Request)
+    return Outbox(cfg, results, dead, PipelineMetrics("outbox-test")), results, dead, request
+
+
+def _chat(content: str) -> dict:
+    return {"choices": [{"message": {"content": content}}], "usage": {"total_tokens": 3}}
+
+
+async def test_a_result_whose_output_is_not_the_json_asked_for_is_an_invalid_output_dead_letter():
+    outbox, results, dead, request = _outbox()
+    served = Served(_chat("not json"), "flex", "flex", attempts=2, started=1.0, finished=2.0)
+    outbox.served(request, served, batch_id=None, submitted=None, rounds=1)
+    outbox.result(
+        request, _chat("{oops"), attempts=3, batch_id="b1", timestamps=stamps(request, submitted=1, completed=2)
+    )
+    await outbox.flush()
+    assert results.values == []
+    letters = [v for v in dead.values if isinstance(v, DeadLetter)]
+    assert [(d.reason, d.attempts, d.batch_id) for d in letters] == [
+        ("invalid_output", 3, None),
+        ("invalid_output", 3, "b1"),
+    ]
+    assert all(d.event == {"id": "a", "text": "hi"} and d.source.offset == 7 for d in letters)
+
+
+async def test_served_and_failed_outcomes_become_a_result_and_a_dead_letter():
+    outbox, results, dead, request = _outbox()
+    outbox.served(request, Served(_chat('{"x": 1}'), "standard", None, 1, 10.0, 12.0), batch_id=None, submitted=None,
+                  rounds=0)  # fmt: skip
+    outbox.served(request, Failed("flex_unavailable", "no capacity", 4), batch_id=None, submitted=None, rounds=0)
+    await outbox.flush()
+    [result] = [v for v in results.values if isinstance(v, Result)]
+    assert (result.output, result.mode, result.service_tier) == ({"x": 1}, "standard", None)
+    assert (result.timestamps.received, result.timestamps.submitted, result.timestamps.completed) == (1.7e9, 10.0, 12.0)
+    assert results.records[0][0] == b"k", "the Kafka key is kept"
+    [letter] = dead.values
+    assert isinstance(letter, DeadLetter) and (letter.reason, letter.attempts) == ("flex_unavailable", 4)
+
+
+async def test_flush_until_written_retries_until_the_sink_takes_the_records():
+    outbox, results, _, request = _outbox()
+    results.fail_next = 2
+    outbox.result(request, _chat('{"ok": true}'), attempts=1, batch_id="b", timestamps=stamps(request, submitted=None,
+                  completed=None))  # fmt: skip
+    await outbox.flush_until_written("a")
+    assert [v.output for v in results.values if isinstance(v, Result)] == [{"ok": True}]
+    assert results.fail_next == 0
