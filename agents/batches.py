@@ -19,9 +19,10 @@ import time
 from collections.abc import Iterable
 
 from agents.inflight import InFlightWindow, WindowServices
+from agents.retry import retry_forever
 from agents.state import WindowRecord, runs
 from streams.models import Request
-from streams.offsets import Pending
+from streams.offsets import Frontier, Pending
 from streams.windows import Window, Windower, WindowKey, WindowPolicy
 
 log = logging.getLogger(__name__)
@@ -91,33 +92,57 @@ class BatchLane:
         )
 
     async def _seal(self, window: Window[Pending]) -> None:
-        """Record the window durably, then finish its events and start it."""
+        """Record the window durably, then finish its events and start it.
+
+        The record is written as a shielded step, retried until it is written or the
+        partition is revoked: a revocation waits for it, so the partition's next owner
+        (perhaps this worker again) loads the record and resumes the window. A window whose
+        partition was revoked meanwhile is left to that owner.
+        """
+        frontier = window.items[0].frontier
+        partition = window.key.partition
         await self.slots.acquire()  # full: consumption waits here (bounded memory)
-        if not self.s.ledger.owns(window.key.partition) or window.items[0].frontier.closed:
-            # revoked (perhaps assigned again since): its events are read again from the
-            # committed offset by whoever owns the partition now
-            self.slots.release()
-            return
         try:
-            record = await self.s.ledger.save(self._record_for(window))
+            record = await self.s.tasks.shield(partition, self._record(window, frontier))
         except BaseException:
             self.slots.release()
             raise
+        if record is None or frontier.closed:
+            # revoked (perhaps assigned again since): whoever owns the partition now resumes
+            # the recorded window from state, or reads its events again from the committed offset
+            self.slots.release()
+            return
         for pending in window.items:
-            pending.frontier.finished(pending.request.source.offset)
+            frontier.finished(pending.request.source.offset)
         self.s.metrics.windows_sealed.inc()
         self._track(record, [p.request for p in window.items], slot_held=True)
 
+    async def _record(self, window: Window[Pending], frontier: Frontier) -> WindowRecord | None:
+        record = self._record_for(window)
+
+        async def save() -> WindowRecord | None:
+            if frontier.closed or not self.s.ledger.owns(record.partition):
+                return None
+            return await self.s.ledger.save(record)
+
+        return await retry_forever(save, what=f"{record.window_id}: recording the sealed window")
+
     def _track(self, record: WindowRecord, requests: list[Request] | None, *, slot_held: bool) -> None:
         window = InFlightWindow(record, requests, self.s)
-        self.s.tasks.spawn(record.partition, self._run(window, slot_held), name=record.window_id)
+        if slot_held:
+            task = self.s.tasks.spawn(record.partition, self._drive(window), name=record.window_id)
+            # released by the callback: a task cancelled before its first step runs no finally
+            task.add_done_callback(lambda _: self.slots.release())
+        else:
+            self.s.tasks.spawn(record.partition, self._resume(window), name=record.window_id)
 
-    async def _run(self, window: InFlightWindow, slot_held: bool) -> None:
-        if not slot_held:
-            await self.slots.acquire()
+    async def _resume(self, window: InFlightWindow) -> None:
+        async with self.slots:
+            await self._drive(window)
+
+    async def _drive(self, window: InFlightWindow) -> None:
         self.s.metrics.batches_in_flight.inc()
         try:
             await window.run()
         finally:
             self.s.metrics.batches_in_flight.dec()
-            self.slots.release()

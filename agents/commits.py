@@ -28,8 +28,8 @@ from streams.offsets import Frontier
 
 log = logging.getLogger(__name__)
 
-#: How long an event delivered before its partition's state is loaded waits for the load.
-ASSIGNMENT_WAIT = 120.0
+#: How often an event delivered before its partition's state is loaded says it is still waiting.
+ASSIGNMENT_WAIT = 60.0
 
 
 class Commits:
@@ -44,33 +44,45 @@ class Commits:
         self._waiting: dict[int, asyncio.Future[None]] = {}
 
     def open(self, partitions: Iterable[int]) -> None:
-        """New frontiers for a new assignment; wakes the events that waited for it."""
+        """New frontiers for a new assignment; wakes every waiting event.
+
+        Waiters of partitions not in this assignment wake too: they hold events of an earlier
+        generation, which they now see as stale.
+        """
         for partition in partitions:
             self.frontiers[partition] = Frontier()
+            self._committed.pop(partition, None)
+        for partition in list(self._waiting):
             self._wake(partition)
 
     async def frontier_of(self, event: EventT[Any]) -> Frontier | None:
         """The frontier of the event's partition, once its assignment is loaded.
 
-        None when the event is stale: its partition was revoked while it waited (or it was
-        delivered in an earlier generation of the group); it is left unread for whoever owns
-        the partition now, who reads it again from the committed offset.
+        None when the event is stale: delivered in an earlier generation of the group, or its
+        partition was revoked while it waited; whoever owns the partition now reads it again
+        from the committed offset. There is no time limit: an event skipped here while its
+        partition stays owned would let the frontier pass it, so a slow load holds intake.
         """
         message = event.message
+        if self._stale(message):
+            return None
         frontier = self.frontiers.get(message.partition)
         if frontier is not None:
             return frontier
         waiter = self._waiting.setdefault(message.partition, asyncio.get_running_loop().create_future())
-        try:
-            await asyncio.wait_for(asyncio.shield(waiter), timeout=ASSIGNMENT_WAIT)
-        except TimeoutError:
-            log.warning("%s[%d] was not loaded within %.0fs; offset %d is left for a later assignment",
-                        self.topic, message.partition, ASSIGNMENT_WAIT, message.offset)  # fmt: skip
-            return None
-        generation = getattr(message, "generation_id", None)
-        if generation is not None and generation != self.app.consumer_generation_id:
+        while not waiter.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(waiter), timeout=ASSIGNMENT_WAIT)
+            except TimeoutError:
+                log.warning("%s[%d]: offset %d still waits for the partition's state to load",
+                            self.topic, message.partition, message.offset)  # fmt: skip
+        if self._stale(message):
             return None
         return self.frontiers.get(message.partition)
+
+    def _stale(self, message: Any) -> bool:
+        generation = getattr(message, "generation_id", None)
+        return generation is not None and generation != self.app.consumer_generation_id
 
     async def commit(self, partitions: Iterable[int] | None = None) -> None:
         """Commit the frontier positions that moved since the last commit."""

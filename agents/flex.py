@@ -171,13 +171,16 @@ class FlexLane:
     async def add(self, pending: Pending) -> None:
         """Take an event on; waits while the lane is full (consumption waits with it)."""
         await self.runner.slots.acquire()
+        slot = _Slot(self.runner.slots)
         if pending.frontier.closed:  # revoked while we waited: the new owner serves it
-            self.runner.slots.release()
+            slot.release()
             return
         request = pending.request
-        self.tasks.spawn(request.source.partition, self._serve(pending), name=f"flex:{request.custom_id}")
+        task = self.tasks.spawn(request.source.partition, self._serve(pending, slot), name=f"flex:{request.custom_id}")
+        # also released here: a task cancelled before its first step runs no finally
+        task.add_done_callback(lambda _: slot.release())
 
-    async def _serve(self, pending: Pending) -> None:
+    async def _serve(self, pending: Pending, slot: _Slot) -> None:
         request = pending.request
         deadline = time.time() + self.runner.flex.budget
         self.metrics.flex_in_flight.inc()
@@ -187,10 +190,24 @@ class FlexLane:
             )
         finally:
             self.metrics.flex_in_flight.dec()
-            self.runner.slots.release()
+            slot.release()  # the call is over: the next event may start while this one is written
         if isinstance(outcome, ToBatch):
             await self.to_batch(pending)  # finished when its window is sealed
             return
         self.outbox.served(request, outcome, batch_id=None, submitted=None, rounds=0)
         await self.outbox.flush_until_written(request.id)
         pending.frontier.finished(request.source.offset)
+
+
+class _Slot:
+    """One unit of a semaphore, released at most once."""
+
+    __slots__ = ("_semaphore",)
+
+    def __init__(self, semaphore: asyncio.Semaphore) -> None:
+        self._semaphore: asyncio.Semaphore | None = semaphore
+
+    def release(self) -> None:
+        if self._semaphore is not None:
+            self._semaphore.release()
+            self._semaphore = None

@@ -68,7 +68,10 @@ class Pipeline:
             provider_max_bytes=limits.max_bytes_per_batch,
         )
         self.commit_interval = settings.kafka.commit_interval
-        self.input = app.topic(cfg.input_topic, partitions=partitions)
+        # acks=False: faust records no ack for this topic at all (its pure-Python stream
+        # iterator acks skipped events even on a noack stream), so nothing but the frontiers
+        # can ever move its committed offsets.
+        self.input = app.topic(cfg.input_topic, partitions=partitions, acks=False)
         self.metrics = PipelineMetrics(cfg.name)
         self.outbox = Outbox(
             cfg,
@@ -168,11 +171,13 @@ class Pipeline:
 
         Steps that must not be cut short (batch creations, emission of finished batches) are
         awaited up to ``STEP_GRACE``, so whoever takes the partitions over neither duplicates
-        a batch nor re-emits a finished one. Then the frontiers are committed a last time.
+        a batch nor re-emits a finished one.
         """
         if self._stopped:
             return
         self._stopped = True
-        await self.tasks.close()
+        # Frontiers first: a last commit, and from then on no window is sealed and no flex
+        # call is started (both check the frontier), so nothing new outlives the stop.
         await self.commits.close()
+        await self.tasks.close()
         await self.client.close()
