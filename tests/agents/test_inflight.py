@@ -248,4 +248,3 @@ async def test_a_window_sealed_after_its_partition_was_revoked_is_dropped(emulat
     await batches.add(Pending(second, frontier, 10))
     assert lane.backend.writes == [], "nothing recorded: the next owner reads both events again"
     await lane.client.close()
-
