@@ -48,6 +48,10 @@ class BatchLane:
         request = pending.request
         key = WindowKey(request.source.partition, request.endpoint, request.model)
         async with self._lock:
+            if pending.frontier.closed:
+                # revoked (a flex fallback arriving late): a window must only hold events of
+                # the current assignment, or sealing would judge it by the wrong frontier
+                return
             sealed = self.windower.add(key, pending, request.custom_id, pending.nbytes, time.monotonic())
         for window in sealed:
             await self._seal(window)

@@ -248,3 +248,22 @@ async def test_a_window_sealed_after_its_partition_was_revoked_is_dropped(emulat
     await batches.add(Pending(second, frontier, 10))
     assert lane.backend.writes == [], "nothing recorded: the next owner reads both events again"
     await lane.client.close()
+
+
+async def test_an_event_of_a_revoked_assignment_never_joins_a_window_of_the_next(emulator, make_lane):
+    lane = make_lane(window={"max_requests": 2, "max_wait": "1h"})
+    services = lane.services
+    await services.ledger.load([0])
+    batches = BatchLane(services, WindowPolicy(max_requests=2, max_bytes=10**6, max_wait=3600))
+    old, new = Frontier(), Frontier()
+    late, first, second = lane.requests(3)
+    old.received(0)
+    old.close()  # revoked; its flex call fell back to batch after that
+    await batches.add(Pending(late, old, 10))
+    for request in (first, second):
+        new.received(request.source.offset)
+        await batches.add(Pending(request, new, 10))
+    assert [(r.status, r.first_offset, r.last_offset) for r in lane.backend.writes[:1]] == [("sealed", 1, 2)]
+    assert new.position == 3, "the next assignment's events are finished once their window is recorded"
+    await services.tasks.close()
+    await lane.client.close()
