@@ -187,7 +187,7 @@ async def test_auto_sigkill_with_a_batch_event_behind_a_served_flex_event_loses_
 # -- random-kill soak --------------------------------------------------------------------------
 
 SOAK_LONG = os.environ.get("BATCHSTREAM_SOAK") == "long"
-SOAK_SEEDS = range(5) if SOAK_LONG else range(2)
+SOAK_SEEDS = range(5) if SOAK_LONG else range(1)
 SOAK_EVENTS = 5000 if SOAK_LONG else 400
 SOAK_KILLS = 10 if SOAK_LONG else 3
 
