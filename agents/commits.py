@@ -84,6 +84,11 @@ class Commits:
         generation = getattr(message, "generation_id", None)
         return generation is not None and generation != self.app.consumer_generation_id
 
+    @property
+    def unfinished(self) -> int:
+        """Events received whose fate is not durable yet, over every owned partition."""
+        return sum(frontier.pending for frontier in self.frontiers.values())
+
     async def commit(self, partitions: Iterable[int] | None = None) -> None:
         """Commit the frontier positions that moved since the last commit."""
         wanted = None if partitions is None else set(partitions)

@@ -12,6 +12,11 @@ BATCHES_SUBMITTED = Counter("batchstream_batches_submitted", "Batches created or
 BATCHES_DONE = Counter("batchstream_batches_done", "Windows whose every event has its fate", ["pipeline"])
 BATCHES_IN_FLIGHT = Gauge("batchstream_batches_in_flight", "Windows sealed and not yet done", ["pipeline"])
 BACKPRESSURE = Counter("batchstream_provider_backpressure", "Submissions refused (429, token limit)", ["pipeline"])
+UNFINISHED_EVENTS = Gauge(
+    "batchstream_unfinished_events",
+    "Events consumed whose result, dead letter or sealed window is not written yet (they hold back commits)",
+    ["pipeline"],
+)
 OWNED_PARTITIONS = Gauge("batchstream_owned_partitions", "Input partitions owned by this worker", ["pipeline"])
 FLEX_CALLS = Counter(
     "batchstream_flex_calls", "Synchronous calls made, by tier asked (flex, standard)", ["pipeline", "tier"]
@@ -38,6 +43,7 @@ class PipelineMetrics:
         self.batches_hedged = BATCHES_HEDGED.labels(pipeline=pipeline)
         self.backpressure = BACKPRESSURE.labels(pipeline=pipeline)
         self.owned_partitions = OWNED_PARTITIONS.labels(pipeline=pipeline)
+        self.unfinished_events = UNFINISHED_EVENTS.labels(pipeline=pipeline)
         self.flex_refused = FLEX_REFUSED.labels(pipeline=pipeline)
         self.flex_in_flight = FLEX_IN_FLIGHT.labels(pipeline=pipeline)
 

@@ -116,6 +116,7 @@ class Pipeline:
         await self.batches.tick()
 
     async def _commit(self) -> None:
+        self.metrics.unfinished_events.set(self.commits.unfinished)
         await self.commits.commit()
 
     # -- rebalance ------------------------------------------------------------------------

@@ -30,6 +30,8 @@ from tests.support import (
     WorkerProcess,
     committed_offsets,
     end_offsets,
+    free_port,
+    metric,
     pipeline,
     produce,
     produce_placed,
@@ -70,13 +72,13 @@ class Held:
 @contextlib.asynccontextmanager
 async def held_window(
     bootstrap: str, make_topic: Any, configure: Any, start_worker: Any, *, values: list[Any], held_id: str,
-    ids: set[str], finished: Callable[[Held], Awaitable[bool]], what: str, **overrides: Any,
+    ids: set[str], finished: Callable[[Held], Awaitable[bool]], what: str, metrics_port: int = 0, **overrides: Any,
 ) -> AsyncIterator[Held]:  # fmt: skip
     """Produce ``values`` (offset 0 waits in a window, offset 1 finishes) to partition 0, run a
     worker until offset 1 is finished and a commit cycle has run after it, and check that the
     group has not committed partition 0 past offset 0."""
     topic = await make_topic("frontier", partitions=2)
-    config, group = configure(pipeline("fr", topic, window=LONG_WINDOW, **overrides))
+    config, group = configure(pipeline("fr", topic, window=LONG_WINDOW, **overrides), metrics_port=metrics_port)
     await produce(bootstrap, topic, values, partition=0)
     worker = start_worker(config, "first")
     async with TopicReader(bootstrap, f"{topic}.results") as results, TopicReader(bootstrap, f"{topic}.dlq") as dlq:
@@ -101,7 +103,7 @@ async def held_window(
         yield held
 
 
-def _batch_held(bootstrap: str, make_topic: Any, configure: Any, start_worker: Any) -> Any:
+def _batch_held(bootstrap: str, make_topic: Any, configure: Any, start_worker: Any, metrics_port: int = 0) -> Any:
     async def malformed_dead_lettered(held: Held) -> bool:
         return (0, 1) in await held.dead_sources()
 
@@ -109,6 +111,7 @@ def _batch_held(bootstrap: str, make_topic: Any, configure: Any, start_worker: A
         bootstrap, make_topic, configure, start_worker,
         values=[{"id": "good-0", "text": "x"}, b"not json"], held_id="good-0",
         ids={"good-0"}, finished=malformed_dead_lettered, what="the dead letter of partition 0 offset 1",
+        metrics_port=metrics_port,
     )  # fmt: skip
 
 
@@ -130,7 +133,10 @@ async def _every_fate(bootstrap: str, held: Held, *, results: set[str]) -> None:
 async def test_sigkill_with_an_open_window_behind_a_dead_letter_loses_nothing(
     bootstrap, emulator, make_topic, configure, start_worker
 ):
-    async with _batch_held(bootstrap, make_topic, configure, start_worker) as held:
+    port = free_port()
+    async with _batch_held(bootstrap, make_topic, configure, start_worker, metrics_port=port) as held:
+        # the commit that showed the sentinel was made right after this gauge was set
+        assert metric(port, "batchstream_unfinished_events", pipeline="fr") == 1, "offset 0 holds back commits"
         held.worker.kill()
         start_worker(held.config, "second")
         await _every_fate(bootstrap, held, results={"good-0"})
