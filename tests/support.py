@@ -115,13 +115,7 @@ async def wait_for_topic(bootstrap: str, topic: str, timeout: float = 60) -> Non
 
 
 async def committed_total(bootstrap: str, group: str, topic: str) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(group)
-    finally:
-        await admin.close()
-    return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset > 0)
+    return sum((await committed_offsets(bootstrap, group, topic)).values())
 
 
 async def wait_committed(bootstrap: str, group: str, topic: str, total: int, timeout: float = 30) -> None:

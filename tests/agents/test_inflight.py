@@ -218,11 +218,15 @@ async def test_a_late_batch_is_hedged_and_its_rest_served_by_flex(emulator, make
     assert emu.stats["batches_cancel_requested"] == 1
 
 
+async def _batch_lane(lane: Lane, max_requests: int) -> BatchLane:
+    await lane.services.ledger.load([0])
+    return BatchLane(lane.services, WindowPolicy(max_requests=max_requests, max_bytes=10**6, max_wait=3600))
+
+
 async def test_the_lane_seals_at_max_requests_and_finishes_events_only_once_recorded(emulator, make_lane):
-    lane = make_lane(window={"max_requests": 5, "max_wait": "1h"})
+    lane = make_lane()
     services = lane.services
-    await services.ledger.load([0])
-    batches = BatchLane(services, WindowPolicy(max_requests=5, max_bytes=10**6, max_wait=3600))
+    batches = await _batch_lane(lane, 5)
     frontier = Frontier()
     requests = lane.requests(7)
     for request in requests:
@@ -235,10 +239,8 @@ async def test_the_lane_seals_at_max_requests_and_finishes_events_only_once_reco
 
 
 async def test_a_window_sealed_after_its_partition_was_revoked_is_dropped(emulator, make_lane):
-    lane = make_lane(window={"max_requests": 2, "max_wait": "1h"})
-    services = lane.services
-    await services.ledger.load([0])
-    batches = BatchLane(services, WindowPolicy(max_requests=2, max_bytes=10**6, max_wait=3600))
+    lane = make_lane()
+    batches = await _batch_lane(lane, 2)
     frontier = Frontier()
     first, second = lane.requests(2)
     frontier.received(0)
@@ -251,10 +253,8 @@ async def test_a_window_sealed_after_its_partition_was_revoked_is_dropped(emulat
 
 
 async def test_an_event_of_a_revoked_assignment_never_joins_a_window_of_the_next(emulator, make_lane):
-    lane = make_lane(window={"max_requests": 2, "max_wait": "1h"})
-    services = lane.services
-    await services.ledger.load([0])
-    batches = BatchLane(services, WindowPolicy(max_requests=2, max_bytes=10**6, max_wait=3600))
+    lane = make_lane()
+    batches = await _batch_lane(lane, 2)
     old, new = Frontier(), Frontier()
     late, first, second = lane.requests(3)
     old.received(0)
@@ -265,5 +265,5 @@ async def test_an_event_of_a_revoked_assignment_never_joins_a_window_of_the_next
         await batches.add(Pending(request, new, 10))
     assert [(r.status, r.first_offset, r.last_offset) for r in lane.backend.writes[:1]] == [("sealed", 1, 2)]
     assert new.position == 3, "the next assignment's events are finished once their window is recorded"
-    await services.tasks.close()
+    await lane.services.tasks.close()
     await lane.client.close()
