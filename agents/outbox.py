@@ -69,7 +69,7 @@ class Outbox:
             output=output,
             response=body,
             usage=body.get("usage"),
-            source=_source_record(request.source),
+            source=SourceRecord.of(request.source),
             timestamps=timestamps,
         )
         self.results.add(result, key=request.key)
@@ -101,7 +101,7 @@ class Outbox:
             batch_id=batch_id,
             error=error,
             event=request.event,
-            source=_source_record(request.source),
+            source=SourceRecord.of(request.source),
         )
         self.dead_letters.add(letter, key=request.key)
         self.metrics.dead_letter(reason)
@@ -119,7 +119,3 @@ class Outbox:
         """Flush, retrying until the broker has every record: the caller finishes events only after."""
         await retry_forever(self.flush, what=f"{what}: writing its records",
                             initial=WRITE_RETRY_INITIAL, maximum=WRITE_RETRY_MAX)  # fmt: skip
-
-
-def _source_record(source: Source) -> SourceRecord:
-    return SourceRecord(topic=source.topic, partition=source.partition, offset=source.offset)

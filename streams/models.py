@@ -94,6 +94,10 @@ class SourceRecord(BaseModel):
     partition: int
     offset: int
 
+    @classmethod
+    def of(cls, source: Source) -> SourceRecord:
+        return cls(topic=source.topic, partition=source.partition, offset=source.offset)
+
 
 class Timestamps(BaseModel):
     model_config = ConfigDict(frozen=True)
@@ -305,5 +309,5 @@ def dead_letter_for(
         error=error,
         event=event,
         original_base64=original,
-        source=SourceRecord(topic=source.topic, partition=source.partition, offset=source.offset),
+        source=SourceRecord.of(source),
     )
