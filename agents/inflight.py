@@ -45,7 +45,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,13 +54,14 @@ from openai.types import Batch
 from agents.flex import FlexRunner
 from agents.metrics import PipelineMetrics
 from agents.outbox import Outbox, stamps
-from agents.outcomes import ToBatch, classify
+from agents.outcomes import FailedBatch, ToBatch, classify, plan_failed_batch
+from agents.polling import BatchWatch
 from agents.provider import META_PIPELINE, META_WINDOW, TERMINAL, BatchClient, iter_jsonl
 from agents.retry import backoff, retry_forever
 from agents.state import InputReader, Ledger, WindowRecord
 from agents.tasks import PartitionTasks
 from streams.config import PipelineSettings, ProviderSettings
-from streams.errors import ProviderBackpressure, ProviderRejected
+from streams.errors import ProviderBackpressure, ProviderError, ProviderRejected
 from streams.models import Request, Source, decode_event
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,7 @@ class WindowServices:
     reader: InputReader
     workdir: Path
     metrics: PipelineMetrics
+    watch: BatchWatch
 
 
 class InFlightWindow:
@@ -93,6 +94,8 @@ class InFlightWindow:
         self.record = record
         #: The current round's requests; None for a window restored from state (re-read on first use).
         self.requests = requests
+        #: Every request of the window met so far, by offset (a later round picks its own from here).
+        self._known: dict[int, Request] = {r.source.offset: r for r in requests or ()}
         self.s = services
         self.cfg = services.cfg
         #: Whether a batch may exist that this worker does not know of (restored, or a step failed).
@@ -108,6 +111,7 @@ class InFlightWindow:
     async def _step(self) -> None:
         if self.requests is None:
             self.requests = await self._reread()
+            self._known.update((r.source.offset, r) for r in self.requests)
         if self.record.status == "sealed":
             await self._submit()
         elif self.record.status == "hedged":
@@ -117,7 +121,15 @@ class InFlightWindow:
         self._look_first = False
 
     async def _save(self, record: WindowRecord) -> None:
+        """Write the window's next record; the current requests follow the record's offsets."""
         self.record = await self.s.ledger.save(record)
+        if record.status == "done":
+            self.requests = []
+        elif record.offsets is not None and self.requests is not None:
+            wanted = record.offsets
+            if [r.source.offset for r in self.requests] != wanted:
+                known = [self._known.get(o) for o in wanted]
+                self.requests = None if None in known else [r for r in known if r is not None]
 
     def _backoff(self, attempt: int) -> float:
         return backoff(attempt, initial=self.cfg.retry.backoff_initial, maximum=self.cfg.retry.backoff_max)
@@ -168,21 +180,14 @@ class InFlightWindow:
         return batch
 
     async def _create(self) -> Batch:
-        assert self.requests is not None
         record = self.record
-        path = self.s.workdir / f"{record.window_id}.r{record.round}.jsonl"
-        with path.open("wb") as fh:
-            for request in self.requests:
-                fh.write(request.jsonl_line())
-        try:
-            file_id = await self.s.client.upload(path)
-        finally:
-            path.unlink(missing_ok=True)
+        # A create retried after an error reuses the round's file (the batch may exist and use it).
+        file_id = record.input_file_id or await self._upload()
         metadata = {**self.cfg.metadata, META_PIPELINE: self.cfg.name, META_WINDOW: record.tag}
         attempt = 0
         while True:
             # Recorded before the call: whoever resumes this window knows a batch may exist.
-            await self._save(self.record.create_started(time.time()))
+            await self._save(self.record.create_started(time.time(), file_id))
             create = self.s.client.create(file_id, record.endpoint, metadata)
             try:
                 return await self.s.tasks.shield(record.partition, create)
@@ -192,40 +197,41 @@ class InFlightWindow:
                 self.s.metrics.backpressure.inc()
                 log.info("%s: provider refused the batch (%s); waiting %.1fs", record.window_id, exc, delay)
                 await asyncio.sleep(delay)
+            except ProviderRejected:
+                # Refused outright: no batch uses the file. Upload afresh on the next try.
+                await self._save(self.record.model_copy(update={"input_file_id": None}))
+                await self._discard(file_id)
+                raise
+
+    async def _upload(self) -> str:
+        """Write the round's requests (in offset order, so line numbers map back after a restart) and upload them."""
+        assert self.requests is not None
+        self.requests.sort(key=lambda r: r.source.offset)
+        path = self.s.workdir / f"{self.record.window_id}.r{self.record.round}.jsonl"
+        with path.open("wb") as fh:
+            for request in self.requests:
+                fh.write(request.jsonl_line())
+        try:
+            return await self.s.client.upload(path)
+        finally:
+            path.unlink(missing_ok=True)
+
+    async def _discard(self, *file_ids: str | None) -> None:
+        """Delete provider files this window no longer needs (``delete_files``); never fails the window."""
+        if not self.s.provider.delete_files:
+            return
+        for file_id in file_ids:
+            if file_id:
+                try:
+                    await self.s.client.delete_file(file_id)
+                except ProviderError as exc:
+                    log.warning("%s: could not delete file %s: %s", self.record.window_id, file_id, exc)
 
     # -- poll, hedge ---------------------------------------------------------------------------
     def _hedge_at(self) -> float | None:
         if self.cfg.max_batch_latency is None or self.record.first_submitted_at is None:
             return None
         return self.record.first_submitted_at + self.cfg.max_batch_latency
-
-    async def _wait(self) -> tuple[Batch, bool]:
-        """Poll until the batch ends; at ``max_batch_latency`` cancel it. Return (batch, hedged)."""
-        assert self.record.batch_id is not None
-        hedge_at = self._hedge_at()
-        poll = self.s.provider.poll_interval
-        while True:
-            batch = await self.s.client.retrieve(self.record.batch_id)
-            late = hedge_at is not None and time.time() >= hedge_at
-            if batch.status in TERMINAL:
-                return batch, late
-            if late:
-                return await self._cancel(batch), True
-            await asyncio.sleep(poll if hedge_at is None else min(poll, max(0.05, hedge_at - time.time())))
-
-    async def _cancel(self, batch: Batch) -> Batch:
-        """Cancel a late batch and wait up to ``cancel_wait`` for its finished part to be final."""
-        self.s.metrics.batches_hedged.inc()
-        log.info("%s: batch %s passed max_batch_latency; cancelling it", self.cfg.name, batch.id)
-        try:
-            batch = await self.s.client.cancel(batch.id)
-        except ProviderRejected:
-            pass  # it ended meanwhile
-        give_up = time.monotonic() + self.s.provider.cancel_wait
-        while batch.status not in TERMINAL and time.monotonic() < give_up:
-            await asyncio.sleep(min(self.s.provider.poll_interval, 1.0))
-            batch = await self.s.client.retrieve(batch.id)
-        return batch
 
     async def _hedge(self) -> None:
         """Serve what a late batch still owes through flex (then the fallback), then finish."""
@@ -244,11 +250,16 @@ class InFlightWindow:
         await asyncio.gather(*(serve(r) for r in self.requests))
         await self.s.outbox.flush()
         await self._done()
+        await self._discard(record.input_file_id)
 
     # -- settle ---------------------------------------------------------------------------------
     async def _finish(self) -> None:
         assert self.requests is not None
-        batch, hedged = await self._wait()
+        assert self.record.batch_id is not None
+        batch, hedged = await self.s.watch.wait(self.record.window_id, self.record.batch_id, self._hedge_at())
+        if batch is None:  # late, and its status unreadable: all of it goes flex
+            await self._save(self.record.hedged(r.source.offset for r in self.requests))
+            return
         if batch.status == "failed":
             await self._failed(batch)
             return
@@ -265,38 +276,61 @@ class InFlightWindow:
                             lines[str(line["custom_id"])] = line
                 finally:
                     path.unlink(missing_ok=True)
+        attempts = self.record.attempts
         await self.s.tasks.shield(self.record.partition, self._settle(batch, lines, hedged))
-        if self.record.status == "sealed":  # a retry round, recorded: back off before submitting it
-            delay = self._backoff(self.record.round - 1)
-            log.info("%s: %d requests to retry (round %d) in %.1fs",
+        await self._discard(batch.input_file_id, *files)
+        if self.record.status == "sealed":  # a next round, recorded: back off before a retry
+            delay = self._backoff(attempts) if self.record.attempts > attempts else 0.0
+            log.info("%s: %d requests to submit again (round %d) in %.1fs",
                      self.record.window_id, len(self.requests), self.record.round, delay)  # fmt: skip
             await asyncio.sleep(delay)
 
     async def _failed(self, batch: Batch) -> None:
+        """A batch that failed as a whole (nothing ran): resubmit, isolate its bad lines, or bisect."""
         assert self.requests is not None
+        record = self.record
         errors = [e.model_dump() for e in (batch.errors.data if batch.errors and batch.errors.data else [])]
-        if any(e.get("code") == "token_limit_exceeded" for e in errors):
-            delay = self._backoff(self.record.round)
+        plan = plan_failed_batch(errors, len(self.requests), failed_before=record.failed_batches,
+                                 window_size=record.count)  # fmt: skip
+        self.s.metrics.batch_failed(plan.action)
+        if plan.action == "token_limit":
+            delay = self._backoff(record.round)
             self.s.metrics.backpressure.inc()
-            log.info("%s: token_limit_exceeded; resubmitting in %.1fs", self.record.window_id, delay)
+            log.info("%s: token_limit_exceeded; resubmitting in %.1fs", record.window_id, delay)
             await asyncio.sleep(delay)
-            await self._next_round(self.requests, same_round=True)
+            await self._save(record.next_round((r.source.offset for r in self.requests), time.time(),
+                                               same_round=True))  # fmt: skip
+        else:
+            log.info("%s: batch %s of %d requests failed (%s): %s", record.window_id, batch.id,
+                     len(self.requests), plan.summary, plan.action.replace("_", " "))  # fmt: skip
+            await self.s.tasks.shield(record.partition, self._isolate(batch, plan, errors))
+        await self._discard(batch.input_file_id, batch.error_file_id)
+
+    async def _isolate(self, batch: Batch, plan: FailedBatch, errors: list[dict[str, Any]]) -> None:
+        assert self.requests is not None
+        requests, record, outbox, now = self.requests, self.record, self.s.outbox, time.time()
+        if plan.action == "bisect":
+            half = len(requests) // 2
+            first, second = requests[:half], requests[half:]
+            await self._save(record.bisected((r.source.offset for r in first), (r.source.offset for r in second), now))
             return
-        message = "; ".join(str(e.get("message") or e.get("code")) for e in errors) or "batch failed"
-        requests, record = self.requests, self.record
-
-        async def fail_all() -> None:
-            for request in requests:
-                self.s.outbox.dead_letter(request, "batch_failed", f"batch {batch.id} failed: {message}",
-                                          attempts=record.round, batch_id=batch.id,
-                                          error={"batch_errors": errors})  # fmt: skip
-            await self.s.outbox.flush()
-            await self._done()
-
-        await self.s.tasks.shield(record.partition, fail_all())
+        rejected = plan.lines if plan.action == "reject_lines" else dict.fromkeys(range(len(requests)))
+        for index, error in rejected.items():
+            if error is None:
+                message, detail = f"batch {batch.id} failed: {plan.summary}", {"batch_errors": errors}
+            else:
+                message = f"batch {batch.id} rejected line {index + 1}: {error.get('code')}: {error.get('message')}"
+                detail = error
+            reason = plan.reason if error is None else "provider_rejected"
+            outbox.dead_letter(requests[index], reason, message, attempts=record.attempts, batch_id=batch.id,
+                               error=detail)  # fmt: skip
+        await outbox.flush()
+        rest = [r.source.offset for i, r in enumerate(requests) if i not in rejected]
+        await self._save(record.resubmitted(rest, now))
+        self._count_done()
 
     async def _settle(self, batch: Batch, lines: dict[str, dict[str, Any]], hedged: bool) -> None:
-        """Emit a finished batch's records, then record what comes next: done, a retry round, or hedged."""
+        """Emit a finished batch's records, then record what comes next: done, a next round, or hedged."""
         assert self.requests is not None
         record, outbox = self.record, self.s.outbox
         timestamps = stamps_of(batch)
@@ -305,34 +339,31 @@ class InFlightWindow:
             outcome = classify(lines.get(request.custom_id))
             if outcome.kind == "ok":
                 assert outcome.body is not None
-                outbox.result(request, outcome.body, attempts=record.round, batch_id=batch.id,
+                outbox.result(request, outcome.body, attempts=record.attempts, batch_id=batch.id,
                               timestamps=stamps(request, **timestamps))  # fmt: skip
-            elif outcome.kind == "retry" and (hedged or record.round < self.cfg.retry.attempts):
+            elif outcome.kind == "retry" and (hedged or record.attempts < self.cfg.retry.attempts):
                 retry.append(request)
             elif outcome.kind == "retry":
-                outbox.dead_letter(request, "retries_exhausted", outcome.message, attempts=record.round,
+                outbox.dead_letter(request, "retries_exhausted", outcome.message, attempts=record.attempts,
                                    batch_id=batch.id, error=outcome.error)  # fmt: skip
             else:
-                outbox.dead_letter(request, "provider_rejected", outcome.message, attempts=record.round,
+                outbox.dead_letter(request, "provider_rejected", outcome.message, attempts=record.attempts,
                                    batch_id=batch.id, error=outcome.error)  # fmt: skip
         await outbox.flush()
-        if retry and hedged:
-            await self._save(record.hedged(r.source.offset for r in retry))
-            self.requests = retry
-        elif retry:
-            await self._next_round(retry)
+        retried = (r.source.offset for r in retry)
+        if hedged and (retry or record.deferred):
+            await self._save(record.hedged(retried))
         else:
-            await self._done()
-
-    async def _next_round(self, requests: Sequence[Request], *, same_round: bool = False) -> None:
-        offsets = [r.source.offset for r in requests]
-        await self._save(self.record.next_round(offsets, time.time(), same_round=same_round))
-        self.requests = list(requests)
+            await self._save(record.after_round(retried, time.time()))
+            self._count_done()
 
     async def _done(self) -> None:
         await self._save(self.record.done())
-        self.requests = []
-        self.s.metrics.batches_done.inc()
+        self._count_done()
+
+    def _count_done(self) -> None:
+        if self.record.status == "done":
+            self.s.metrics.batches_done.inc()
 
 
 def stamps_of(batch: Batch) -> dict[str, float]:

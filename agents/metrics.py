@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import time
+
 from prometheus_client import Counter, Gauge
+
+log = logging.getLogger(__name__)
 
 EVENTS_IN = Counter("batchstream_events_in", "Input events consumed", ["pipeline"])
 RESULTS = Counter("batchstream_results", "Results written to the output topic", ["pipeline"])
@@ -27,6 +32,50 @@ FLEX_FALLBACKS = Counter(
 )
 FLEX_IN_FLIGHT = Gauge("batchstream_flex_in_flight", "Events being served by flex or its fallback", ["pipeline"])
 BATCHES_HEDGED = Counter("batchstream_batches_hedged", "Batches cancelled at max_batch_latency", ["pipeline"])
+BATCHES_FAILED = Counter(
+    "batchstream_batches_failed",
+    "Batches that failed as a whole, by what followed: token_limit (resubmitted later), lines_rejected "
+    "(named lines dead-lettered, the rest resubmitted), bisected (halves submitted apart), dead_lettered",
+    ["pipeline", "action"],
+)
+UNREADABLE_BATCHES = Gauge(
+    "batchstream_unreadable_batches", "In-flight batches whose last status read failed", ["pipeline"]
+)
+UNREADABLE_OLDEST = Gauge(
+    "batchstream_unreadable_batch_oldest_seconds",
+    "How long the status of the longest-unreadable in-flight batch has failed to read (0: none)",
+    ["pipeline"],
+)
+
+#: First warning about an unreadable batch at once; the next ones when its age doubles, from a minute.
+WARN_FIRST_REPEAT = 60.0
+
+
+class UnreadableBatches:
+    """Batches whose status reads fail, made visible: two gauges and warnings at growing intervals."""
+
+    def __init__(self, pipeline: str) -> None:
+        self.pipeline = pipeline
+        #: window id -> (when reads started failing, when to warn next)
+        self._since: dict[str, tuple[float, float]] = {}
+        UNREADABLE_BATCHES.labels(pipeline=pipeline).set_function(lambda: len(self._since))
+        UNREADABLE_OLDEST.labels(pipeline=pipeline).set_function(self.oldest_age)
+
+    def oldest_age(self) -> float:
+        now = time.monotonic()
+        return max((now - since for since, _ in self._since.values()), default=0.0)
+
+    def failed(self, window_id: str, batch_id: str, error: BaseException) -> None:
+        now = time.monotonic()
+        since, warn_at = self._since.get(window_id, (now, now))
+        if now >= warn_at:
+            age = now - since
+            log.warning("%s: the status of batch %s cannot be read (for %.0fs): %s", window_id, batch_id, age, error)
+            warn_at = now + max(WARN_FIRST_REPEAT, age)
+        self._since[window_id] = (since, warn_at)
+
+    def read(self, window_id: str) -> None:
+        self._since.pop(window_id, None)
 
 
 class PipelineMetrics:
@@ -46,9 +95,13 @@ class PipelineMetrics:
         self.unfinished_events = UNFINISHED_EVENTS.labels(pipeline=pipeline)
         self.flex_refused = FLEX_REFUSED.labels(pipeline=pipeline)
         self.flex_in_flight = FLEX_IN_FLIGHT.labels(pipeline=pipeline)
+        self.unreadable = UnreadableBatches(pipeline)
 
     def dead_letter(self, reason: str) -> None:
         DEAD_LETTERS.labels(pipeline=self.pipeline, reason=reason).inc()
+
+    def batch_failed(self, action: str) -> None:
+        BATCHES_FAILED.labels(pipeline=self.pipeline, action=action).inc()
 
     def flex_call(self, tier: str) -> None:
         FLEX_CALLS.labels(pipeline=self.pipeline, tier=tier).inc()

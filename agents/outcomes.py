@@ -5,12 +5,15 @@
 - a synchronous call (flex, or its fallback) -> :data:`FlexOutcome`: :class:`Served`,
   :class:`Failed`, or :class:`ToBatch`;
 - a response body -> the useful output (text, parsed JSON, embeddings), by
-  :func:`extract_output`.
+  :func:`extract_output`;
+- a batch that failed as a whole -> what to do next (:class:`FailedBatch`), by
+  :func:`plan_failed_batch`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
@@ -125,3 +128,53 @@ class ToBatch:
 
 
 FlexOutcome = Served | Failed | ToBatch
+
+
+#: Failed batches a window may bisect through, per doubling of its size: one poison request
+#: costs about one failed half per halving, so this isolates a few of them; a provider that
+#: fails every batch ends the window as ``batch_failed`` after a bounded number of tries.
+BISECT_FAILURES_PER_HALVING = 4
+
+
+@dataclass(frozen=True, slots=True)
+class FailedBatch:
+    """What to do with a batch that failed as a whole (nothing in it ran).
+
+    - ``token_limit``: the provider's enqueued-token quota is full: the same requests, later;
+    - ``reject_lines``: the provider named bad lines (``lines``: request index -> error):
+      those are rejected, the rest resubmitted;
+    - ``bisect``: no line named: the two halves as rounds of their own;
+    - ``dead_letter``: every request ends with ``reason`` (one request alone fails its batch:
+      it is the culprit; or the bisect budget is spent).
+    """
+
+    action: Literal["token_limit", "reject_lines", "bisect", "dead_letter"]
+    summary: str
+    lines: dict[int, dict[str, Any]] = field(default_factory=dict)
+    reason: ReasonCode = "batch_failed"
+
+
+def lines_named(errors: list[dict[str, Any]], count: int) -> dict[int, dict[str, Any]]:
+    """Errors naming a line of the file (1-based), by request index; {} unless every such line is in range."""
+    named: dict[int, dict[str, Any]] = {}
+    for error in errors:
+        line = error.get("line")
+        if isinstance(line, int) and not isinstance(line, bool):
+            if not 1 <= line <= count:
+                return {}
+            named.setdefault(line - 1, error)
+    return named
+
+
+def plan_failed_batch(errors: list[dict[str, Any]], count: int, *, failed_before: int, window_size: int) -> FailedBatch:
+    """Decide the fate of a failed batch of ``count`` requests from its ``errors.data``."""
+    summary = "; ".join(str(e.get("message") or e.get("code")) for e in errors) or "batch failed"
+    if any(e.get("code") == "token_limit_exceeded" for e in errors):
+        return FailedBatch("token_limit", summary)
+    named = lines_named(errors, count)
+    if named:
+        return FailedBatch("reject_lines", summary, lines=named)
+    budget = BISECT_FAILURES_PER_HALVING * math.ceil(math.log2(window_size + 1))
+    if count > 1 and failed_before < budget:
+        return FailedBatch("bisect", summary)
+    return FailedBatch("dead_letter", summary, reason="provider_rejected" if count == 1 else "batch_failed")

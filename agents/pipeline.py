@@ -36,6 +36,7 @@ from agents.flex import FlexLane, FlexRunner
 from agents.inflight import WindowServices
 from agents.metrics import PipelineMetrics
 from agents.outbox import Outbox
+from agents.polling import BatchWatch
 from agents.provider import BatchClient
 from agents.routing import route
 from agents.state import InputReader, Ledger, StateStore
@@ -92,6 +93,7 @@ class Pipeline:
             cfg=cfg, provider=settings.provider, client=client, ledger=self.ledger, outbox=self.outbox,
             flex=runner, tasks=self.tasks, reader=InputReader(bootstrap, cfg.input_topic, **kafka_options),
             workdir=Path(tempfile.mkdtemp(prefix=f"batchstream-{cfg.name}-")), metrics=self.metrics,
+            watch=BatchWatch(client, settings.provider, cfg.retry, self.metrics),
         )  # fmt: skip
         self.batches = BatchLane(services, self.policy)
         self.flex = FlexLane(runner, self.outbox, self.tasks, to_batch=self.batches.add)

@@ -98,6 +98,14 @@ class BatchClient:
             ),
         )
 
+    async def delete_file(self, file_id: str) -> None:
+        """Delete a file; one already gone (404) counts as deleted."""
+        try:
+            await self._call("delete file", lambda: self._client.files.delete(file_id))
+        except ProviderRejected as exc:
+            if exc.status_code != 404:
+                raise
+
     async def retrieve(self, batch_id: str) -> Batch:
         return await self._call("retrieve batch", lambda: self._client.batches.retrieve(batch_id))
 

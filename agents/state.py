@@ -77,6 +77,29 @@ class WindowRecord(BaseModel):
     first_submitted_at: float | None = None
     #: When the current round's create call started (None: no batch can exist for it).
     create_started_at: float | None = None
+    #: The current round's uploaded input file (reused by a retried create, deleted at the end).
+    input_file_id: str | None = None
+    #: Rounds that resubmitted requests which never ran (the batch failed validation): not
+    #: counted against the requests' attempts.
+    free_rounds: int = 0
+    #: Batches of this window that failed as a whole (bounds bisection).
+    failed_batches: int = 0
+    #: Groups of offsets waiting for a round of their own, in order: halves of a bisected
+    #: batch (``False``: not counted as an attempt) and retries of failed requests (``True``).
+    deferred: list[tuple[list[int], bool]] = []
+
+    @property
+    def attempts(self) -> int:
+        """Submissions of the current round's requests so far, this one included."""
+        return self.round - self.free_rounds
+
+    @property
+    def owed(self) -> list[int] | None:
+        """Every offset the window still owes a fate: the current round's and the deferred ones."""
+        if not self.deferred:
+            return self.offsets
+        current = self.offsets or []
+        return sorted([*current, *(o for group, _ in self.deferred for o in group)])
 
     @property
     def tag(self) -> str:
@@ -102,9 +125,9 @@ class WindowRecord(BaseModel):
         return orjson.dumps(self.model_dump(mode="json"))
 
     # -- transitions: each returns the next record; the ledger saves it --------------------
-    def create_started(self, now: float) -> WindowRecord:
+    def create_started(self, now: float, input_file_id: str) -> WindowRecord:
         """A create call for the current round is about to start: a batch may exist from here."""
-        return self.model_copy(update={"create_started_at": now})
+        return self.model_copy(update={"create_started_at": now, "input_file_id": input_file_id})
 
     def submitted(self, batch_id: str, now: float) -> WindowRecord:
         return self.model_copy(update={
@@ -112,20 +135,50 @@ class WindowRecord(BaseModel):
             "first_submitted_at": self.first_submitted_at or now,
         })  # fmt: skip
 
-    def next_round(self, offsets: Iterable[int], now: float, *, same_round: bool = False) -> WindowRecord:
-        """Sealed again for ``offsets``: a retry round (``same_round`` when the provider refused the batch)."""
+    def next_round(
+        self, offsets: Iterable[int], now: float, *, same_round: bool = False, counted: bool = True, **update: object
+    ) -> WindowRecord:
+        """Sealed again for ``offsets``: a new round (``same_round`` when the provider refused the
+        batch before it existed; ``counted=False`` when the requests never ran)."""
         return self.model_copy(update={
             "status": "sealed", "batch_id": None, "round": self.round if same_round else self.round + 1,
-            "offsets": sorted(offsets), "sealed_at": now, "create_started_at": None,
+            "free_rounds": self.free_rounds + (0 if same_round or counted else 1),
+            "offsets": sorted(offsets), "sealed_at": now, "create_started_at": None, "input_file_id": None,
+            **update,
         })  # fmt: skip
 
+    def after_round(self, retry: Iterable[int], now: float) -> WindowRecord:
+        """A round ended with its results written: the next deferred group, the retries, or done."""
+        retry = sorted(retry)
+        queue = list(self.deferred) + ([(retry, True)] if retry else [])
+        if not queue:
+            return self.done()
+        (offsets, counted), rest = queue[0], queue[1:]
+        return self.next_round(offsets, now, counted=counted, deferred=rest)
+
+    def resubmitted(self, rest: Iterable[int], now: float) -> WindowRecord:
+        """The batch failed validation naming some lines: ``rest`` (the round without them) again,
+        not counted."""
+        rest = sorted(rest)
+        failed = self.model_copy(update={"failed_batches": self.failed_batches + 1})
+        if not rest:
+            return failed.after_round((), now)
+        return failed.next_round(rest, now, counted=False)
+
+    def bisected(self, first: Iterable[int], second: Iterable[int], now: float) -> WindowRecord:
+        """The batch failed with no line named: its halves as rounds of their own, not counted."""
+        return self.next_round(first, now, counted=False, failed_batches=self.failed_batches + 1,
+                               deferred=[(sorted(second), False), *self.deferred])  # fmt: skip
+
     def hedged(self, offsets: Iterable[int]) -> WindowRecord:
-        """Cancelled at ``max_batch_latency`` with its finished part emitted; ``offsets`` go flex."""
-        return self.model_copy(update={"status": "hedged", "offsets": sorted(offsets)})
+        """Cancelled at ``max_batch_latency`` with its finished part emitted; ``offsets`` (and every
+        deferred group) go flex."""
+        owed = sorted({*offsets, *(o for group, _ in self.deferred for o in group)})
+        return self.model_copy(update={"status": "hedged", "offsets": owed, "deferred": []})
 
     def done(self) -> WindowRecord:
         """Every event of the window has its result or dead letter written."""
-        return self.model_copy(update={"status": "done", "offsets": None})
+        return self.model_copy(update={"status": "done", "offsets": None, "deferred": []})
 
 
 class PartitionState:

@@ -129,7 +129,7 @@ def realtime_handler(base_url: str) -> tuple[Callable[[bytes], Awaitable[bytes]]
         event = orjson.loads(value)
         async with limit:
             reply = await client.chat.completions.create(
-                model="gpt-4o-mini", messages=[{"role": "user", "content": event["text"]}]
+                model="gpt-5-mini", messages=[{"role": "user", "content": event["text"]}]
             )
         return orjson.dumps({"id": event["id"], "output": reply.choices[0].message.content})
 
@@ -153,7 +153,7 @@ async def batchstream(bootstrap: str, base_url: str, values: list[bytes], mode: 
         "provider": {"base_url": base_url, "api_key": "sk-bench", "poll_interval": "200ms"},
         "pipelines": [{
             "name": "bench", "input_topic": topic, "output_topic": f"{topic}.results",
-            "dead_letter_topic": f"{topic}.dlq", "mode": mode, "model": "gpt-4o-mini",
+            "dead_letter_topic": f"{topic}.dlq", "mode": mode, "model": "gpt-5-mini",
             "window": {"max_requests": 500, "max_bytes": "10MB", "max_wait": "1s"},
             "flex": {"concurrency": 32, "fallback": "dead_letter"},
             "template": {"user": "{text}"},

@@ -32,7 +32,7 @@ from rich.live import Live
 from rich.table import Table
 
 #: USD per million tokens, real-time (batch and flex are half). Only for the summary.
-PRICES = {"gpt-4o-mini": (0.15, 0.60)}
+PRICES = {"gpt-5-mini": (0.25, 2.00)}
 #: Share of the real-time price each serving path pays.
 PRICE_FACTOR = {"batch": 0.5, "flex": 0.5, "standard": 1.0}
 #: How far ahead an urgent ticket's deadline is in ``--mode auto``.
@@ -90,7 +90,7 @@ def demo_config(bootstrap: str, base_url: str, group: str, mode: str = "batch") 
                 "dead_letter_topic": "tickets.dlq",
                 **demo_pipeline_mode(mode),
                 "endpoint": "/v1/chat/completions",
-                "model": "gpt-4o-mini",
+                "model": "gpt-5-mini",
                 "window": {"max_requests": 250, "max_bytes": "10MB", "max_wait": "2s"},
                 "retry": {"attempts": 3, "backoff_initial": "200ms", "backoff_max": "2s"},
                 "template": {
@@ -262,7 +262,7 @@ def _summary(console: Console, progress: Progress, elapsed: float, tickets: int)
     results = list(progress.results.values())
     prompt = sum((r.get("usage") or {}).get("prompt_tokens", 0) for r in results)
     completion = sum((r.get("usage") or {}).get("completion_tokens", 0) for r in results)
-    price_in, price_out = PRICES["gpt-4o-mini"]
+    price_in, price_out = PRICES["gpt-5-mini"]
 
     def cost(result: dict[str, Any]) -> float:
         usage = result.get("usage") or {}
@@ -298,7 +298,7 @@ def _summary(console: Console, progress: Progress, elapsed: float, tickets: int)
     table.add_row("elapsed", f"{elapsed:.1f}s")
     table.add_row("tokens (prompt / completion)", f"{prompt} / {completion}")
     console.print()
-    table.add_row("cost: paid vs all real-time", f"${paid:.4f} vs ${realtime:.4f} (gpt-4o-mini list prices)")
+    table.add_row("cost: paid vs all real-time", f"${paid:.4f} vs ${realtime:.4f} (gpt-5-mini list prices)")
     console.print(table)
     for result in list(progress.results.values())[:3]:
         console.print(f"  {result['id']}: {orjson.dumps(result['output']).decode()}", soft_wrap=True)

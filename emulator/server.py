@@ -5,9 +5,15 @@ answers deterministically. Faults are injected through :class:`Faults`, set at s
 at run time with ``POST /_emulator/faults`` (a partial JSON object); ``GET /_emulator/stats``
 counts what happened, so tests can assert, for example, that no window was submitted twice.
 
+Strict where the real servers are strict (``emulator/strict.py``): every line of a batch file
+is checked for its endpoint when the batch is created, and a file with bad lines fails as a
+whole (``failed``, ``errors.data`` naming the lines), as OpenAI's does; the 50,000-request and
+200 MB limits apply; 429s carry ``Retry-After``.
+
 Synchronous calls with ``service_tier="flex"`` take ``flex_latency`` seconds and are refused
 with HTTP 429 at ``flex_429_rate`` (re-rolled on every attempt of the same request body);
-models listed in ``flex_unsupported_models`` reject the parameter with HTTP 400.
+models outside ``flex_models`` (a realistic default set) or listed in ``flex_unsupported_models``
+reject the parameter with HTTP 400.
 
 A batch is processed progressively: its requests finish evenly over ``batch_seconds``, so a
 cancel or an expiry part-way keeps the finished part in the output file, as the real API does.
@@ -30,6 +36,7 @@ from aiohttp import BodyPartReader, web
 from pydantic import BaseModel, ConfigDict, Field
 
 from emulator.outputs import answer_text, count_tokens, digest, last_user_text, roll
+from emulator.strict import FLEX_MODELS, MAX_BATCH_REQUESTS, MAX_FILE_BYTES, body_problem, offers_flex
 
 BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/responses", "/v1/embeddings", "/v1/completions")
 MAX_METADATA_PAIRS = 16
@@ -78,6 +85,29 @@ class Faults(BaseModel):
     #: Behave like a minimal OpenAI-compatible server: ``GET /v1/batches`` is a 404 and
     #: responses carry no ``service_tier``.
     minimal: bool = False
+    #: Models that offer flex (a dated snapshot of one counts too).
+    flex_models: list[str] = Field(default_factory=lambda: list(FLEX_MODELS))
+    #: A batch line whose raw JSON contains this text fails validation (``invalid_request``):
+    #: poison only the provider can judge.
+    reject_lines_containing: str | None = None
+    #: Whether validation errors name their line (``False``: ``line`` is null, as some servers do).
+    line_numbers: bool = True
+    #: The next N created batches answer HTTP 500 to every status read, for
+    #: ``unreadable_seconds`` after their creation (None: for ever).
+    unreadable_next: int = Field(0, ge=0)
+    unreadable_seconds: float | None = Field(None, ge=0)
+    #: The next N ``GET /v1/batches`` (listings) answer HTTP 500.
+    list_500: int = Field(0, ge=0)
+    #: A batch appears in listings only this long after its creation.
+    list_lag: float = Field(0.0, ge=0)
+    #: The next N uploads answer HTTP 500 (nothing stored).
+    upload_500: int = Field(0, ge=0)
+    #: The next N ``POST /v1/batches`` answer HTTP 500 without creating anything.
+    create_fail_500: int = Field(0, ge=0)
+    #: Seconds a cancelled batch stays ``cancelling`` before it is ``cancelled``.
+    cancel_seconds: float = Field(0.0, ge=0)
+    #: ``Retry-After`` (seconds) sent with every 429.
+    retry_after: float = Field(1.0, ge=0)
     seed: int = 0
 
 
@@ -114,6 +144,9 @@ class StoredBatch:
     times: dict[str, int] = field(default_factory=dict)
     cancel_requested: bool = False
     task: asyncio.Task[None] | None = None
+    #: Status reads answer 500 until this time.monotonic() (inf: for ever).
+    unreadable_until: float = 0.0
+    created_monotonic: float = field(default_factory=time.monotonic)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -144,10 +177,13 @@ class StoredBatch:
         }
 
 
-def _error(status: int, message: str, *, code: str | None = None, param: str | None = None) -> web.Response:
-    kind = "rate_limit_error" if status == 429 else "invalid_request_error"
+def _error(
+    status: int, message: str, *, code: str | None = None, param: str | None = None, retry_after: float | None = None
+) -> web.Response:
+    kind = "rate_limit_error" if status == 429 else "server_error" if status >= 500 else "invalid_request_error"
     body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    return web.json_response(body, status=status, dumps=lambda o: orjson.dumps(o).decode())
+    headers = {"Retry-After": f"{retry_after:g}"} if retry_after is not None else None
+    return web.json_response(body, status=status, headers=headers, dumps=lambda o: orjson.dumps(o).decode())
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -243,6 +279,12 @@ class Emulator:
                 data = bytes(await part.read())
         if purpose not in ("batch", "assistants", "fine-tune", "user_data", "evals", "vision"):
             return _error(400, f"Invalid purpose {purpose!r}", param="purpose")
+        if self.faults.upload_500 > 0:
+            self.faults.upload_500 -= 1
+            self.stats["upload_500"] += 1
+            return _error(500, "The server had an error while processing your request.")
+        if len(data) > MAX_FILE_BYTES:
+            return _error(400, f"File is too large: {len(data)} bytes, the limit is {MAX_FILE_BYTES}.", param="file")
         stored = StoredFile(self._new_id("file"), purpose, filename, data, int(time.time()))
         self.files[stored.id] = stored
         self.stats["files_uploaded"] += 1
@@ -289,7 +331,12 @@ class Emulator:
         if self.faults.create_429 > 0:
             self.faults.create_429 -= 1
             self.stats["create_429"] += 1
-            return _error(429, "Too many batches in progress", code="rate_limit_exceeded")
+            return _error(429, "Too many batches in progress", code="rate_limit_exceeded",
+                          retry_after=self.faults.retry_after)  # fmt: skip
+        if self.faults.create_fail_500 > 0:
+            self.faults.create_fail_500 -= 1
+            self.stats["create_fail_500"] += 1
+            return _error(500, "The server had an error while processing your request.")
         endpoint = body.get("endpoint")
         if endpoint not in BATCH_ENDPOINTS:
             return _error(400, f"Invalid endpoint {endpoint!r}", param="endpoint")
@@ -317,6 +364,10 @@ class Emulator:
             batch.outcome = outcomes.pop(0)
             self.faults.batch_outcomes = outcomes
         batch.errors = self._validate(batch, stored_file.data)
+        if self.faults.unreadable_next > 0:
+            self.faults.unreadable_next -= 1
+            seconds = self.faults.unreadable_seconds
+            batch.unreadable_until = float("inf") if seconds is None else time.monotonic() + seconds
         self.batches[batch.id] = batch
         self.stats["batches_created"] += 1
         if metadata and metadata.get("batchstream_window"):
@@ -333,7 +384,7 @@ class Emulator:
     def _validate(self, batch: StoredBatch, data: bytes) -> list[dict[str, Any]] | None:
         errors: list[dict[str, Any]] = []
         seen: set[str] = set()
-        models: set[str] = set()
+        first_model: str | None = None
         for number, raw in enumerate(data.splitlines(), start=1):
             if not raw.strip():
                 continue
@@ -343,28 +394,44 @@ class Emulator:
                 errors.append({"code": "invalid_json_line", "line": number, "message": "not JSON", "param": None})
                 continue
             custom_id = line.get("custom_id")
+            poison = self.faults.reject_lines_containing
+            problem = body_problem(batch.endpoint, line.get("body"))
+            if poison and poison.encode() in raw:
+                problem = ("invalid_request", "This request was rejected (injected).", "body")
+            if problem is not None:
+                code, message, param = problem
+                errors.append({"code": code, "line": number, "message": message, "param": param})
             if custom_id in seen:
                 errors.append({"code": "duplicate_custom_id", "line": number,
                                "message": f"duplicate custom_id {custom_id!r}", "param": "custom_id"})  # fmt: skip
             seen.add(custom_id)
             if line.get("url") != batch.endpoint:
-                errors.append({"code": "mismatched_url", "line": number,
+                errors.append({"code": "url_mismatch", "line": number,
                                "message": "url differs from the batch endpoint", "param": "url"})  # fmt: skip
-            models.add(str((line.get("body") or {}).get("model")))
+            model = (line.get("body") or {}).get("model") if isinstance(line.get("body"), dict) else None
+            if problem is None and isinstance(model, str):
+                first_model = first_model or model
+                if model != first_model:
+                    errors.append({"code": "model_mismatch", "line": number, "param": "model",
+                                   "message": "all requests in a batch must use the same model"})  # fmt: skip
             batch.lines.append(line)
-        if len(models) > 1:
-            errors.append({"code": "mismatched_model", "line": None,
-                           "message": "all requests in a batch must use the same model", "param": "model"})  # fmt: skip
         if not batch.lines:
             errors.append({"code": "empty_file", "line": None, "message": "the file has no requests", "param": None})
+        if len(batch.lines) > MAX_BATCH_REQUESTS:
+            errors.append({"code": "too_many_tasks", "line": None, "param": None,
+                           "message": f"A batch may hold at most {MAX_BATCH_REQUESTS} requests."})  # fmt: skip
         if self.faults.token_limit > 0 and not errors:
             self.faults.token_limit -= 1
             self.stats["token_limit_exceeded"] += 1
             errors.append({"code": "token_limit_exceeded", "line": None, "param": None,
                            "message": "Enqueued token limit reached for this model."})  # fmt: skip
         if not errors and batch.outcome == "failed":
-            errors.append({"code": "invalid_request", "line": 1, "param": None,
+            errors.append({"code": "invalid_request", "line": None, "param": None,
                            "message": "The batch failed validation (injected)."})  # fmt: skip
+        if not self.faults.line_numbers:
+            errors = [{**e, "line": None} for e in errors]
+        if errors:
+            self.stats["batches_failed_validation"] += 1
         return errors or None
 
     async def _process(self, batch: StoredBatch) -> None:
@@ -372,8 +439,10 @@ class Emulator:
         now = int(time.time())
         if batch.errors:
             batch.status, batch.times["failed"] = "failed", now
+            self.stats["batches_failed"] += 1
             return
-        batch.status, batch.times["in_progress"] = "in_progress", now
+        if not batch.cancel_requested:
+            batch.status, batch.times["in_progress"] = "in_progress", now
         total = len(batch.lines)
         stop_at = total
         if batch.outcome in ("expired", "cancelled"):  # ended part-way by the provider or a user
@@ -402,6 +471,8 @@ class Emulator:
                 done += 1
             if done < total:
                 await asyncio.sleep(min(0.05, max(duration / 20, 0.005)))
+        if ended_by == "cancelled" and batch.cancel_requested and self.faults.cancel_seconds:
+            await asyncio.sleep(self.faults.cancel_seconds)
         if ended_by is not None:
             code = "batch_expired" if ended_by == "expired" else "batch_cancelled"
             message = f"This request could not be executed before the batch was {ended_by}."
@@ -472,9 +543,15 @@ class Emulator:
     async def list_batches(self, request: web.Request) -> web.Response:
         if self.faults.minimal:
             return _error(404, "Not found")
+        if self.faults.list_500 > 0:
+            self.faults.list_500 -= 1
+            self.stats["list_500"] += 1
+            return _error(500, "The server had an error while processing your request.")
         limit = max(1, min(100, int(request.query.get("limit", "20"))))
         after = request.query.get("after")
-        ordered = sorted(self.batches.values(), key=lambda b: (b.created_at, b.id), reverse=True)
+        visible_before = time.monotonic() - self.faults.list_lag
+        listed = [b for b in self.batches.values() if b.created_monotonic <= visible_before]
+        ordered = sorted(listed, key=lambda b: (b.created_at, b.id), reverse=True)
         if after:
             ids = [b.id for b in ordered]
             ordered = ordered[ids.index(after) + 1 :] if after in ids else []
@@ -489,6 +566,9 @@ class Emulator:
         batch = self.batches.get(request.match_info["id"])
         if batch is None:
             return _error(404, "No such Batch object", param="id")
+        if time.monotonic() < batch.unreadable_until:
+            self.stats["status_500"] += 1
+            return _error(500, "The server had an error while processing your request.")
         return _json(batch.as_json())
 
     async def cancel_batch(self, request: web.Request) -> web.Response:
@@ -526,7 +606,9 @@ class Emulator:
     async def _flex_gate(self, path: str, body: dict[str, Any]) -> web.Response | None:
         """Flex capacity: unsupported model (400), no capacity (429), or a slow answer."""
         faults = self.faults
-        if path == "/v1/embeddings" or body.get("model") in faults.flex_unsupported_models:
+        model = body.get("model")
+        unsupported = model in faults.flex_unsupported_models or not offers_flex(model, faults.flex_models)
+        if path == "/v1/embeddings" or unsupported:
             self.stats["flex_unsupported"] += 1
             return _error(400, f"service_tier 'flex' is not available for model {body.get('model')}",
                           param="service_tier", code="invalid_value")  # fmt: skip
@@ -536,7 +618,7 @@ class Emulator:
         if faults.flex_429_rate and roll(faults.seed, key, self.flex_calls[key], "flex") < faults.flex_429_rate:
             self.stats["flex_429"] += 1
             return _error(429, "Resource unavailable: flex capacity is exhausted, retry later.",
-                          code="resource_unavailable")  # fmt: skip
+                          code="resource_unavailable", retry_after=faults.retry_after)  # fmt: skip
         if faults.flex_latency:
             await asyncio.sleep(faults.flex_latency)
         self.stats["flex_served"] += 1

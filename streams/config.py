@@ -77,6 +77,10 @@ class ProviderSettings(Frozen):
     #: How long a batch cancelled at ``max_batch_latency`` may take to reach ``cancelled``;
     #: after that its unfinished part goes flex without waiting for the finished part.
     cancel_wait: Duration = Field(60.0, gt=0)
+    #: Delete a window's files at the provider once they are no longer needed: its input file
+    #: once its batch ended, output and error files once their results are written. They hold
+    #: user data; ``false`` keeps them (the provider's own retention then applies).
+    delete_files: bool = True
     limits: ProviderLimits = ProviderLimits()
 
 
@@ -153,6 +157,10 @@ class PipelineSettings(Frozen):
     template: TemplateSettings = TemplateSettings()
     #: Events larger than this are dead-lettered as ``oversized``.
     max_event_bytes: ByteSize = Field(1_000_000, ge=1)
+    #: Check each request body with the provider SDK's request types before it joins a window
+    #: (one invalid line fails a whole batch at the provider); a failure is an ``invalid_request``
+    #: dead letter at once. ``false`` leaves every judgement to the provider.
+    validate_requests: bool = True
     #: Windows sealed but not finished; when full, consumption pauses.
     max_open_batches: int = Field(50, ge=1)
     #: Metadata added to every batch (at most 14 pairs: two are batchstream's).

@@ -23,6 +23,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict
 
 from streams.config import PipelineSettings
+from streams.validation import check_body
 
 ReasonCode = Literal[
     "undecodable",
@@ -30,6 +31,7 @@ ReasonCode = Literal[
     "wrong_shape",
     "oversized",
     "template_error",
+    "invalid_request",
     "provider_rejected",
     "retries_exhausted",
     "batch_failed",
@@ -258,6 +260,8 @@ def decode_event(
             return Rejection("template_error", f"template field {exc.args[0]!r} is missing from the event")
         except (ValueError, IndexError, AttributeError) as exc:
             return Rejection("template_error", f"template cannot render this event: {exc}")
+    if cfg.validate_requests and (problem := check_body(cfg.endpoint, body)) is not None:
+        return Rejection("invalid_request", f"the request would be refused: {problem}")
     deadline: float | None = None
     if cfg.mode == "auto":
         given = event.get("deadline", _header(headers, "deadline"))

@@ -187,7 +187,7 @@ def write_config(path: Path, *, bootstrap: str, base_url: str, group: str, pipel
 def settings_document(api_key: str = "${OPENAI_API_KEY}", **pipeline_overrides: Any) -> dict[str, Any]:
     """The smallest valid configuration document, with one pipeline ``t`` (overrides applied)."""
     base: dict[str, Any] = {
-        "name": "t", "input_topic": "in", "output_topic": "out", "dead_letter_topic": "dlq", "model": "gpt-4o-mini",
+        "name": "t", "input_topic": "in", "output_topic": "out", "dead_letter_topic": "dlq", "model": "gpt-5-mini",
     }  # fmt: skip
     return {"provider": {"api_key": api_key}, "pipelines": [{**base, **pipeline_overrides}]}
 
@@ -199,7 +199,7 @@ def pipeline(name: str, input_topic: str, **overrides: Any) -> dict[str, Any]:
         "output_topic": f"{input_topic}.results",
         "dead_letter_topic": f"{input_topic}.dlq",
         "state_topic": f"{input_topic}.state",
-        "model": "gpt-4o-mini",
+        "model": "gpt-5-mini",
         "window": {"max_requests": 100, "max_bytes": "1MB", "max_wait": "500ms"},
         "retry": {"attempts": 3, "backoff_initial": "100ms", "backoff_max": "500ms"},
     }

@@ -217,7 +217,7 @@ def soak_inputs(rng: random.Random, n: int, mode: str) -> tuple[list[bytes | dic
             continue
         event: dict[str, Any]
         if roll < 0.28:
-            model = "gpt-4o" if i % 2 else "gpt-4o-mini"
+            model = "gpt-5-nano" if i % 2 else "gpt-5-mini"
             event = {"id": f"s{i}", "body": {"model": model, "messages": [{"role": "user", "content": "hi"}]}}
             keys.append(b"two-models")
         else:

@@ -76,9 +76,10 @@ async def test_each_fallback_when_flex_has_no_capacity(emulator, run_pipeline, f
 
 async def test_a_model_without_flex_goes_straight_to_the_fallback(emulator, run_pipeline):
     emu = emulator.emulator
-    emu.faults.flex_unsupported_models = ["gpt-4o-mini"]
     values = events(20)
-    results, dead, _ = await run_pipeline(values, mode="flex", flex={**FAST_FLEX, "fallback": "standard"})
+    results, dead, _ = await run_pipeline(
+        values, mode="flex", model="gpt-4o-mini", flex={**FAST_FLEX, "fallback": "standard"}
+    )
     assert dead == []
     assert {r["mode"] for r in results} == {"standard"}
     assert emu.stats["flex_unsupported"] == len(values), "one refused flex call per event, no retries"

@@ -7,108 +7,15 @@ records the window wrote, in which order, and what it emitted.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
 
 import pytest
 
 from agents.batches import BatchLane
-from agents.flex import FlexRunner
-from agents.inflight import InFlightWindow, WindowServices
-from agents.metrics import PipelineMetrics
-from agents.outbox import Outbox
-from agents.provider import BatchClient
-from agents.state import InputReader, Ledger, PartitionState, WindowRecord
-from agents.tasks import PartitionTasks
-from sinks import MemorySink
-from streams.config import PipelineSettings, Settings, parse_settings
-from streams.models import DeadLetter, Request, Result, Source, decode_event
+from streams.models import DeadLetter, Result
 from streams.offsets import Frontier, Pending
 from streams.windows import WindowPolicy
-
-
-class MemoryBackend:
-    """The state topic as a list of confirmed writes."""
-
-    group_id = "g"
-
-    def __init__(self) -> None:
-        self.writes: list[WindowRecord] = []
-
-    async def put(self, record: WindowRecord) -> None:
-        self.writes.append(record)
-
-    async def load(self, partitions: Iterable[int]) -> dict[int, PartitionState]:
-        return {p: PartitionState(p) for p in partitions}
-
-
-class Lane:
-    def __init__(self, settings: Settings, tmp_path: Any) -> None:
-        self.cfg: PipelineSettings = settings.pipelines[0]
-        self.backend = MemoryBackend()
-        self.results, self.dead = MemorySink(), MemorySink()
-        metrics = PipelineMetrics(f"unit-{id(self)}")
-        client = BatchClient(settings.provider)
-        self.client = client
-        self.services = WindowServices(
-            cfg=self.cfg, provider=settings.provider, client=client, ledger=Ledger(self.backend),
-            outbox=Outbox(self.cfg, self.results, self.dead, metrics), flex=FlexRunner(self.cfg, client, metrics),
-            tasks=PartitionTasks(), reader=InputReader("127.0.0.1:9", self.cfg.input_topic), workdir=tmp_path,
-            metrics=metrics,
-        )  # fmt: skip
-
-    def requests(self, n: int, partition: int = 0) -> list[Request]:
-        out = []
-        for offset in range(n):
-            source = Source(self.cfg.input_topic, partition, offset, 1_700_000_000_000)
-            decoded = decode_event(self.cfg, source, None, f'{{"id": "e{offset}", "text": "event {offset}"}}'.encode())
-            assert isinstance(decoded, Request)
-            out.append(decoded)
-        return out
-
-    async def run(self, n: int) -> tuple[WindowRecord, list[Request]]:
-        requests = self.requests(n)
-        ledger = self.services.ledger
-        await ledger.load([0])
-        record = WindowRecord(
-            window_id="unit.p0.0-x", pipeline=self.cfg.name, input_topic=self.cfg.input_topic, group_id="g",
-            partition=0, endpoint=self.cfg.endpoint, model=self.cfg.model, first_offset=0, last_offset=n - 1,
-            count=n, status="sealed", sealed_at=1.0,
-        )  # fmt: skip
-        await ledger.save(record)
-        window = InFlightWindow(record, list(requests), self.services)
-        await window.run()
-        await self.client.close()
-        return window.record, requests
-
-    @property
-    def statuses(self) -> list[tuple[str, int, int | None]]:
-        """(status, round, how many offsets pending) of each state write, in order."""
-        return [(r.status, r.round, None if r.offsets is None else len(r.offsets)) for r in self.backend.writes]
-
-    def fates(self) -> tuple[list[Result], list[DeadLetter]]:
-        results = [v for v in self.results.values if isinstance(v, Result)]
-        dead = [v for v in self.dead.values if isinstance(v, DeadLetter)]
-        return results, dead
-
-
-@pytest.fixture
-def make_lane(emulator: Any, tmp_path: Any) -> Callable[..., Lane]:
-    def make(**pipeline: Any) -> Lane:
-        document = {
-            "provider": {
-                "base_url": emulator.base_url, "api_key": "sk-unit", "poll_interval": 0.05, "max_retries": 0,
-                "create_timeout": 5, "cancel_wait": 5,
-            },
-            "pipelines": [{
-                "name": "unit", "input_topic": "in", "output_topic": "out", "dead_letter_topic": "dlq",
-                "model": "gpt-4o-mini", "retry": {"attempts": 3, "backoff_initial": "10ms", "backoff_max": "20ms"},
-                **pipeline,
-            }],
-        }  # fmt: skip
-        return Lane(parse_settings(document), tmp_path)
-
-    return make
+from tests.agents.lanes import Lane
 
 
 def _ids(records: Iterable[Result | DeadLetter]) -> list[str]:
@@ -125,18 +32,6 @@ async def test_completed_batch_emits_every_result_then_records_done(emulator, ma
     assert _ids(results) == _ids(requests) and dead == []
     assert {r.batch_id for r in results} == {record.batch_id}
     assert emulator.emulator.stats["batches_created"] == 1
-
-
-async def test_failed_batch_dead_letters_every_event_with_the_providers_errors(emulator, make_lane):
-    emulator.emulator.faults.batch_outcomes = ["failed"]
-    lane = make_lane()
-    record, requests = await lane.run(10)
-    results, dead = lane.fates()
-    assert [s for s, _, _ in lane.statuses] == ["sealed", "sealed", "submitted", "done"]
-    assert results == []
-    assert _ids(dead) == _ids(requests)
-    assert {d.reason for d in dead} == {"batch_failed"}
-    assert all(d.batch_id == record.batch_id and d.error and d.error["batch_errors"] for d in dead)
 
 
 async def test_token_limit_exceeded_resubmits_the_same_round(emulator, make_lane):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -107,18 +108,105 @@ async def test_cut_off_download_breaks_the_transfer(client: AsyncOpenAI, emulato
 
 async def test_flex_calls_report_their_tier_and_can_be_refused(emulator: EmulatorThread, client: AsyncOpenAI) -> None:
     messages: list[Any] = [{"role": "user", "content": "hello"}]
-    served = await client.chat.completions.create(model="m", messages=messages, service_tier="flex")
+    served = await client.chat.completions.create(model="gpt-5-mini", messages=messages, service_tier="flex")
     assert served.service_tier == "flex"
-    standard = await client.chat.completions.create(model="m", messages=messages)
+    snapshot = await client.chat.completions.create(model="o3-2025-04-16", messages=messages, service_tier="flex")
+    assert snapshot.service_tier == "flex", "a dated snapshot of a flex model offers flex"
+    standard = await client.chat.completions.create(model="gpt-5-mini", messages=messages)
     assert standard.service_tier == "default"
     emulator.emulator.faults.flex_429_rate = 1.0
     with pytest.raises(openai.RateLimitError) as refused:
-        await client.responses.create(model="m", input="hello", service_tier="flex")
+        await client.responses.create(model="gpt-5-mini", input="hello", service_tier="flex")
     assert refused.value.code == "resource_unavailable"
-    emulator.emulator.faults.flex_unsupported_models = ["old-model"]
+    assert refused.value.response.headers["retry-after"] == "1", "429s say when to come back"
     with pytest.raises(openai.BadRequestError) as rejected:
-        await client.chat.completions.create(model="old-model", messages=messages, service_tier="flex")
-    assert rejected.value.param == "service_tier"
+        await client.chat.completions.create(model="gpt-4o-mini", messages=messages, service_tier="flex")
+    assert rejected.value.param == "service_tier", "models outside the flex set refuse it by default"
     stats = emulator.emulator.stats
     counts = [stats[k] for k in ("flex_served", "flex_429", "flex_unsupported", "standard_requests")]
-    assert counts == [1, 1, 1, 1]
+    assert counts == [2, 1, 1, 1]
+
+
+def lines_of(bodies: list[Any], url: str = "/v1/chat/completions") -> bytes:
+    return b"".join(orjson.dumps({"custom_id": f"c{i}", "method": "POST", "url": url, "body": body}) + b"\n"
+                    for i, body in enumerate(bodies))  # fmt: skip
+
+
+async def create(client: AsyncOpenAI, data: bytes) -> openai.types.Batch:
+    f = await client.files.create(file=("in.jsonl", io.BytesIO(data)), purpose="batch")
+    return await client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+
+
+async def ended(client: AsyncOpenAI, batch: openai.types.Batch) -> openai.types.Batch:
+    while batch.status not in ("completed", "failed", "expired", "cancelled"):
+        await asyncio.sleep(0.02)
+        batch = await client.batches.retrieve(batch.id)
+    return batch
+
+
+async def test_a_file_with_bad_lines_fails_whole_naming_them(client: AsyncOpenAI, emulator: EmulatorThread) -> None:
+    good = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    bodies: list[Any] = [
+        good,
+        {"model": "m", "messages": []},
+        good,
+        {"model": "m", "messages": [{"content": "x"}]},
+        {"messages": [{"role": "user", "content": "x"}]},
+        {**good, "temperature": "hot"},
+        good,
+    ]
+    batch = await ended(client, await create(client, lines_of(bodies)))
+    assert batch.status == "failed" and batch.errors and batch.errors.data
+    named = {(e.line, e.code) for e in batch.errors.data}
+    assert named == {(2, "invalid_value"), (4, "invalid_value"), (5, "missing_required_parameter"),
+                     (6, "invalid_type")}  # fmt: skip
+    assert batch.request_counts and batch.request_counts.completed == 0, "nothing ran"
+    emulator.emulator.faults.line_numbers = False
+    emulator.emulator.faults.reject_lines_containing = "POISON"
+    poisoned = [good, {"model": "m", "messages": [{"role": "user", "content": "POISON"}]}]
+    batch = await ended(client, await create(client, lines_of(poisoned)))
+    assert batch.status == "failed" and batch.errors and batch.errors.data
+    assert [(e.line, e.code) for e in batch.errors.data] == [(None, "invalid_request")]
+
+
+async def test_knobs_for_unreadable_batches_and_failing_calls(client: AsyncOpenAI, emulator: EmulatorThread) -> None:
+    faults = emulator.emulator.faults
+    faults.unreadable_next, faults.unreadable_seconds = 1, None
+    data = lines_of([{"model": "m", "messages": [{"role": "user", "content": "hi"}]}])
+    stuck = await create(client, data)
+    for _ in range(3):
+        with pytest.raises(openai.InternalServerError):
+            await client.batches.retrieve(stuck.id)
+    readable = await ended(client, await create(client, data))
+    assert readable.status == "completed", "only the next N batches are unreadable"
+    faults.list_500 = 1
+    with pytest.raises(openai.InternalServerError):
+        await client.batches.list()
+    faults.list_lag = 60
+    assert [b.id async for b in client.batches.list()] == [], "new batches are not listed yet"
+    faults.upload_500 = 1
+    with pytest.raises(openai.InternalServerError):
+        await client.files.create(file=("in.jsonl", io.BytesIO(data)), purpose="batch")
+    faults.create_fail_500 = 1
+    before = len(emulator.emulator.batches)
+    with pytest.raises(openai.InternalServerError):
+        await create(client, data)
+    assert len(emulator.emulator.batches) == before, "a failed create created nothing"
+
+
+async def test_cancellation_can_take_its_time(client: AsyncOpenAI, emulator: EmulatorThread) -> None:
+    faults = emulator.emulator.faults
+    faults.batch_seconds, faults.cancel_seconds = 30, 0.5
+    batch = await create(client, lines_of([{"model": "m", "messages": [{"role": "user", "content": "hi"}]}] * 3))
+    asked = time.monotonic()
+    batch = await client.batches.cancel(batch.id)
+    assert batch.status == "cancelling"
+    assert (await ended(client, batch)).status == "cancelled"
+    assert time.monotonic() - asked >= 0.5, "it stayed cancelling for cancel_seconds"
+
+
+async def test_too_many_requests_fail_the_batch(client: AsyncOpenAI, emulator: EmulatorThread) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
+    batch = await ended(client, await create(client, lines_of([body] * 50_001)))
+    assert batch.status == "failed" and batch.errors and batch.errors.data
+    assert [e.code for e in batch.errors.data] == ["too_many_tasks"]

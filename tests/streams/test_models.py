@@ -17,7 +17,7 @@ SRC = Source("in", 2, 41)
 def test_request_event_is_sent_as_is_with_default_model() -> None:
     got = decode_event(PIPE, SRC, b"k", b'{"id": "a", "body": {"messages": [{"role": "user", "content": "hi"}]}}')
     assert isinstance(got, Request)
-    assert got.body["model"] == "gpt-4o-mini" and got.id == "a" and got.custom_id == "2-41"
+    assert got.body["model"] == "gpt-5-mini" and got.id == "a" and got.custom_id == "2-41"
     assert not got.wants_json
 
 

@@ -1,0 +1,96 @@
+"""Local validation of request bodies, before they join a window. Pure.
+
+A batch API validates the whole file before it runs anything: one malformed line fails the
+whole batch. A request that can be judged here, with the provider's own SDK types, becomes an
+``invalid_request`` dead letter at once instead.
+
+The openai package's request types are TypedDicts; pydantic validates them, but it validates
+``Iterable`` fields (``messages``) lazily, that is not at all. So the top-level parameters go
+through the endpoint's params type, and each message through the type its ``role`` names.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from openai.types import embedding_create_params
+from openai.types.chat import (
+    ChatCompletionAssistantMessageParam,
+    ChatCompletionDeveloperMessageParam,
+    ChatCompletionFunctionMessageParam,
+    ChatCompletionSystemMessageParam,
+    ChatCompletionToolMessageParam,
+    ChatCompletionUserMessageParam,
+    completion_create_params,
+)
+from openai.types.responses import response_create_params
+from pydantic import TypeAdapter, ValidationError
+
+_PARAMS: dict[str, TypeAdapter[Any]] = {
+    "/v1/chat/completions": TypeAdapter(completion_create_params.CompletionCreateParamsNonStreaming),
+    "/v1/responses": TypeAdapter(response_create_params.ResponseCreateParamsNonStreaming),
+    "/v1/embeddings": TypeAdapter(embedding_create_params.EmbeddingCreateParams),
+}
+_MESSAGES: dict[str, TypeAdapter[Any]] = {
+    "developer": TypeAdapter(ChatCompletionDeveloperMessageParam),
+    "system": TypeAdapter(ChatCompletionSystemMessageParam),
+    "user": TypeAdapter(ChatCompletionUserMessageParam),
+    "assistant": TypeAdapter(ChatCompletionAssistantMessageParam),
+    "tool": TypeAdapter(ChatCompletionToolMessageParam),
+    "function": TypeAdapter(ChatCompletionFunctionMessageParam),
+}
+
+
+def _first_error(exc: ValidationError, prefix: str = "") -> str:
+    errors = exc.errors(include_url=False, include_input=False)
+    first = errors[0]
+    where = ".".join(str(part) for part in (prefix, *first["loc"]) if part != "")
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"'{where}': {first['msg']}{more}" if where else f"{first['msg']}{more}"
+
+
+def _check_input(body: dict[str, Any]) -> str | None:
+    value = body.get("input")
+    if value is None:
+        return "'input' is required"
+    if value == "" or value == []:
+        return "'input' must not be empty"
+    if not isinstance(value, str | list):
+        return "'input' must be a string or a list"
+    return None
+
+
+def _check_messages(body: dict[str, Any]) -> str | None:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return "'messages' must be a non-empty list"
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            return f"'messages.{index}' must be an object"
+        role = message.get("role")
+        adapter = _MESSAGES.get(role) if isinstance(role, str) else None
+        if adapter is None:
+            return f"'messages.{index}.role' must be one of {', '.join(_MESSAGES)}; got {role!r}"
+        try:
+            adapter.validate_python(message)
+        except ValidationError as exc:
+            return _first_error(exc, f"messages.{index}")
+    return None
+
+
+def check_body(endpoint: str, body: dict[str, Any]) -> str | None:
+    """Why the provider would refuse this request body, or None when it looks valid."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        return "'model' must be a non-empty string"
+    problem = _check_messages(body) if endpoint == "/v1/chat/completions" else _check_input(body)
+    if problem is not None:
+        return problem
+    adapter = _PARAMS.get(endpoint)
+    if adapter is None:
+        return None
+    try:
+        adapter.validate_python(body)
+    except ValidationError as exc:
+        return _first_error(exc)
+    return None

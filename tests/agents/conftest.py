@@ -1,0 +1,32 @@
+"""Fixtures of the agents' unit tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from streams.config import parse_settings
+from tests.agents.lanes import Lane
+
+
+@pytest.fixture
+def make_lane(emulator: Any, tmp_path: Any) -> Callable[..., Lane]:
+    """A batch lane against the emulator; ``provider`` and keyword arguments override settings."""
+
+    def make(provider: dict[str, Any] | None = None, **pipeline: Any) -> Lane:
+        document = {
+            "provider": {
+                "base_url": emulator.base_url, "api_key": "sk-unit", "poll_interval": 0.05, "max_retries": 0,
+                "create_timeout": 5, "cancel_wait": 5, **(provider or {}),
+            },
+            "pipelines": [{
+                "name": "unit", "input_topic": "in", "output_topic": "out", "dead_letter_topic": "dlq",
+                "model": "gpt-5-mini", "retry": {"attempts": 3, "backoff_initial": "10ms", "backoff_max": "20ms"},
+                **pipeline,
+            }],
+        }  # fmt: skip
+        return Lane(parse_settings(document), tmp_path)
+
+    return make

@@ -1,0 +1,90 @@
+"""A batch lane without Kafka, for unit tests of a window's life.
+
+Provider calls go through the openai SDK to the in-process emulator; the state topic is a
+ledger over memory and the output topics are memory sinks, so a test reads exactly which
+records the window wrote, in which order, and what it emitted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from agents.flex import FlexRunner
+from agents.inflight import InFlightWindow, WindowServices
+from agents.metrics import PipelineMetrics
+from agents.outbox import Outbox
+from agents.polling import BatchWatch
+from agents.provider import BatchClient
+from agents.state import InputReader, Ledger, PartitionState, WindowRecord
+from agents.tasks import PartitionTasks
+from sinks import MemorySink
+from streams.config import PipelineSettings, Settings
+from streams.models import DeadLetter, Request, Result, Source, decode_event
+
+
+class MemoryBackend:
+    """The state topic as a list of confirmed writes."""
+
+    group_id = "g"
+
+    def __init__(self) -> None:
+        self.writes: list[WindowRecord] = []
+
+    async def put(self, record: WindowRecord) -> None:
+        self.writes.append(record)
+
+    async def load(self, partitions: Iterable[int]) -> dict[int, PartitionState]:
+        return {p: PartitionState(p) for p in partitions}
+
+
+class Lane:
+    def __init__(self, settings: Settings, tmp_path: Any) -> None:
+        self.cfg: PipelineSettings = settings.pipelines[0]
+        self.backend = MemoryBackend()
+        self.results, self.dead = MemorySink(), MemorySink()
+        metrics = PipelineMetrics(f"unit-{id(self)}")
+        client = BatchClient(settings.provider)
+        self.client = client
+        self.services = WindowServices(
+            cfg=self.cfg, provider=settings.provider, client=client, ledger=Ledger(self.backend),
+            outbox=Outbox(self.cfg, self.results, self.dead, metrics), flex=FlexRunner(self.cfg, client, metrics),
+            tasks=PartitionTasks(), reader=InputReader("127.0.0.1:9", self.cfg.input_topic), workdir=tmp_path,
+            metrics=metrics, watch=BatchWatch(client, settings.provider, self.cfg.retry, metrics),
+        )  # fmt: skip
+
+    def requests(self, n: int, partition: int = 0, poison: Iterable[int] = ()) -> list[Request]:
+        """``n`` requests; those at the ``poison`` offsets carry the text ``POISON``."""
+        out, bad = [], set(poison)
+        for offset in range(n):
+            source = Source(self.cfg.input_topic, partition, offset, 1_700_000_000_000)
+            text = "POISON" if offset in bad else f"event {offset}"
+            decoded = decode_event(self.cfg, source, None, f'{{"id": "e{offset}", "text": "{text}"}}'.encode())
+            assert isinstance(decoded, Request)
+            out.append(decoded)
+        return out
+
+    async def run(self, n: int, poison: Iterable[int] = ()) -> tuple[WindowRecord, list[Request]]:
+        requests = self.requests(n, poison=poison)
+        ledger = self.services.ledger
+        await ledger.load([0])
+        record = WindowRecord(
+            window_id="unit.p0.0-x", pipeline=self.cfg.name, input_topic=self.cfg.input_topic, group_id="g",
+            partition=0, endpoint=self.cfg.endpoint, model=self.cfg.model, first_offset=0, last_offset=n - 1,
+            count=n, status="sealed", sealed_at=1.0,
+        )  # fmt: skip
+        await ledger.save(record)
+        window = InFlightWindow(record, list(requests), self.services)
+        await window.run()
+        await self.client.close()
+        return window.record, requests
+
+    @property
+    def statuses(self) -> list[tuple[str, int, int | None]]:
+        """(status, round, how many offsets pending) of each state write, in order."""
+        return [(r.status, r.round, None if r.offsets is None else len(r.offsets)) for r in self.backend.writes]
+
+    def fates(self) -> tuple[list[Result], list[DeadLetter]]:
+        results = [v for v in self.results.values if isinstance(v, Result)]
+        dead = [v for v in self.dead.values if isinstance(v, DeadLetter)]
+        return results, dead

@@ -1,0 +1,66 @@
+"""Local request validation: what is refused before it joins a window, and the message."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from streams.config import parse_settings
+from streams.models import Rejection, Request, Source, decode_event
+from streams.validation import check_body
+
+CHAT = "/v1/chat/completions"
+OK: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+TOOL_CALL = {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "body", "expected"),
+    [
+        (CHAT, {"messages": OK["messages"]}, "'model' must be a non-empty string"),
+        (CHAT, {**OK, "model": 3}, "'model' must be a non-empty string"),
+        (CHAT, {"model": "m"}, "'messages' must be a non-empty list"),
+        (CHAT, {"model": "m", "messages": []}, "'messages' must be a non-empty list"),
+        (CHAT, {"model": "m", "messages": ["hi"]}, "'messages.0' must be an object"),
+        (CHAT, {"model": "m", "messages": [{"content": "x"}]}, "'messages.0.role' must be one of"),
+        (CHAT, {"model": "m", "messages": [{"role": "wizard", "content": "x"}]}, "got 'wizard'"),
+        (CHAT, {"model": "m", "messages": [{"role": "user"}]}, "'messages.0.content': Field required"),
+        (CHAT, {"model": "m", "messages": [{"role": "tool", "content": "x"}]}, "'messages.0.tool_call_id'"),
+        (CHAT, {**OK, "temperature": "hot"}, "'temperature': Input should be a valid number"),
+        ("/v1/responses", {"model": "m"}, "'input' is required"),
+        ("/v1/responses", {"model": "m", "input": []}, "'input' must not be empty"),
+        ("/v1/embeddings", {"model": "m", "input": {"a": 1}}, "'input' must be a string or a list"),
+    ],
+)
+def test_bodies_a_provider_would_refuse_are_named(endpoint: str, body: dict[str, Any], expected: str) -> None:
+    problem = check_body(endpoint, body)
+    assert problem is not None and expected in problem
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "body"),
+    [
+        (CHAT, OK),
+        (CHAT, {**OK, "messages": [{"role": "system", "content": "s"}, *OK["messages"]], "unknown_new_param": 1}),
+        (CHAT, {**OK, "messages": [{"role": "assistant", "tool_calls": [TOOL_CALL]}]}),
+        ("/v1/responses", {"model": "m", "input": "hi", "text": {"format": {"type": "text"}}}),
+        ("/v1/embeddings", {"model": "m", "input": ["a", "b"]}),
+    ],
+)
+def test_valid_bodies_pass_including_parameters_newer_than_the_sdk(endpoint: str, body: dict[str, Any]) -> None:
+    assert check_body(endpoint, body) is None
+
+
+def _cfg(**pipeline: Any) -> Any:
+    return parse_settings({"provider": {"api_key": "k"}, "pipelines": [{
+        "name": "p", "input_topic": "i", "output_topic": "o", "dead_letter_topic": "d", "model": "m", **pipeline,
+    }]}).pipelines[0]  # fmt: skip
+
+
+def test_an_invalid_request_event_is_rejected_at_once_unless_validation_is_off() -> None:
+    value = b'{"id": "x", "body": {"messages": []}}'
+    got = decode_event(_cfg(), Source("i", 0, 0, None), None, value)
+    assert isinstance(got, Rejection) and got.reason == "invalid_request"
+    assert got.message == "the request would be refused: 'messages' must be a non-empty list"
+    assert isinstance(decode_event(_cfg(validate_requests=False), Source("i", 0, 0, None), None, value), Request)
