@@ -52,6 +52,8 @@ class Faults(BaseModel):
     batch_seconds: float = Field(1.0, ge=0)
     #: Share of batch requests that fail (re-rolled on every attempt of the same custom_id).
     item_error_rate: float = Field(0.0, ge=0, le=1)
+    #: Batch requests with these custom ids fail on every attempt (as ``item_error_status``).
+    failing_custom_ids: list[str] = Field(default_factory=list)
     #: Shape of a failed line: ``error`` object, non-200 ``response``, or a mix of both.
     item_error_shape: Literal["error", "response", "mixed"] = "mixed"
     #: HTTP status of injected item errors (5xx and 429 are retriable, 4xx are not).
@@ -514,7 +516,8 @@ class Emulator:
         self._seen[custom_id] += 1
         request_id = self._new_id("req")
         faults = self.faults
-        if faults.item_error_rate and roll(faults.seed, custom_id, attempt, "err") < faults.item_error_rate:
+        rolled = faults.item_error_rate and roll(faults.seed, custom_id, attempt, "err") < faults.item_error_rate
+        if rolled or custom_id in faults.failing_custom_ids:
             self.stats["item_errors"] += 1
             shape = faults.item_error_shape
             if shape == "mixed":
@@ -566,6 +569,7 @@ class Emulator:
         batch = self.batches.get(request.match_info["id"])
         if batch is None:
             return _error(404, "No such Batch object", param="id")
+        self.stats["status_reads"] += 1
         if time.monotonic() < batch.unreadable_until:
             self.stats["status_500"] += 1
             return _error(500, "The server had an error while processing your request.")

@@ -253,7 +253,7 @@ def format_validation_error(source: str, exc: ValidationError) -> str:
     lines = [f"invalid configuration in {source}:"]
     for error in exc.errors(include_url=False, include_input=False):
         field = ".".join(str(part) for part in error["loc"]) or "(top level)"
-        lines.append(f"  {field}: {error['msg']}")
+        lines.append(f"  {field}: {error['msg'].removeprefix('Value error, ')}")
     return "\n".join(lines)
 
 

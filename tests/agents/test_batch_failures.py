@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import assert_each_window_submitted_once, assert_exactly_once, events
+from tests.support import assert_each_window_submitted_once, assert_exactly_once, events, free_port, metric
 
 pytestmark = pytest.mark.kafka
 
@@ -45,13 +45,25 @@ async def test_item_errors_in_both_shapes_are_retried(emulator, run_pipeline):
     values = events(200)
     results, dead, _ = await run_pipeline(
         values,
-        retry={"attempts": 5, "backoff_initial": "50ms", "backoff_max": "100ms"},
+        partitions=1,  # custom ids (<partition>-<offset>) and so the emulator's seeded rolls are fixed
+        retry={"attempts": 6, "backoff_initial": "50ms", "backoff_max": "100ms"},
     )
     assert_exactly_once(results, dead, {e["id"] for e in values})
-    assert emulator.emulator.stats["item_errors"] > 20
-    # 0.3**5 per event: almost all succeed after retries; any failure is a retries_exhausted letter
-    assert len(results) >= 195
-    assert all(d["reason"] == "retries_exhausted" and d["attempts"] == 5 for d in dead)
+    assert emulator.emulator.stats["item_errors"] > 40
+    assert dead == [], "with the emulator's seed, every event succeeds within 6 attempts"
+
+
+async def test_requests_failing_every_attempt_end_as_retries_exhausted(emulator, run_pipeline):
+    emu = emulator.emulator
+    emu.faults.item_error_shape = "mixed"
+    failing = {3, 17, 18, 40}
+    emu.faults.failing_custom_ids = [f"0-{o}" for o in failing]  # custom ids are <partition>-<offset>
+    values = events(50)
+    results, dead, _ = await run_pipeline(values, partitions=1)
+    assert_exactly_once(results, dead, {e["id"] for e in values})
+    assert sorted(d["source"]["offset"] for d in dead) == sorted(failing)
+    assert {(d["reason"], d["attempts"]) for d in dead} == {("retries_exhausted", 3)}
+    assert all(d["error"]["code"] == "server_error" or d["error"].get("status_code") == 500 for d in dead)
 
 
 async def test_non_retriable_item_errors_are_dead_lettered_once(emulator, run_pipeline):
@@ -67,14 +79,30 @@ async def test_non_retriable_item_errors_are_dead_lettered_once(emulator, run_pi
     assert all(d["attempts"] == 1 and d["event"]["id"] == d["id"] for d in dead)
 
 
-async def test_failed_batch_dead_letters_carry_the_batch_error(emulator, run_pipeline):
-    emulator.emulator.faults.batch_outcomes = ["failed"]
-    values = events(10)
-    results, dead, _ = await run_pipeline(values, partitions=1)
-    assert results == []
-    assert {d["reason"] for d in dead} == {"batch_failed"}
-    assert all("injected" in d["message"] and d["error"]["batch_errors"] for d in dead)
+async def test_poison_requests_only_the_provider_can_judge_cost_only_themselves(emulator, run_pipeline):
+    emu = emulator.emulator
+    emu.faults.reject_lines_containing = "POISON"
+    values = events(60)
+    poison = {5, 6, 33}
+    for i in poison:
+        values[i]["text"] = "POISON"
+    results, dead, worker = await run_pipeline(values, partitions=1, window={"max_requests": 30, "max_wait": "300ms"})
     assert_exactly_once(results, dead, {e["id"] for e in values})
+    assert sorted(d["id"] for d in dead) == sorted(f"e{i}" for i in poison)
+    assert {d["reason"] for d in dead} == {"provider_rejected"}
+    assert all(d["error"]["code"] == "invalid_request" and "rejected line" in d["message"] for d in dead)
+    assert emu.stats["batches_failed"] == 2, "one failed batch per window holding poison"
+    assert "failed (" in worker.log() and "reject lines" in worker.log()
+
+
+async def test_invalid_requests_are_dead_lettered_before_any_batch(emulator, run_pipeline):
+    values: list[Any] = [{"id": "bad", "body": {"messages": [{"role": "user"}]}}, *events(10)]
+    results, dead, _ = await run_pipeline(values, partitions=1)
+    assert_exactly_once(results, dead, {v["id"] for v in values})
+    assert [(d["id"], d["reason"]) for d in dead] == [("bad", "invalid_request")]
+    assert "'messages.0.content': Field required" in dead[0]["message"]
+    assert dead[0]["event"] == values[0], "the original event travels with its dead letter"
+    assert emulator.emulator.stats["batches_failed"] == 0
 
 
 @pytest.mark.parametrize("ending", ["expired", "cancelled"])
@@ -161,3 +189,46 @@ async def test_a_minimal_openai_compatible_server(emulator, run_pipeline):
     assert {(r["mode"], r["service_tier"]) for r in results if r["id"].startswith("u")} == {("flex", None)}
     assert {r["mode"] for r in results if r["id"].startswith("e")} == {"batch"}
     assert "cannot list batches" in worker.log()
+
+
+async def test_fifty_poison_requests_among_ten_thousand_cost_fifty_dead_letters(emulator, run_pipeline):
+    """Poison only the provider can judge, spread among windows of 5,000: no window is lost to it."""
+    emu = emulator.emulator
+    emu.faults.reject_lines_containing = "POISON"
+    values = events(10_000)
+    poison = set(range(97, 10_000, 200))
+    for i in poison:
+        values[i]["text"] = "POISON"
+    port = free_port()
+    results, dead, _ = await run_pipeline(
+        values, partitions=2, window={"max_requests": 5000, "max_wait": "2s"}, settings={"metrics_port": port}
+    )
+    assert len(poison) == 50
+    assert_exactly_once(results, dead, {e["id"] for e in values})
+    assert len(results) == 9_950
+    assert sorted(d["id"] for d in dead) == sorted(f"e{i}" for i in poison)
+    assert {d["reason"] for d in dead} == {"provider_rejected"}
+    failed = emu.stats["batches_failed"]
+    assert failed == metric(port, "batchstream_batches_failed_total", pipeline="p", action="reject_lines")
+    assert 1 <= failed <= 4, "one extra round per window that held poison"
+
+
+async def test_a_batch_whose_status_never_reads_is_served_flex_after_max_batch_latency(emulator, run_pipeline):
+    emu = emulator.emulator
+    emu.faults.unreadable_next = 1  # the first batch created: every status read answers 500, for ever
+    emu.faults.batch_seconds = 0.5
+    values = events(120)
+    latency, budget = 30.0, 10.0
+    results, dead, worker = await run_pipeline(
+        values, partitions=1, window={"max_requests": 40, "max_wait": "300ms"}, max_batch_latency=f"{latency:g}s",
+        flex={"budget": f"{budget:g}s", "fallback": "standard", "backoff_initial": "50ms"},
+    )  # fmt: skip
+    assert_exactly_once(results, dead, {e["id"] for e in values})
+    stuck = [r for r in results if r["mode"] == "flex"]
+    batched = [r for r in results if r["mode"] == "batch"]
+    assert len(stuck) == 40 and len(batched) == 80, "one window of 40 went flex; the others were not held up"
+    assert max(r["timestamps"]["completed"] for r in batched) < min(r["timestamps"]["completed"] for r in stuck)
+    for r in stuck:
+        assert r["timestamps"]["completed"] - r["timestamps"]["submitted"] <= latency + budget
+    assert emu.stats["status_500"] > 3
+    assert "status of batch" in worker.log() and "cannot be read" in worker.log()
