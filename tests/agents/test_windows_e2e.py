@@ -26,20 +26,28 @@ async def provider_batches(base_url: str) -> list[tuple[int, int, int]]:
         await client.close()
 
 
+#: The tests read the input files the provider received: keep them.
+KEEP_FILES = {"provider": {"delete_files": False}}
+
+
 def padded(n: int) -> list[dict[str, Any]]:
     return [{"id": f"w{i:04d}", "text": "x" * 200} for i in range(n)]
 
 
 async def test_window_closes_at_max_requests(bootstrap, emulator, run_pipeline):
-    await run_pipeline(padded(250), partitions=1, window={"max_requests": 100, "max_bytes": "10MB", "max_wait": "3s"})
+    await run_pipeline(
+        padded(250), partitions=1, settings=KEEP_FILES,
+        window={"max_requests": 100, "max_bytes": "10MB", "max_wait": "3s"},
+    )  # fmt: skip
     sizes = sorted(count for _, count, _ in await provider_batches(emulator.base_url))
     assert sizes == [50, 100, 100]
 
 
 async def test_window_closes_at_max_bytes(bootstrap, emulator, run_pipeline):
     fates = await run_pipeline(
-        padded(60), partitions=1, window={"max_requests": 1000, "max_bytes": "4KB", "max_wait": "3s"}
-    )
+        padded(60), partitions=1, settings=KEEP_FILES,
+        window={"max_requests": 1000, "max_bytes": "4KB", "max_wait": "3s"},
+    )  # fmt: skip
     assert len(fates.results) == 60
     batches = await provider_batches(emulator.base_url)
     assert sum(count for _, count, _ in batches) == 60
@@ -52,7 +60,8 @@ async def test_window_closes_at_max_bytes(bootstrap, emulator, run_pipeline):
 
 async def test_window_closes_at_max_wait(bootstrap, emulator, make_topic, configure, start_worker):
     topic = await make_topic("wait", partitions=1)
-    config, _ = configure(pipeline("w", topic, window={"max_requests": 100, "max_bytes": "10MB", "max_wait": "2s"}))
+    window = {"max_requests": 100, "max_bytes": "10MB", "max_wait": "2s"}
+    config, _ = configure(pipeline("w", topic, window=window), **KEEP_FILES)
     worker = start_worker(config)
     async with TopicReader(bootstrap, f"{topic}.results") as results:
         await produce(bootstrap, topic, padded(3))
