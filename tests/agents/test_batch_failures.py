@@ -8,7 +8,14 @@ from typing import Any
 
 import pytest
 
-from tests.support import assert_each_window_submitted_once, assert_exactly_once, events, free_port, metric
+from tests.support import (
+    assert_each_window_submitted_once,
+    assert_exactly_once,
+    events,
+    free_port,
+    metric,
+    wait_until,
+)  # fmt: skip
 
 pytestmark = pytest.mark.kafka
 
@@ -212,6 +219,11 @@ async def test_fifty_poison_requests_among_ten_thousand_cost_fifty_dead_letters(
     failed = emu.stats["batches_failed"]
     assert failed == metric(port, "batchstream_batches_failed_total", pipeline="p", action="reject_lines")
     assert 1 <= failed <= 4, "one extra round per window that held poison"
+
+    async def no_files_left() -> bool:
+        return not emu.files
+
+    await wait_until(no_files_left, timeout=30, what="every provider file deleted (delete_files: true)")
 
 
 async def test_a_batch_whose_status_never_reads_is_served_flex_after_max_batch_latency(emulator, run_pipeline):
