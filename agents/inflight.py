@@ -61,7 +61,7 @@ from agents.retry import backoff, retry_forever
 from agents.state import InputReader, Ledger, WindowRecord
 from agents.tasks import PartitionTasks
 from streams.config import PipelineSettings, ProviderSettings
-from streams.errors import ProviderBackpressure, ProviderError, ProviderRejected
+from streams.errors import ProviderBackpressure, ProviderRejected
 from streams.models import Request, Source, decode_event
 
 log = logging.getLogger(__name__)
@@ -136,15 +136,32 @@ class InFlightWindow:
 
     # -- submit or adopt ---------------------------------------------------------------------
     async def _reread(self) -> list[Request]:
+        """The current round's requests, read again from the input topic by offset.
+
+        They were accepted when the window was sealed, so they are decoded without local
+        validation (a newer version or SDK may judge differently). An owed offset that no longer
+        decodes as a request (the pipeline's template changed meanwhile) ends as a dead letter.
+        """
         record = self.record
         rows = await self.s.reader.read(record.partition, record.first_offset, record.last_offset)
         belongs = record.round_filter()
-        requests = []
+        owed = frozenset(record.offsets or ())
+        cfg = self.cfg.model_copy(update={"validate_requests": False})
+        requests, rejected = [], 0
         for offset, ts, key, value in rows:
             source = Source(self.cfg.input_topic, record.partition, offset, ts)
-            decoded = decode_event(self.cfg, source, key, value)
+            decoded = decode_event(cfg, source, key, value)
             if isinstance(decoded, Request) and belongs(decoded):
                 requests.append(decoded)
+            elif not isinstance(decoded, Request) and offset in owed:
+                self.s.outbox.rejected(source, key, value, decoded)
+                rejected += 1
+        if rejected:
+            await self.s.outbox.flush()
+        expected = len(owed) if record.offsets is not None else record.count
+        if len(requests) + rejected != expected:
+            log.warning("%s: %d of the round's %d events read back from the input topic (the rest are gone)",
+                        record.window_id, len(requests) + rejected, expected)  # fmt: skip
         return requests
 
     async def _submit(self) -> None:
@@ -198,9 +215,9 @@ class InFlightWindow:
                 log.info("%s: provider refused the batch (%s); waiting %.1fs", record.window_id, exc, delay)
                 await asyncio.sleep(delay)
             except ProviderRejected:
-                # Refused outright: no batch uses the file. Upload afresh on the next try.
-                await self._save(self.record.model_copy(update={"input_file_id": None}))
-                await self._discard(file_id)
+                # Refused outright: no batch exists and none uses the file. Upload afresh next time.
+                await self._save(self.record.model_copy(update={"input_file_id": None, "create_started_at": None}))
+                await self.s.client.discard(file_id)
                 raise
 
     async def _upload(self) -> str:
@@ -215,17 +232,6 @@ class InFlightWindow:
             return await self.s.client.upload(path)
         finally:
             path.unlink(missing_ok=True)
-
-    async def _discard(self, *file_ids: str | None) -> None:
-        """Delete provider files this window no longer needs (``delete_files``); never fails the window."""
-        if not self.s.provider.delete_files:
-            return
-        for file_id in file_ids:
-            if file_id:
-                try:
-                    await self.s.client.delete_file(file_id)
-                except ProviderError as exc:
-                    log.warning("%s: could not delete file %s: %s", self.record.window_id, file_id, exc)
 
     # -- poll, hedge ---------------------------------------------------------------------------
     def _hedge_at(self) -> float | None:
@@ -244,13 +250,13 @@ class InFlightWindow:
                 outcome = await flex.serve(request, deadline=deadline, allow_batch=False)
             assert not isinstance(outcome, ToBatch)
             self.s.outbox.served(request, outcome, batch_id=record.batch_id, submitted=record.first_submitted_at,
-                                 rounds=record.round)  # fmt: skip
+                                 rounds=record.attempts)  # fmt: skip
 
         log.info("%s: serving %d unfinished requests through flex", record.window_id, len(self.requests))
         await asyncio.gather(*(serve(r) for r in self.requests))
         await self.s.outbox.flush()
         await self._done()
-        await self._discard(record.input_file_id)
+        await self.s.client.discard(record.input_file_id)
 
     # -- settle ---------------------------------------------------------------------------------
     async def _finish(self) -> None:
@@ -261,7 +267,7 @@ class InFlightWindow:
             await self._save(self.record.hedged(r.source.offset for r in self.requests))
             return
         if batch.status == "failed":
-            await self._failed(batch)
+            await self._failed(batch, late=hedged)
             return
         lines: dict[str, dict[str, Any]] = {}
         # A batch still cancelling after cancel_wait gives nothing: all of it goes flex.
@@ -278,37 +284,44 @@ class InFlightWindow:
                     path.unlink(missing_ok=True)
         attempts = self.record.attempts
         await self.s.tasks.shield(self.record.partition, self._settle(batch, lines, hedged))
-        await self._discard(batch.input_file_id, *files)
+        await self.s.client.discard(batch.input_file_id, *files)
         if self.record.status == "sealed":  # a next round, recorded: back off before a retry
             delay = self._backoff(attempts) if self.record.attempts > attempts else 0.0
             log.info("%s: %d requests to submit again (round %d) in %.1fs",
-                     self.record.window_id, len(self.requests), self.record.round, delay)  # fmt: skip
+                     self.record.window_id, len(self.record.offsets or ()), self.record.round, delay)  # fmt: skip
             await asyncio.sleep(delay)
 
-    async def _failed(self, batch: Batch) -> None:
-        """A batch that failed as a whole (nothing ran): resubmit, isolate its bad lines, or bisect."""
+    async def _failed(self, batch: Batch, *, late: bool) -> None:
+        """A batch that failed as a whole (nothing ran): resubmit, isolate its bad lines, or bisect.
+
+        Past ``max_batch_latency`` nothing is resubmitted: what is not rejected goes flex.
+        """
         assert self.requests is not None
         record = self.record
         errors = [e.model_dump() for e in (batch.errors.data if batch.errors and batch.errors.data else [])]
+        # Line numbers count the file's lines: trust them only when every request of the round is here.
+        expected = len(record.offsets) if record.offsets is not None else record.count
         plan = plan_failed_batch(errors, len(self.requests), failed_before=record.failed_batches,
-                                 window_size=record.count)  # fmt: skip
+                                 window_size=record.count, lines_trusted=len(self.requests) == expected)  # fmt: skip
         self.s.metrics.batch_failed(plan.action)
-        if plan.action == "token_limit":
+        log.info("%s: batch %s of %d requests failed (%s): %s", record.window_id, batch.id,
+                 len(self.requests), plan.summary, plan.action.replace("_", " "))  # fmt: skip
+        if plan.action == "token_limit" and not late:
             delay = self._backoff(record.round)
             self.s.metrics.backpressure.inc()
-            log.info("%s: token_limit_exceeded; resubmitting in %.1fs", record.window_id, delay)
             await asyncio.sleep(delay)
-            await self._save(record.next_round((r.source.offset for r in self.requests), time.time(),
-                                               same_round=True))  # fmt: skip
+            offsets = (r.source.offset for r in self.requests)
+            await self._save(record.next_round(offsets, time.time(), attempts=record.attempts, same_round=True))
         else:
-            log.info("%s: batch %s of %d requests failed (%s): %s", record.window_id, batch.id,
-                     len(self.requests), plan.summary, plan.action.replace("_", " "))  # fmt: skip
-            await self.s.tasks.shield(record.partition, self._isolate(batch, plan, errors))
-        await self._discard(batch.input_file_id, batch.error_file_id)
+            await self.s.tasks.shield(record.partition, self._isolate(batch, plan, errors, late=late))
+        await self.s.client.discard(batch.input_file_id, batch.error_file_id)
 
-    async def _isolate(self, batch: Batch, plan: FailedBatch, errors: list[dict[str, Any]]) -> None:
+    async def _isolate(self, batch: Batch, plan: FailedBatch, errors: list[dict[str, Any]], *, late: bool) -> None:
         assert self.requests is not None
         requests, record, outbox, now = self.requests, self.record, self.s.outbox, time.time()
+        if plan.action in ("bisect", "token_limit") and late:
+            await self._save(record.hedged(r.source.offset for r in requests))
+            return
         if plan.action == "bisect":
             half = len(requests) // 2
             first, second = requests[:half], requests[half:]
@@ -326,6 +339,9 @@ class InFlightWindow:
                                error=detail)  # fmt: skip
         await outbox.flush()
         rest = [r.source.offset for i, r in enumerate(requests) if i not in rejected]
+        if late and (rest or record.deferred):
+            await self._save(record.hedged(rest))
+            return
         await self._save(record.resubmitted(rest, now))
         self._count_done()
 

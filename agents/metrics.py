@@ -34,8 +34,8 @@ FLEX_IN_FLIGHT = Gauge("batchstream_flex_in_flight", "Events being served by fle
 BATCHES_HEDGED = Counter("batchstream_batches_hedged", "Batches cancelled at max_batch_latency", ["pipeline"])
 BATCHES_FAILED = Counter(
     "batchstream_batches_failed",
-    "Batches that failed as a whole, by what followed: token_limit (resubmitted later), lines_rejected "
-    "(named lines dead-lettered, the rest resubmitted), bisected (halves submitted apart), dead_lettered",
+    "Batches that failed as a whole, by what followed: token_limit (resubmitted later), reject_lines "
+    "(named lines dead-lettered, the rest resubmitted), bisect (halves submitted apart), dead_letter",
     ["pipeline", "action"],
 )
 UNREADABLE_BATCHES = Gauge(

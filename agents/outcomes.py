@@ -166,12 +166,18 @@ def lines_named(errors: list[dict[str, Any]], count: int) -> dict[int, dict[str,
     return named
 
 
-def plan_failed_batch(errors: list[dict[str, Any]], count: int, *, failed_before: int, window_size: int) -> FailedBatch:
-    """Decide the fate of a failed batch of ``count`` requests from its ``errors.data``."""
+def plan_failed_batch(
+    errors: list[dict[str, Any]], count: int, *, failed_before: int, window_size: int, lines_trusted: bool = True
+) -> FailedBatch:
+    """Decide the fate of a failed batch of ``count`` requests from its ``errors.data``.
+
+    ``lines_trusted=False`` (the requests in hand may not be the file's lines, one for one)
+    ignores line numbers: bisection finds the culprits instead.
+    """
     summary = "; ".join(str(e.get("message") or e.get("code")) for e in errors) or "batch failed"
     if any(e.get("code") == "token_limit_exceeded" for e in errors):
         return FailedBatch("token_limit", summary)
-    named = lines_named(errors, count)
+    named = lines_named(errors, count) if lines_trusted else {}
     if named:
         return FailedBatch("reject_lines", summary, lines=named)
     budget = BISECT_FAILURES_PER_HALVING * math.ceil(math.log2(window_size + 1))

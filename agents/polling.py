@@ -47,13 +47,13 @@ class BatchWatch:
                 try:
                     batch = await self.client.retrieve(batch_id)
                 except ProviderError as exc:
-                    if not exc.retriable:
-                        raise
                     failures += 1
                     self.metrics.unreadable.failed(window_id, batch_id, exc)
                     if hedge_at is not None and time.time() >= hedge_at:
                         await self._cancel_unread(window_id, batch_id)
                         return None, True
+                    if not exc.retriable:
+                        raise
                     await asyncio.sleep(until(backoff(failures, initial=poll, maximum=ceiling)))
                     continue
                 failures = 0

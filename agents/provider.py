@@ -106,6 +106,17 @@ class BatchClient:
             if exc.status_code != 404:
                 raise
 
+    async def discard(self, *file_ids: str | None) -> None:
+        """Delete files no longer needed, when ``delete_files`` is set; a failure is only logged."""
+        if not self.settings.delete_files:
+            return
+        for file_id in file_ids:
+            if file_id:
+                try:
+                    await self.delete_file(file_id)
+                except ProviderError as exc:
+                    log.warning("could not delete file %s: %s", file_id, exc)
+
     async def retrieve(self, batch_id: str) -> Batch:
         return await self._call("retrieve batch", lambda: self._client.batches.retrieve(batch_id))
 

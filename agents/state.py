@@ -21,13 +21,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import faust
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from streams.models import Request
 
@@ -79,19 +79,22 @@ class WindowRecord(BaseModel):
     create_started_at: float | None = None
     #: The current round's uploaded input file (reused by a retried create, deleted at the end).
     input_file_id: str | None = None
-    #: Rounds that resubmitted requests which never ran (the batch failed validation): not
-    #: counted against the requests' attempts.
-    free_rounds: int = 0
+    #: How many times the current round's requests have been tried, this round included. A
+    #: resubmission of requests that never ran (their batch failed validation) is not a try.
+    attempts: int = 1
     #: Batches of this window that failed as a whole (bounds bisection).
     failed_batches: int = 0
-    #: Groups of offsets waiting for a round of their own, in order: halves of a bisected
-    #: batch (``False``: not counted as an attempt) and retries of failed requests (``True``).
-    deferred: list[tuple[list[int], bool]] = []
+    #: Groups of offsets waiting for a round of their own, in order, each with the attempt
+    #: number it will run as: halves of a bisected batch, and retries of failed requests.
+    deferred: list[tuple[list[int], int]] = []
 
-    @property
-    def attempts(self) -> int:
-        """Submissions of the current round's requests so far, this one included."""
-        return self.round - self.free_rounds
+    @model_validator(mode="before")
+    @classmethod
+    def _attempts_of_older_records(cls, data: Any) -> Any:
+        # Records written before ``attempts`` existed counted attempts in ``round``.
+        if isinstance(data, dict) and "attempts" not in data and "round" in data:
+            return {**data, "attempts": data["round"]}
+        return data
 
     @property
     def owed(self) -> list[int] | None:
@@ -136,25 +139,24 @@ class WindowRecord(BaseModel):
         })  # fmt: skip
 
     def next_round(
-        self, offsets: Iterable[int], now: float, *, same_round: bool = False, counted: bool = True, **update: object
+        self, offsets: Iterable[int], now: float, *, attempts: int, same_round: bool = False, **update: object
     ) -> WindowRecord:
-        """Sealed again for ``offsets``: a new round (``same_round`` when the provider refused the
-        batch before it existed; ``counted=False`` when the requests never ran)."""
+        """Sealed again for ``offsets``, to be tried as attempt ``attempts`` (``same_round`` when
+        the provider refused the batch before it existed: the same batch tag)."""
         return self.model_copy(update={
             "status": "sealed", "batch_id": None, "round": self.round if same_round else self.round + 1,
-            "free_rounds": self.free_rounds + (0 if same_round or counted else 1),
-            "offsets": sorted(offsets), "sealed_at": now, "create_started_at": None, "input_file_id": None,
-            **update,
+            "attempts": attempts, "offsets": sorted(offsets), "sealed_at": now, "create_started_at": None,
+            "input_file_id": None, **update,
         })  # fmt: skip
 
     def after_round(self, retry: Iterable[int], now: float) -> WindowRecord:
         """A round ended with its results written: the next deferred group, the retries, or done."""
         retry = sorted(retry)
-        queue = list(self.deferred) + ([(retry, True)] if retry else [])
+        queue = list(self.deferred) + ([(retry, self.attempts + 1)] if retry else [])
         if not queue:
             return self.done()
-        (offsets, counted), rest = queue[0], queue[1:]
-        return self.next_round(offsets, now, counted=counted, deferred=rest)
+        (offsets, attempts), rest = queue[0], queue[1:]
+        return self.next_round(offsets, now, attempts=attempts, deferred=rest)
 
     def resubmitted(self, rest: Iterable[int], now: float) -> WindowRecord:
         """The batch failed validation naming some lines: ``rest`` (the round without them) again,
@@ -163,12 +165,12 @@ class WindowRecord(BaseModel):
         failed = self.model_copy(update={"failed_batches": self.failed_batches + 1})
         if not rest:
             return failed.after_round((), now)
-        return failed.next_round(rest, now, counted=False)
+        return failed.next_round(rest, now, attempts=self.attempts)
 
     def bisected(self, first: Iterable[int], second: Iterable[int], now: float) -> WindowRecord:
         """The batch failed with no line named: its halves as rounds of their own, not counted."""
-        return self.next_round(first, now, counted=False, failed_batches=self.failed_batches + 1,
-                               deferred=[(sorted(second), False), *self.deferred])  # fmt: skip
+        return self.next_round(first, now, attempts=self.attempts, failed_batches=self.failed_batches + 1,
+                               deferred=[(sorted(second), self.attempts), *self.deferred])  # fmt: skip
 
     def hedged(self, offsets: Iterable[int]) -> WindowRecord:
         """Cancelled at ``max_batch_latency`` with its finished part emitted; ``offsets`` (and every

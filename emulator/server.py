@@ -50,6 +50,8 @@ class Faults(BaseModel):
 
     #: Time for a batch to process all of its requests.
     batch_seconds: float = Field(1.0, ge=0)
+    #: Time a batch stays ``validating`` before it fails validation or starts.
+    validation_seconds: float = Field(0.0, ge=0)
     #: Share of batch requests that fail (re-rolled on every attempt of the same custom_id).
     item_error_rate: float = Field(0.0, ge=0, le=1)
     #: Batch requests with these custom ids fail on every attempt (as ``item_error_status``).
@@ -437,7 +439,7 @@ class Emulator:
         return errors or None
 
     async def _process(self, batch: StoredBatch) -> None:
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05 + self.faults.validation_seconds)
         now = int(time.time())
         if batch.errors:
             batch.status, batch.times["failed"] = "failed", now

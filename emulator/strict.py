@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+#: A Responses request may take its input from one of these instead of ``input``.
+STORED_INPUT = ("prompt", "previous_response_id", "conversation")
 ROLES = frozenset({"developer", "system", "user", "assistant", "tool", "function"})
 
 #: Models that offer ``service_tier="flex"`` (OpenAI's flex guide, late 2026); a dated
@@ -41,7 +43,8 @@ def body_problem(endpoint: str, body: Any) -> tuple[str, str, str] | None:
             if message.get("role") not in ROLES:
                 return "invalid_value", f"Invalid value for 'messages[{i}].role'.", f"messages[{i}].role"
             content = message.get("content")
-            if content is None and not (message.get("role") == "assistant" and message.get("tool_calls")):
+            answered = any(message.get(k) for k in ("tool_calls", "function_call", "refusal", "audio"))
+            if content is None and not (message.get("role") == "assistant" and answered):
                 return ("missing_required_parameter", f"Missing required parameter: 'messages[{i}].content'.",
                         f"messages[{i}].content")  # fmt: skip
             if content is not None and not isinstance(content, str | list):
@@ -49,9 +52,10 @@ def body_problem(endpoint: str, body: Any) -> tuple[str, str, str] | None:
                         f"messages[{i}].content")  # fmt: skip
     elif endpoint in ("/v1/responses", "/v1/embeddings"):
         value = body.get("input")
-        if value is None:
+        elsewhere = endpoint == "/v1/responses" and any(k in body for k in STORED_INPUT)
+        if value is None and not elsewhere:
             return "missing_required_parameter", "Missing required parameter: 'input'.", "input"
-        if not isinstance(value, str | list) or value in ("", []):
+        if value is not None and (not isinstance(value, str | list) or value in ("", [])):
             return "invalid_value", "'input' must be a non-empty string or array.", "input"
     for name in ("temperature", "top_p"):
         if name in body and (not isinstance(body[name], int | float) or isinstance(body[name], bool)):

@@ -7,6 +7,11 @@ whole batch. A request that can be judged here, with the provider's own SDK type
 The openai package's request types are TypedDicts; pydantic validates them, but it validates
 ``Iterable`` fields (``messages``) lazily, that is not at all. So the top-level parameters go
 through the endpoint's params type, and each message through the type its ``role`` names.
+
+Only structural errors count: a parameter or message field that is missing or of the wrong
+type. A value the installed SDK does not list (a new model, effort level, format or tool type)
+and anything nested deeper are left to the provider, so a newer API feature is never refused
+here: a false refusal would dead-letter a good event.
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ from openai.types.chat import (
 from openai.types.responses import response_create_params
 from pydantic import TypeAdapter, ValidationError
 
+#: A Responses request may take its input from one of these instead of ``input``.
+RESPONSES_WITHOUT_INPUT = ("prompt", "previous_response_id", "conversation")
+
 _PARAMS: dict[str, TypeAdapter[Any]] = {
     "/v1/chat/completions": TypeAdapter(completion_create_params.CompletionCreateParamsNonStreaming),
     "/v1/responses": TypeAdapter(response_create_params.ResponseCreateParamsNonStreaming),
@@ -41,16 +49,31 @@ _MESSAGES: dict[str, TypeAdapter[Any]] = {
 }
 
 
-def _first_error(exc: ValidationError, prefix: str = "") -> str:
-    errors = exc.errors(include_url=False, include_input=False)
+#: Error types that mean a wrong shape, not a value the installed SDK happens not to list.
+STRUCTURAL = frozenset({
+    "missing", "string_type", "int_type", "int_parsing", "int_from_float", "float_type", "float_parsing",
+    "bool_type", "bool_parsing", "dict_type", "list_type",
+})  # fmt: skip
+
+
+def _first_error(exc: ValidationError, prefix: str = "") -> str | None:
+    """The first structural error of a field at the top level of the validated object, if any."""
+    errors = [
+        e for e in exc.errors(include_url=False, include_input=False)
+        if len(e["loc"]) == 1 and e["type"] in STRUCTURAL
+    ]  # fmt: skip
+    if not errors:
+        return None
     first = errors[0]
     where = ".".join(str(part) for part in (prefix, *first["loc"]) if part != "")
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"'{where}': {first['msg']}{more}" if where else f"{first['msg']}{more}"
+    return f"'{where}': {first['msg']}{more}"
 
 
-def _check_input(body: dict[str, Any]) -> str | None:
+def _check_input(endpoint: str, body: dict[str, Any]) -> str | None:
     value = body.get("input")
+    if value is None and endpoint == "/v1/responses" and any(k in body for k in RESPONSES_WITHOUT_INPUT):
+        return None
     if value is None:
         return "'input' is required"
     if value == "" or value == []:
@@ -74,7 +97,9 @@ def _check_messages(body: dict[str, Any]) -> str | None:
         try:
             adapter.validate_python(message)
         except ValidationError as exc:
-            return _first_error(exc, f"messages.{index}")
+            problem = _first_error(exc, f"messages.{index}")
+            if problem is not None:
+                return problem
     return None
 
 
@@ -83,7 +108,7 @@ def check_body(endpoint: str, body: dict[str, Any]) -> str | None:
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         return "'model' must be a non-empty string"
-    problem = _check_messages(body) if endpoint == "/v1/chat/completions" else _check_input(body)
+    problem = _check_messages(body) if endpoint == "/v1/chat/completions" else _check_input(endpoint, body)
     if problem is not None:
         return problem
     adapter = _PARAMS.get(endpoint)

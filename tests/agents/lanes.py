@@ -7,6 +7,7 @@ records the window wrote, in which order, and what it emitted.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
@@ -38,6 +39,16 @@ class MemoryBackend:
         return {p: PartitionState(p) for p in partitions}
 
 
+class ListReader:
+    """The input topic's records of partition 0 for a restored window: our reader's interface over a list."""
+
+    def __init__(self, values: list[bytes]) -> None:
+        self.values = values
+
+    async def read(self, partition: int, first: int, last: int) -> list[tuple[int, int | None, None, bytes]]:
+        return [(o, 1_700_000_000_000, None, self.values[o]) for o in range(first, min(last + 1, len(self.values)))]
+
+
 class Lane:
     def __init__(self, settings: Settings, tmp_path: Any) -> None:
         self.cfg: PipelineSettings = settings.pipelines[0]
@@ -64,20 +75,32 @@ class Lane:
             out.append(decoded)
         return out
 
-    async def run(self, n: int, poison: Iterable[int] = ()) -> tuple[WindowRecord, list[Request]]:
-        requests = self.requests(n, poison=poison)
-        ledger = self.services.ledger
-        await ledger.load([0])
-        record = WindowRecord(
+    def sealed(self, n: int) -> WindowRecord:
+        """The first record of a window of offsets 0..n-1 of partition 0."""
+        return WindowRecord(
             window_id="unit.p0.0-x", pipeline=self.cfg.name, input_topic=self.cfg.input_topic, group_id="g",
             partition=0, endpoint=self.cfg.endpoint, model=self.cfg.model, first_offset=0, last_offset=n - 1,
             count=n, status="sealed", sealed_at=1.0,
         )  # fmt: skip
-        await ledger.save(record)
+
+    async def run(self, n: int, poison: Iterable[int] = ()) -> tuple[WindowRecord, list[Request]]:
+        requests = self.requests(n, poison=poison)
+        await self.services.ledger.load([0])
+        record = await self.services.ledger.save(self.sealed(n))
         window = InFlightWindow(record, list(requests), self.services)
         await window.run()
         await self.client.close()
         return window.record, requests
+
+    async def resume(self, record: WindowRecord, values: list[bytes]) -> WindowRecord:
+        """Run a window restored from its record, its events read back from ``values`` (offset = index)."""
+        await self.services.ledger.load([0])
+        await self.services.ledger.save(record)
+        services = dataclasses.replace(self.services, reader=ListReader(values))
+        window = InFlightWindow(record, None, services)
+        await window.run()
+        await self.client.close()
+        return window.record
 
     @property
     def statuses(self) -> list[tuple[str, int, int | None]]:

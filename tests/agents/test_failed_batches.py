@@ -114,3 +114,33 @@ async def test_delete_files_false_keeps_them(emulator, make_lane):
     lane = make_lane(provider={"delete_files": False})
     await lane.run(5)
     assert {f.purpose for f in emu.files.values()} == {"batch", "batch_output"}
+
+
+async def test_a_restored_window_reads_its_events_back_without_local_validation(emulator, make_lane):
+    """A window sealed before validation existed (or under an older SDK) still gives every event a fate."""
+    emu = emulator.emulator
+    lane = make_lane()
+    values = [b'{"id": "e%d", "text": "event %d"}' % (i, i) for i in range(8)]
+    values[3] = b'{"id": "e3", "body": {"messages": []}}'  # refused locally now; accepted when it was sealed
+    record = await lane.resume(lane.sealed(8), values)
+    results, dead = lane.fates()
+    assert record.status == "done"
+    assert [(d.id, d.reason) for d in dead] == [("e3", "provider_rejected")], "the provider judged it"
+    assert _ids(results) == [f"e{i}" for i in range(8) if i != 3]
+    assert emu.stats["batches_failed"] == 1
+
+
+async def test_a_batch_that_fails_after_max_batch_latency_goes_flex_not_round_again(emulator, make_lane):
+    emu = emulator.emulator
+    emu.faults.reject_lines_containing = "POISON"
+    emu.faults.validation_seconds = 1.5  # it fails validation only after max_batch_latency
+    lane = make_lane(
+        validate_requests=False, max_batch_latency="1s",
+        flex={"concurrency": 4, "attempts": 2, "budget": "10s", "backoff_initial": "10ms", "fallback": "standard"},
+    )  # fmt: skip
+    await lane.run(10, poison={4})
+    results, dead = lane.fates()
+    assert [s for s, _, _ in lane.statuses] == ["sealed", "sealed", "submitted", "hedged", "done"]
+    assert [(d.id, d.reason) for d in dead] == [("e4", "provider_rejected")]
+    assert {r.mode for r in results} == {"flex"} and len(results) == 9
+    assert emu.stats["batches_created"] == 1, "no new round once late"

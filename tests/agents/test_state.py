@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from agents.state import PartitionState, WindowRecord, runs
@@ -45,3 +46,31 @@ def test_only_loaded_windows_are_replay_candidates_and_finished_new_ones_are_for
     assert "w20" not in state.records, "a window finished above the horizon needs no memory"
     state.put(record(10, 19, "done"))
     assert state.covers(req(15)), "a loaded window still recognises its replayed events"
+
+
+def test_each_queued_group_keeps_its_own_attempt_number() -> None:
+    window = record(0, 9, "submitted")
+    halves = window.bisected(range(0, 5), range(5, 10), now=1.0)
+    assert (halves.offsets, halves.attempts, halves.deferred) == ([0, 1, 2, 3, 4], 1, [([5, 6, 7, 8, 9], 1)])
+    second_half = halves.after_round([1, 2], now=2.0)  # {1, 2} failed retriably in the first half
+    assert (second_half.offsets, second_half.attempts) == ([5, 6, 7, 8, 9], 1), "a half is not an attempt"
+    retry_12 = second_half.after_round([7], now=3.0)
+    assert (retry_12.offsets, retry_12.attempts) == ([1, 2], 2)
+    retry_7 = retry_12.after_round([], now=4.0)
+    assert (retry_7.offsets, retry_7.attempts) == ([7], 2), "offset 7 is on its second try, not its third"
+    assert retry_7.after_round([], now=5.0).status == "done"
+
+
+def test_lines_rejected_leave_the_rest_on_the_same_attempt_and_a_hedge_takes_every_group() -> None:
+    window = record(0, 9, "submitted").bisected(range(0, 5), range(5, 10), now=1.0)
+    rest = window.resubmitted([0, 1, 3, 4], now=2.0)
+    assert (rest.offsets, rest.attempts, rest.failed_batches) == ([0, 1, 3, 4], 1, 2)
+    hedged = rest.hedged([0, 1])
+    assert (hedged.status, hedged.offsets, hedged.deferred) == ("hedged", [0, 1, 5, 6, 7, 8, 9], [])
+
+
+def test_a_record_written_before_attempts_existed_counts_them_in_its_round() -> None:
+    old = orjson.loads(record(0, 9, "sealed").dumps())
+    del old["attempts"]
+    old["round"] = 3
+    assert WindowRecord.model_validate(old).attempts == 3

@@ -12,6 +12,8 @@ from streams.validation import check_body
 
 CHAT = "/v1/chat/completions"
 OK: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+IMAGE = {"type": "input_image", "image_url": "u"}  # no "detail": the API defaults it
+OUTPUT_TEXT = {"type": "output_text", "text": "t"}  # an assistant turn replayed without id or status
 TOOL_CALL = {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}
 
 
@@ -46,6 +48,15 @@ def test_bodies_a_provider_would_refuse_are_named(endpoint: str, body: dict[str,
         (CHAT, {**OK, "messages": [{"role": "assistant", "tool_calls": [TOOL_CALL]}]}),
         ("/v1/responses", {"model": "m", "input": "hi", "text": {"format": {"type": "text"}}}),
         ("/v1/embeddings", {"model": "m", "input": ["a", "b"]}),
+        ("/v1/embeddings", {"model": "m", "input": [[1, 2, 3]]}),
+        (CHAT, {**OK, "reasoning_effort": "ultra", "service_tier": "turbo"}),  # values newer than the SDK
+        (CHAT, {**OK, "response_format": {"type": "a_new_format"}, "tool_choice": "a_new_choice"}),
+        (CHAT, {**OK, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "u"}}]}]}),
+        (CHAT, {**OK, "messages": [{"role": "assistant", "content": None, "refusal": "no"}]}),
+        ("/v1/responses", {"model": "m", "input": [{"role": "user", "content": [IMAGE]}]}),
+        ("/v1/responses", {"model": "m", "input": [{"role": "assistant", "content": [OUTPUT_TEXT]}]}),
+        ("/v1/responses", {"model": "m", "previous_response_id": "resp_1"}),
+        ("/v1/responses", {"model": "m", "prompt": {"id": "pmpt_1"}}),
     ],
 )
 def test_valid_bodies_pass_including_parameters_newer_than_the_sdk(endpoint: str, body: dict[str, Any]) -> None:
