@@ -333,7 +333,10 @@ class StateStore:
             if (record.input_topic, record.group_id) != (self.input_topic, self.group_id):
                 foreign += 1
             elif record.partition in states:
-                states[record.partition].put(record)
+                # Kept as read, not through put(): the horizon is not fixed yet (-1), and put()
+                # would drop every done window, which must stay to recognise its replayed events
+                # until the committed offset passes it (forget_done_before, below).
+                states[record.partition].records[record.window_id] = record
         if foreign:
             log.info("state topic %s: ignored %d windows of other input topics or groups", topic_name, foreign)
         committed = await self.committed_offsets(partitions)

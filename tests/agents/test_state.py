@@ -1,12 +1,16 @@
-"""Window records: which replayed events a record covers. Pure, no broker."""
+"""Window records: which replayed events a record covers (pure), and what a load from the state topic restores."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from agents.state import PartitionState, WindowRecord, runs
+from agents.state import PartitionState, StateStore, WindowRecord, runs
 from streams.models import Request, Source
+from tests.support import produce
 
 
 def req(offset: int, model: str = "m") -> Request:
@@ -74,3 +78,37 @@ def test_a_record_written_before_attempts_existed_counts_them_in_its_round() -> 
     del old["attempts"]
     old["round"] = 3
     assert WindowRecord.model_validate(old).attempts == 3
+
+
+class _StateTopic:
+    """The one thing a load asks of its faust topic (nothing is tombstoned here)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def get_topic_name(self) -> str:
+        return self.name
+
+
+@pytest.mark.kafka
+async def test_a_load_keeps_done_windows_so_their_replayed_events_are_recognised(bootstrap: str, make_topic: Any,
+                                                                                unique: str) -> None:  # fmt: skip
+    # The group has committed nothing (a commit held back while the broker was away): the
+    # events of the done window will be read again and must be skipped, not windowed anew.
+    topic = await make_topic("state")
+    group = f"g-{unique}"
+    mine = {"input_topic": "in", "group_id": group}
+    done, submitted = record(0, 9).model_copy(update=mine), record(10, 19, "submitted").model_copy(update=mine)
+    await produce(bootstrap, topic, [done.dumps(), submitted.dumps()], keys=[b"w0", b"w10"], partition=0)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:  # the group exists (as a worker's would), with no offset of the input topic
+        consumer.assign([TopicPartition(topic, 0)])
+        await consumer.commit({TopicPartition(topic, 0): 0})
+    finally:
+        await consumer.stop()
+    store = StateStore(_StateTopic(topic), input_topic="in", bootstrap=bootstrap, group_id=group)  # type: ignore[arg-type]
+    state = (await store.load([0]))[0]
+    assert state.horizon == 19
+    assert state.covers(req(5)), "a done window not yet passed by the committed offset recognises its events"
+    assert [r.window_id for r in state.unfinished()] == ["w10"]
