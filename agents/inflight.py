@@ -125,6 +125,7 @@ class InFlightWindow:
         self.record = await self.s.ledger.save(record)
         if record.status == "done":
             self.requests = []
+            self.s.metrics.batches_done.inc()
         elif record.offsets is not None and self.requests is not None:
             wanted = record.offsets
             if [r.source.offset for r in self.requests] != wanted:
@@ -255,7 +256,7 @@ class InFlightWindow:
         log.info("%s: serving %d unfinished requests through flex", record.window_id, len(self.requests))
         await asyncio.gather(*(serve(r) for r in self.requests))
         await self.s.outbox.flush()
-        await self._done()
+        await self._save(record.done())
         await self.s.client.discard(record.input_file_id)
 
     # -- settle ---------------------------------------------------------------------------------
@@ -343,7 +344,6 @@ class InFlightWindow:
             await self._save(record.hedged(rest))
             return
         await self._save(record.resubmitted(rest, now))
-        self._count_done()
 
     async def _settle(self, batch: Batch, lines: dict[str, dict[str, Any]], hedged: bool) -> None:
         """Emit a finished batch's records, then record what comes next: done, a next round, or hedged."""
@@ -371,15 +371,6 @@ class InFlightWindow:
             await self._save(record.hedged(retried))
         else:
             await self._save(record.after_round(retried, time.time()))
-            self._count_done()
-
-    async def _done(self) -> None:
-        await self._save(self.record.done())
-        self._count_done()
-
-    def _count_done(self) -> None:
-        if self.record.status == "done":
-            self.s.metrics.batches_done.inc()
 
 
 def stamps_of(batch: Batch) -> dict[str, float]:

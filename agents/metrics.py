@@ -55,7 +55,6 @@ class UnreadableBatches:
     """Batches whose status reads fail, made visible: two gauges and warnings at growing intervals."""
 
     def __init__(self, pipeline: str) -> None:
-        self.pipeline = pipeline
         #: window id -> (when reads started failing, when to warn next)
         self._since: dict[str, tuple[float, float]] = {}
         UNREADABLE_BATCHES.labels(pipeline=pipeline).set_function(lambda: len(self._since))
