@@ -1,6 +1,5 @@
-"""What acts: the faust agents of each pipeline and the provider clients they call."""
+"""What acts: the pipeline's agents, lanes and the worker."""
 
 from agents.pipeline import Pipeline
-from agents.provider import BatchClient
 
-__all__ = ["BatchClient", "Pipeline"]
+__all__ = ["Pipeline"]

@@ -10,6 +10,9 @@ of calls and a deadline), then applies the pipeline's fallback:
 - ``batch``: the caller hands the event to a batch window;
 - ``dead_letter``: a ``flex_unavailable`` dead letter.
 
+A provider without a flex tier (Anthropic, Azure) is only configured for flex with the
+``standard`` fallback (``streams/config.py``): its events go straight to standard calls.
+
 A model that does not offer flex rejects the ``service_tier`` parameter (HTTP 400 naming
 it); that goes straight to the fallback. Any other 4xx is a ``provider_rejected`` dead
 letter. What the caller gets is an outcome value (``agents/outcomes.py``).
@@ -35,9 +38,9 @@ from typing import Any
 from agents.metrics import PipelineMetrics
 from agents.outbox import Outbox
 from agents.outcomes import Failed, FlexOutcome, Served, ToBatch
-from agents.provider import BatchClient
 from agents.retry import backoff, retry_forever
 from agents.tasks import PartitionTasks
+from providers import Provider
 from streams.config import PipelineSettings
 from streams.errors import ProviderBackpressure, ProviderError, ProviderRejected
 from streams.models import Request
@@ -50,19 +53,10 @@ def _error_detail(exc: ProviderError) -> dict[str, Any]:
     return {"status_code": exc.status_code, "code": exc.code, "param": exc.param, "message": str(exc)}
 
 
-def _reported_tier(response: dict[str, Any]) -> str | None:
-    tier = response.get("service_tier")
-    return tier if isinstance(tier, str) and tier else None
-
-
-def _rejects_flex(exc: ProviderRejected) -> bool:
-    return exc.param == "service_tier" or "service_tier" in str(exc)
-
-
 class FlexRunner:
     """Serves single requests through flex, then the fallback. One per pipeline."""
 
-    def __init__(self, cfg: PipelineSettings, client: BatchClient, metrics: PipelineMetrics) -> None:
+    def __init__(self, cfg: PipelineSettings, client: Provider, metrics: PipelineMetrics) -> None:
         self.cfg = cfg
         self.flex = cfg.flex
         self.client = client
@@ -77,7 +71,8 @@ class FlexRunner:
         ``standard``; configuration forbids that combination, this is the backstop.
         """
         started = time.time()
-        body = {**request.body, "service_tier": "flex"}
+        if not self.client.offers_flex and self.flex.fallback == "standard":
+            return await self._standard(request, 0, started)  # no flex tier: configured to call at standard
         attempts = 0
         last: ProviderError | None = None
         while attempts < self.flex.attempts:
@@ -87,11 +82,11 @@ class FlexRunner:
             attempts += 1
             self.metrics.flex_call("flex")
             try:
-                response = await self.client.respond(
-                    request.endpoint, body, timeout=max(1.0, min(self.flex.timeout, remaining))
+                reply = await self.client.call(
+                    request.endpoint, request.body, flex=True, timeout=max(1.0, min(self.flex.timeout, remaining))
                 )
             except ProviderRejected as exc:
-                if _rejects_flex(exc):
+                if self.client.refuses_flex(exc):
                     log.info("%s: the model does not offer flex (%s); falling back", request.id, exc)
                     last = exc
                     break
@@ -109,7 +104,7 @@ class FlexRunner:
                     break
                 await asyncio.sleep(delay)
                 continue
-            return Served(response, "flex", _reported_tier(response), attempts, started, time.time())
+            return Served(reply.body, "flex", reply.tier, attempts, started, time.time())
         return await self._fall_back(request, attempts, last, started, allow_batch=allow_batch)
 
     async def _fall_back(
@@ -129,13 +124,12 @@ class FlexRunner:
         return await self._standard(request, attempts, started)
 
     async def _standard(self, request: Request, flex_attempts: int, started: float) -> FlexOutcome:
-        body = {k: v for k, v in request.body.items() if k != "service_tier"}
         tries = 0
         while True:
             tries += 1
             self.metrics.flex_call("standard")
             try:
-                response = await self.client.respond(request.endpoint, body, timeout=self.flex.timeout)
+                reply = await self.client.call(request.endpoint, request.body, flex=False, timeout=self.flex.timeout)
             except ProviderRejected as exc:
                 return Failed("provider_rejected", str(exc), flex_attempts + tries, _error_detail(exc))
             except ProviderError as exc:
@@ -147,7 +141,7 @@ class FlexRunner:
                     or backoff(tries, initial=self.cfg.retry.backoff_initial, maximum=self.cfg.retry.backoff_max)
                 )
                 continue
-            return Served(response, "standard", _reported_tier(response), flex_attempts + tries, started, time.time())
+            return Served(reply.body, "standard", reply.tier, flex_attempts + tries, started, time.time())
 
 
 class FlexLane:

@@ -49,20 +49,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from openai.types import Batch
-
 from agents.flex import FlexRunner
 from agents.metrics import PipelineMetrics
 from agents.outbox import Outbox, stamps
-from agents.outcomes import FailedBatch, ToBatch, classify, plan_failed_batch
+from agents.outcomes import FailedBatch, ToBatch, plan_failed_batch
 from agents.polling import BatchWatch
-from agents.provider import META_PIPELINE, META_WINDOW, TERMINAL, BatchClient, iter_jsonl
 from agents.retry import backoff, retry_forever
 from agents.state import InputReader, Ledger, WindowRecord
 from agents.tasks import PartitionTasks
-from streams.config import PipelineSettings, ProviderSettings
+from providers import Job, LineOutcome, Provider
+from providers.base import MISSING, BatchRefused
+from providers.openai import META_PIPELINE
+from streams.config import PipelineSettings
 from streams.errors import ProviderBackpressure, ProviderRejected
 from streams.models import Request, Source, decode_event
+from streams.provider_config import ProviderSettings
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class WindowServices:
 
     cfg: PipelineSettings
     provider: ProviderSettings
-    client: BatchClient
+    client: Provider
     ledger: Ledger
     outbox: Outbox
     flex: FlexRunner
@@ -166,47 +167,64 @@ class InFlightWindow:
         return requests
 
     async def _submit(self) -> None:
-        batch: Batch | None = None
+        job: Job | None = None
         if self._look_first:
-            batch = await self._find_created()
-            if batch is not None:
-                log.info("%s: adopted batch %s created before a restart", self.record.window_id, batch.id)
-        if batch is None:
-            batch = await self._create()
-        await self._save(self.record.submitted(batch.id, time.time()))
+            job = await self._find_created()
+            if job is not None:
+                log.info("%s: adopted batch %s created before a restart", self.record.window_id, job.id)
+        if job is None:
+            try:
+                job = await self._create()
+            except BatchRefused as exc:  # the requests were refused at create: a failed batch
+                refused = Job(id="", status="refused", state="failed", created_at=time.time(), errors=exc.errors)
+                hedge_at = self._hedge_at()
+                await self._failed(refused, late=hedge_at is not None and time.time() >= hedge_at)
+                return
+        await self._save(self.record.submitted(job.id, time.time()))
         self.s.metrics.batches_submitted.inc()
 
-    async def _find_created(self) -> Batch | None:
+    async def _find_created(self) -> Job | None:
         """The batch of this window round, if a create call (ours or a previous owner's) made it.
 
         A create call recorded as started may still be in flight at the provider (its owner
         crashed or lost the partition mid-call): until ``create_timeout`` after it started,
-        keep looking before concluding that no batch exists.
+        keep looking before concluding that no batch exists. Where batches cannot be found by
+        tag (an API without metadata, a server that cannot list), the round is submitted again.
         """
         record, client = self.record, self.s.client
         created_after = record.sealed_at - ADOPTION_LOOKBACK
-        batch = await client.find(record.tag, created_after=created_after)
-        if batch is not None or record.create_started_at is None or not client.can_list:
-            return batch
+        job = await client.find(record.tag, created_after=created_after)
+        if job is not None or record.create_started_at is None:
+            return job
+        if not client.can_find:
+            log.warning("%s: a create call started before a restart may have made a batch, which %s cannot look "
+                        "up; submitting again (such an orphan batch runs unobserved and is billed)",
+                        record.window_id, client.name)  # fmt: skip
+            return None
         settle_at = record.create_started_at + self.s.provider.create_timeout
         if time.time() < settle_at:
             log.info("%s: a create call may still be in flight; looking for its batch until it times out",
                      record.window_id)  # fmt: skip
-        while batch is None and time.time() < settle_at:
+        while job is None and time.time() < settle_at:
             await asyncio.sleep(min(self.s.provider.poll_interval, max(0.05, settle_at - time.time())))
-            batch = await client.find(record.tag, created_after=created_after)
-        return batch
+            job = await client.find(record.tag, created_after=created_after)
+        return job
 
-    async def _create(self) -> Batch:
+    async def _create(self) -> Job:
+        assert self.requests is not None
         record = self.record
+        # In offset order, so line numbers map back after a restart.
+        self.requests.sort(key=lambda r: r.source.offset)
         # A create retried after an error reuses the round's file (the batch may exist and use it).
-        file_id = record.input_file_id or await self._upload()
-        metadata = {**self.cfg.metadata, META_PIPELINE: self.cfg.name, META_WINDOW: record.tag}
+        path = self.s.workdir / f"{record.window_id}.r{record.round}.jsonl"
+        staged = record.input_file_id or await self.s.client.stage(self.requests, path)
+        metadata = {**self.cfg.metadata, META_PIPELINE: self.cfg.name}
         attempt = 0
         while True:
             # Recorded before the call: whoever resumes this window knows a batch may exist.
-            await self._save(self.record.create_started(time.time(), file_id))
-            create = self.s.client.create(file_id, record.endpoint, metadata)
+            await self._save(self.record.create_started(time.time(), staged))
+            create = self.s.client.create(self.requests, staged=staged, endpoint=record.endpoint, tag=record.tag,
+                                          metadata=metadata)  # fmt: skip
             try:
                 return await self.s.tasks.shield(record.partition, create)
             except ProviderBackpressure as exc:
@@ -218,21 +236,8 @@ class InFlightWindow:
             except ProviderRejected:
                 # Refused outright: no batch exists and none uses the file. Upload afresh next time.
                 await self._save(self.record.model_copy(update={"input_file_id": None, "create_started_at": None}))
-                await self.s.client.discard(file_id)
+                await self.s.client.discard_staged(staged)
                 raise
-
-    async def _upload(self) -> str:
-        """Write the round's requests (in offset order, so line numbers map back after a restart) and upload them."""
-        assert self.requests is not None
-        self.requests.sort(key=lambda r: r.source.offset)
-        path = self.s.workdir / f"{self.record.window_id}.r{self.record.round}.jsonl"
-        with path.open("wb") as fh:
-            for request in self.requests:
-                fh.write(request.jsonl_line())
-        try:
-            return await self.s.client.upload(path)
-        finally:
-            path.unlink(missing_ok=True)
 
     # -- poll, hedge ---------------------------------------------------------------------------
     def _hedge_at(self) -> float | None:
@@ -257,7 +262,7 @@ class InFlightWindow:
         await asyncio.gather(*(serve(r) for r in self.requests))
         await self.s.outbox.flush()
         await self._save(record.done())
-        await self.s.client.discard(record.input_file_id)
+        await self.s.client.discard_staged(record.input_file_id)
 
     # -- settle ---------------------------------------------------------------------------------
     async def _finish(self) -> None:
@@ -267,45 +272,37 @@ class InFlightWindow:
         if batch is None:  # late, and its status unreadable: all of it goes flex
             await self._save(self.record.hedged(r.source.offset for r in self.requests))
             return
-        if batch.status == "failed":
+        if batch.state == "failed":
             await self._failed(batch, late=hedged)
             return
-        lines: dict[str, dict[str, Any]] = {}
         # A batch still cancelling after cancel_wait gives nothing: all of it goes flex.
-        files = (batch.output_file_id, batch.error_file_id) if batch.status in TERMINAL else ()
-        for file_id in files:
-            if file_id:
-                path = self.s.workdir / f"{file_id}.jsonl"
-                try:
-                    await self.s.client.download(file_id, path)
-                    for line in iter_jsonl(path):
-                        if isinstance(line, dict) and "custom_id" in line:
-                            lines[str(line["custom_id"])] = line
-                finally:
-                    path.unlink(missing_ok=True)
+        outcomes = await self.s.client.results(batch, self.s.workdir) if batch.terminal else {}
         attempts = self.record.attempts
-        await self.s.tasks.shield(self.record.partition, self._settle(batch, lines, hedged))
-        await self.s.client.discard(batch.input_file_id, *files)
+        await self.s.tasks.shield(self.record.partition, self._settle(batch, outcomes, hedged))
+        if batch.terminal:
+            await self.s.client.cleanup(batch)
+        else:
+            await self.s.client.discard_staged(batch.input_file_id)
         if self.record.status == "sealed":  # a next round, recorded: back off before a retry
             delay = self._backoff(attempts) if self.record.attempts > attempts else 0.0
             log.info("%s: %d requests to submit again (round %d) in %.1fs",
                      self.record.window_id, len(self.record.offsets or ()), self.record.round, delay)  # fmt: skip
             await asyncio.sleep(delay)
 
-    async def _failed(self, batch: Batch, *, late: bool) -> None:
+    async def _failed(self, batch: Job, *, late: bool) -> None:
         """A batch that failed as a whole (nothing ran): resubmit, isolate its bad lines, or bisect.
 
         Past ``max_batch_latency`` nothing is resubmitted: what is not rejected goes flex.
         """
         assert self.requests is not None
         record = self.record
-        errors = [e.model_dump() for e in (batch.errors.data if batch.errors and batch.errors.data else [])]
+        errors = batch.errors
         # Line numbers count the file's lines: trust them only when every request of the round is here.
         expected = len(record.offsets) if record.offsets is not None else record.count
         plan = plan_failed_batch(errors, len(self.requests), failed_before=record.failed_batches,
                                  window_size=record.count, lines_trusted=len(self.requests) == expected)  # fmt: skip
         self.s.metrics.batch_failed(plan.action)
-        log.info("%s: batch %s of %d requests failed (%s): %s", record.window_id, batch.id,
+        log.info("%s: batch %s of %d requests failed (%s): %s", record.window_id, batch.id or "(refused at create)",
                  len(self.requests), plan.summary, plan.action.replace("_", " "))  # fmt: skip
         if plan.action == "token_limit" and not late:
             delay = self._backoff(record.round)
@@ -315,11 +312,12 @@ class InFlightWindow:
             await self._save(record.next_round(offsets, time.time(), attempts=record.attempts, same_round=True))
         else:
             await self.s.tasks.shield(record.partition, self._isolate(batch, plan, errors, late=late))
-        await self.s.client.discard(batch.input_file_id, batch.error_file_id)
+        await self.s.client.cleanup(batch)
 
-    async def _isolate(self, batch: Batch, plan: FailedBatch, errors: list[dict[str, Any]], *, late: bool) -> None:
+    async def _isolate(self, batch: Job, plan: FailedBatch, errors: list[dict[str, Any]], *, late: bool) -> None:
         assert self.requests is not None
         requests, record, outbox, now = self.requests, self.record, self.s.outbox, time.time()
+        batch_id, name = batch.id or None, batch.id or "refused at create"
         if plan.action in ("bisect", "token_limit") and late:
             await self._save(record.hedged(r.source.offset for r in requests))
             return
@@ -331,12 +329,12 @@ class InFlightWindow:
         rejected = plan.lines if plan.action == "reject_lines" else dict.fromkeys(range(len(requests)))
         for index, error in rejected.items():
             if error is None:
-                message, detail = f"batch {batch.id} failed: {plan.summary}", {"batch_errors": errors}
+                message, detail = f"batch {name} failed: {plan.summary}", {"batch_errors": errors}
             else:
-                message = f"batch {batch.id} rejected line {index + 1}: {error.get('code')}: {error.get('message')}"
+                message = f"batch {name} rejected line {index + 1}: {error.get('code')}: {error.get('message')}"
                 detail = error
             reason = plan.reason if error is None else "provider_rejected"
-            outbox.dead_letter(requests[index], reason, message, attempts=record.attempts, batch_id=batch.id,
+            outbox.dead_letter(requests[index], reason, message, attempts=record.attempts, batch_id=batch_id,
                                error=detail)  # fmt: skip
         await outbox.flush()
         rest = [r.source.offset for i, r in enumerate(requests) if i not in rejected]
@@ -345,14 +343,14 @@ class InFlightWindow:
             return
         await self._save(record.resubmitted(rest, now))
 
-    async def _settle(self, batch: Batch, lines: dict[str, dict[str, Any]], hedged: bool) -> None:
+    async def _settle(self, batch: Job, outcomes: dict[str, LineOutcome], hedged: bool) -> None:
         """Emit a finished batch's records, then record what comes next: done, a next round, or hedged."""
         assert self.requests is not None
         record, outbox = self.record, self.s.outbox
         timestamps = stamps_of(batch)
         retry: list[Request] = []
         for request in self.requests:
-            outcome = classify(lines.get(request.custom_id))
+            outcome = outcomes.get(request.custom_id, MISSING)
             if outcome.kind == "ok":
                 assert outcome.body is not None
                 outbox.result(request, outcome.body, attempts=record.attempts, batch_id=batch.id,
@@ -373,9 +371,6 @@ class InFlightWindow:
             await self._save(record.after_round(retried, time.time()))
 
 
-def stamps_of(batch: Batch) -> dict[str, float]:
-    """When the provider says a batch was submitted and completed (or ended otherwise)."""
-    completed = next(
-        (v for v in (batch.completed_at, batch.expired_at, batch.cancelled_at, batch.failed_at) if v), None
-    )
-    return {"submitted": float(batch.created_at), "completed": float(completed or time.time())}
+def stamps_of(batch: Job) -> dict[str, float]:
+    """When the provider says a batch was submitted and ended."""
+    return {"submitted": batch.created_at, "completed": batch.ended_at or time.time()}

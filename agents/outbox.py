@@ -24,6 +24,7 @@ from streams.models import (
     Source,
     SourceRecord,
     Timestamps,
+    Tokens,
     dead_letter_for,
     task_version,
 )
@@ -41,8 +42,13 @@ def stamps(request: Request, *, submitted: float | None, completed: float | None
 class Outbox:
     """Results and dead letters of one pipeline, through its two sinks."""
 
-    def __init__(self, cfg: PipelineSettings, results: Sink, dead_letters: Sink, metrics: PipelineMetrics) -> None:
+    def __init__(
+        self, cfg: PipelineSettings, results: Sink, dead_letters: Sink, metrics: PipelineMetrics,
+        *, provider: str | None = None,
+    ) -> None:  # fmt: skip
         self.cfg = cfg
+        #: The name of the provider serving the pipeline, stamped on every result.
+        self.provider = provider
         self.task_version = task_version(cfg)
         self.results = results
         self.dead_letters = dead_letters
@@ -63,12 +69,14 @@ class Outbox:
             id=request.id,
             pipeline=self.cfg.name,
             task_version=self.task_version,
+            provider=self.provider,
             mode=mode,
             batch_id=batch_id,
             service_tier=tier,
             output=output,
             response=body,
             usage=body.get("usage"),
+            tokens=Tokens.of(body.get("usage")),
             source=SourceRecord.of(request.source),
             timestamps=timestamps,
         )

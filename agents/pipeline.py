@@ -37,10 +37,10 @@ from agents.inflight import WindowServices
 from agents.metrics import PipelineMetrics
 from agents.outbox import Outbox
 from agents.polling import BatchWatch
-from agents.provider import BatchClient
 from agents.routing import route
 from agents.state import InputReader, Ledger, StateStore
 from agents.tasks import PartitionTasks
+from providers import Provider
 from sinks import TopicSink
 from streams.config import PipelineSettings, Settings
 from streams.models import Rejection, Request, Source, decode_event
@@ -54,20 +54,25 @@ class Pipeline:
     """One configured pipeline (any mode), wired into a faust app."""
 
     def __init__(
-        self, app: faust.App, settings: Settings, cfg: PipelineSettings, client: BatchClient, *,
+        self, app: faust.App, settings: Settings, cfg: PipelineSettings, client: Provider, *,
         partitions: int, kafka_options: dict[str, Any],
     ) -> None:  # fmt: skip
         self.app = app
         self.cfg = cfg
         self.client = client
-        limits = settings.provider.limits
+        provider = client.settings
+        max_requests, max_bytes = provider.batch_limits
         self.policy = WindowPolicy.capped(
             max_requests=cfg.window.max_requests,
             max_bytes=cfg.window.max_bytes,
             max_wait=cfg.window.max_wait,
-            provider_max_requests=limits.max_requests_per_batch,
-            provider_max_bytes=limits.max_bytes_per_batch,
+            provider_max_requests=max_requests,
+            provider_max_bytes=max_bytes,
         )
+        if not client.offers_flex and (cfg.mode != "batch" or cfg.max_batch_latency is not None):
+            log.warning("%s: provider %r (kind: %s) has no flex tier: events routed to flex are served "
+                        "by standard calls, at the standard (real-time) price",
+                        cfg.name, client.name, provider.kind)  # fmt: skip
         self.commit_interval = settings.kafka.commit_interval
         # acks=False: faust records no ack for this topic at all (its pure-Python stream
         # iterator acks skipped events even on a noack stream), so nothing but the frontiers
@@ -79,6 +84,7 @@ class Pipeline:
             TopicSink(app.topic(cfg.output_topic, value_serializer="orjson")),
             TopicSink(app.topic(cfg.dead_letter_topic, value_serializer="orjson")),
             self.metrics,
+            provider=client.name,
         )
         bootstrap = settings.kafka.bootstrap_servers
         store = StateStore(
@@ -90,10 +96,10 @@ class Pipeline:
         self.tasks = PartitionTasks()
         runner = FlexRunner(cfg, client, self.metrics)
         services = WindowServices(
-            cfg=cfg, provider=settings.provider, client=client, ledger=self.ledger, outbox=self.outbox,
+            cfg=cfg, provider=provider, client=client, ledger=self.ledger, outbox=self.outbox,
             flex=runner, tasks=self.tasks, reader=InputReader(bootstrap, cfg.input_topic, **kafka_options),
             workdir=Path(tempfile.mkdtemp(prefix=f"batchstream-{cfg.name}-")), metrics=self.metrics,
-            watch=BatchWatch(client, settings.provider, cfg.retry, self.metrics),
+            watch=BatchWatch(client, provider, cfg.retry, self.metrics),
         )  # fmt: skip
         self.batches = BatchLane(services, self.policy)
         self.flex = FlexLane(runner, self.outbox, self.tasks, to_batch=self.batches.add)

@@ -6,13 +6,12 @@ import asyncio
 import logging
 import time
 
-from openai.types import Batch
-
 from agents.metrics import PipelineMetrics
-from agents.provider import TERMINAL, BatchClient
 from agents.retry import backoff
-from streams.config import ProviderSettings, RetrySettings
+from providers import Job, Provider
+from streams.config import RetrySettings
 from streams.errors import ProviderError
+from streams.provider_config import ProviderSettings
 
 log = logging.getLogger(__name__)
 
@@ -21,14 +20,14 @@ class BatchWatch:
     """Polls batches for the in-flight windows of one pipeline."""
 
     def __init__(
-        self, client: BatchClient, provider: ProviderSettings, retry: RetrySettings, metrics: PipelineMetrics
+        self, client: Provider, provider: ProviderSettings, retry: RetrySettings, metrics: PipelineMetrics
     ) -> None:
         self.client = client
         self.provider = provider
         self.retry = retry
         self.metrics = metrics
 
-    async def wait(self, window_id: str, batch_id: str, hedge_at: float | None) -> tuple[Batch | None, bool]:
+    async def wait(self, window_id: str, batch_id: str, hedge_at: float | None) -> tuple[Job | None, bool]:
         """Poll until the batch ends; at ``hedge_at`` cancel it. Return (batch, hedged).
 
         A status read that keeps failing is retried with backoff and reported (metric, warnings),
@@ -59,7 +58,7 @@ class BatchWatch:
                 failures = 0
                 self.metrics.unreadable.read(window_id)
                 late = hedge_at is not None and time.time() >= hedge_at
-                if batch.status in TERMINAL:
+                if batch.terminal:
                     return batch, late
                 if late:
                     return await self._cancel(window_id, batch), True
@@ -76,7 +75,7 @@ class BatchWatch:
         except ProviderError as exc:
             log.info("%s: cancelling batch %s failed (%s); ignoring it from now on", window_id, batch_id, exc)
 
-    async def _cancel(self, window_id: str, batch: Batch) -> Batch:
+    async def _cancel(self, window_id: str, batch: Job) -> Job:
         """Cancel a late batch and wait up to ``cancel_wait`` for its finished part to be final.
 
         Returns the last status read: still not terminal after ``cancel_wait`` means nothing of
@@ -89,7 +88,7 @@ class BatchWatch:
         except ProviderError as exc:
             log.info("%s: cancelling batch %s: %s", window_id, batch.id, exc)  # it may have ended meanwhile
         give_up = time.monotonic() + self.provider.cancel_wait
-        while batch.status not in TERMINAL and time.monotonic() < give_up:
+        while not batch.terminal and time.monotonic() < give_up:
             await asyncio.sleep(min(self.provider.poll_interval, 1.0))
             try:
                 batch = await self.client.retrieve(batch.id)

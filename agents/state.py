@@ -128,7 +128,7 @@ class WindowRecord(BaseModel):
         return orjson.dumps(self.model_dump(mode="json"))
 
     # -- transitions: each returns the next record; the ledger saves it --------------------
-    def create_started(self, now: float, input_file_id: str) -> WindowRecord:
+    def create_started(self, now: float, input_file_id: str | None) -> WindowRecord:
         """A create call for the current round is about to start: a batch may exist from here."""
         return self.model_copy(update={"create_started_at": now, "input_file_id": input_file_id})
 

@@ -12,7 +12,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
 from agents.pipeline import Pipeline
-from agents.provider import BatchClient
+from providers import make_provider
 from streams.app import create_app
 from streams.config import KafkaSettings, Settings
 from streams.errors import ConfigError
@@ -98,7 +98,7 @@ def build(settings: Settings, partitions: dict[str, int]) -> tuple[faust.App, li
     pipelines = []
     for cfg in settings.pipelines:
         pipeline = Pipeline(
-            app, settings, cfg, BatchClient(settings.provider),
+            app, settings, cfg, make_provider(*settings.provider_of(cfg)),
             partitions=partitions[cfg.name], kafka_options=options,
         )  # fmt: skip
         pipeline.register()

@@ -1,4 +1,6 @@
-"""An OpenAI-compatible provider emulator: Files, Batches, and three synchronous endpoints.
+"""A provider emulator: OpenAI's Files, Batches and three synchronous endpoints, the same
+under Azure OpenAI's routes (``/openai/...``), and Anthropic's Message Batches and Messages
+(``emulator/anthropic.py``).
 
 Speaks the wire format the official ``openai`` SDK expects, keeps everything in memory and
 answers deterministically. Faults are injected through :class:`Faults`, set at start-up or
@@ -35,6 +37,7 @@ import orjson
 from aiohttp import BodyPartReader, web
 from pydantic import BaseModel, ConfigDict, Field
 
+from emulator.anthropic import AnthropicApi, MessageBatch
 from emulator.outputs import answer_text, count_tokens, digest, last_user_text, roll
 from emulator.strict import FLEX_MODELS, MAX_BATCH_REQUESTS, MAX_FILE_BYTES, body_problem, offers_flex
 
@@ -112,6 +115,8 @@ class Faults(BaseModel):
     cancel_seconds: float = Field(0.0, ge=0)
     #: ``Retry-After`` (seconds) sent with every 429.
     retry_after: float = Field(1.0, ge=0)
+    #: Anthropic: a message batch's ``results_url`` is relative to the server (else absolute).
+    anthropic_relative_results_url: bool = False
     seed: int = 0
 
 
@@ -150,13 +155,17 @@ class StoredBatch:
     task: asyncio.Task[None] | None = None
     #: Status reads answer 500 until this time.monotonic() (inf: for ever).
     unreadable_until: float = 0.0
+    #: Created through Azure OpenAI's routes: lines name the endpoint as ``line_url`` (no
+    #: ``/v1``), and a successful batch still names an (empty) error file.
+    azure: bool = False
+    line_url: str | None = None
     created_monotonic: float = field(default_factory=time.monotonic)
 
     def as_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "object": "batch",
-            "endpoint": self.endpoint,
+            "endpoint": self.line_url or self.endpoint,
             "errors": {"object": "list", "data": self.errors} if self.errors else None,
             "input_file_id": self.input_file_id,
             "completion_window": "24h",
@@ -202,12 +211,14 @@ class Emulator:
 
     def clear(self, faults: Faults | None = None) -> None:
         """Forget every file and batch and reset the faults (batches in progress are stopped)."""
-        for batch in getattr(self, "batches", {}).values():
+        running = [*getattr(self, "batches", {}).values(), *getattr(self, "message_batches", {}).values()]
+        for batch in running:
             if batch.task is not None:
                 batch.task.get_loop().call_soon_threadsafe(batch.task.cancel)
         self.faults = faults or Faults()
         self.files: dict[str, StoredFile] = {}
         self.batches: dict[str, StoredBatch] = {}
+        self.message_batches: dict[str, MessageBatch] = {}
         self.stats: Counter[str] = Counter()
         #: Flex calls per distinct request body (to check retry budgets).
         self.flex_calls: Counter[int] = Counter()
@@ -235,18 +246,30 @@ class Emulator:
             web.post("/_emulator/faults", self.set_faults),
             web.get("/_emulator/stats", self.get_stats),
             web.post("/_emulator/reset", self.reset),
+            *AnthropicApi(self).routes(),
+            *self._azure_routes(),
         ])  # fmt: skip
         app.on_shutdown.append(self._on_shutdown)
         return app
 
     async def _on_shutdown(self, _app: web.Application) -> None:
-        for batch in self.batches.values():
-            if batch.task is not None:
-                batch.task.cancel()
+        tasks = [b.task for b in self.batches.values()] + [b.task for b in self.message_batches.values()]
+        for task in tasks:
+            if task is not None:
+                task.cancel()
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path.startswith("/v1/"):
+        if request.path.startswith("/v1/messages"):
+            refused = AnthropicApi.authorized(request)
+            if refused is not None:
+                return refused
+        elif request.path.startswith("/openai/"):
+            if not request.headers.get("api-key", "").strip():
+                return _error(401, "Access denied due to invalid subscription key.", code="401")
+            if not request.query.get("api-version"):
+                return _error(404, "Resource not found", code="404")
+        elif request.path.startswith("/v1/"):
             auth = request.headers.get("Authorization", "")
             if not auth.startswith("Bearer ") or not auth.removeprefix("Bearer ").strip():
                 return _error(401, "You didn't provide an API key.", code="invalid_api_key")
@@ -342,6 +365,10 @@ class Emulator:
             self.stats["create_fail_500"] += 1
             return _error(500, "The server had an error while processing your request.")
         endpoint = body.get("endpoint")
+        azure = request.path.startswith("/openai/")
+        line_url = endpoint if azure else None
+        if azure and isinstance(endpoint, str) and not endpoint.startswith("/v1/"):
+            endpoint = f"/v1{endpoint}"
         if endpoint not in BATCH_ENDPOINTS:
             return _error(400, f"Invalid endpoint {endpoint!r}", param="endpoint")
         if body.get("completion_window") != "24h":
@@ -362,6 +389,8 @@ class Emulator:
             input_file_id=stored_file.id,
             metadata=metadata,
             created_at=int(time.time()),
+            azure=azure,
+            line_url=line_url,
         )
         if self.faults.batch_outcomes:
             outcomes = list(self.faults.batch_outcomes)
@@ -409,7 +438,7 @@ class Emulator:
                 errors.append({"code": "duplicate_custom_id", "line": number,
                                "message": f"duplicate custom_id {custom_id!r}", "param": "custom_id"})  # fmt: skip
             seen.add(custom_id)
-            if line.get("url") != batch.endpoint:
+            if line.get("url") != (batch.line_url or batch.endpoint):
                 errors.append({"code": "url_mismatch", "line": number,
                                "message": "url differs from the batch endpoint", "param": "url"})  # fmt: skip
             model = (line.get("body") or {}).get("model") if isinstance(line.get("body"), dict) else None
@@ -491,7 +520,7 @@ class Emulator:
         elif batch.outcome == "completed_without_output":
             errors = [self._as_error_line(o) for o in outputs] + errors
             batch.failed, batch.completed = total, 0
-        if errors:
+        if errors or batch.azure:
             batch.error_file_id = self._store_result(batch, "error", errors)
         final = ended_by or "completed"
         batch.status, batch.times[final] = final, int(time.time())
@@ -507,7 +536,7 @@ class Emulator:
     def _store_result(self, batch: StoredBatch, kind: str, lines: list[bytes]) -> str:
         stored = StoredFile(
             self._new_id("file"), f"batch_{kind}", f"{batch.id}_{kind}.jsonl",
-            b"\n".join(lines) + b"\n", int(time.time()),
+            b"".join(line + b"\n" for line in lines), int(time.time()),
         )  # fmt: skip
         self.files[stored.id] = stored
         return stored.id
@@ -590,21 +619,46 @@ class Emulator:
         return _json(batch.as_json())
 
     # -- synchronous endpoints -----------------------------------------------------------
+    def _azure_routes(self) -> list[web.RouteDef]:
+        """Azure OpenAI's shape of the same API: ``/openai/...?api-version=``, deployments as models."""
+        return [
+            web.post("/openai/files", self.upload_file),
+            web.get("/openai/files/{id}", self.retrieve_file),
+            web.get("/openai/files/{id}/content", self.file_content),
+            web.delete("/openai/files/{id}", self.delete_file),
+            web.post("/openai/batches", self.create_batch),
+            web.get("/openai/batches", self.list_batches),
+            web.get("/openai/batches/{id}", self.retrieve_batch),
+            web.post("/openai/batches/{id}/cancel", self.cancel_batch),
+            web.post("/openai/deployments/{deployment}/{endpoint:chat/completions|embeddings}", self.azure_sync),
+            web.post("/openai/responses", self.azure_sync),
+        ]
+
+    async def azure_sync(self, request: web.Request) -> web.Response:
+        deployment = request.match_info.get("deployment")
+        endpoint = f"/v1/{request.match_info.get('endpoint', 'responses')}"
+        return await self._sync(request, endpoint, deployment)
+
     async def sync_endpoint(self, request: web.Request) -> web.Response:
+        return await self._sync(request, request.path, None)
+
+    async def _sync(self, request: web.Request, endpoint: str, deployment: str | None) -> web.Response:
         try:
             body = orjson.loads(await request.read())
         except orjson.JSONDecodeError:
             return _error(400, "We could not parse the JSON body of your request.")
         self.stats["sync_requests"] += 1
+        if deployment is not None and isinstance(body, dict):
+            body["model"] = deployment
         if isinstance(body, dict) and body.get("service_tier") == "flex":
-            refusal = await self._flex_gate(request.path, body)
+            refusal = await self._flex_gate(endpoint, body)
             if refusal is not None:
                 return refusal
         elif self.faults.standard_latency:
             await asyncio.sleep(self.faults.standard_latency)
         if isinstance(body, dict) and body.get("service_tier") != "flex":
             self.stats["standard_requests"] += 1
-        status, payload = self.respond(request.path, body, custom_id=None)
+        status, payload = self.respond(endpoint, body, custom_id=None)
         if self.faults.minimal:
             payload.pop("service_tier", None)
         return _json(payload, status=status)
@@ -705,7 +759,13 @@ class EmulatorThread:
 
     @property
     def base_url(self) -> str:
+        """The OpenAI SDK's base URL."""
         return f"http://{self.host}:{self.port}/v1"
+
+    @property
+    def root_url(self) -> str:
+        """The server's root: the Anthropic SDK's base URL, and Azure's resource endpoint."""
+        return f"http://{self.host}:{self.port}"
 
     def start(self) -> str:
         """Start serving (idempotent); return the base URL."""

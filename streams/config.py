@@ -13,20 +13,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 
 from streams.errors import ConfigError
+from streams.provider_config import DEFAULT_PROVIDER, KIND_ENDPOINTS, Frozen, ProviderSettings
 from streams.units import ByteSize, Duration
 
-#: Provider limits of the OpenAI Batch API; windows are capped by them.
-PROVIDER_MAX_REQUESTS = 50_000
-PROVIDER_MAX_BYTES = 200 * 1000 * 1000
-
-Endpoint = Literal["/v1/chat/completions", "/v1/responses", "/v1/embeddings"]
-
-
-class Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+Endpoint = Literal["/v1/chat/completions", "/v1/responses", "/v1/embeddings", "/v1/messages"]
 
 
 class KafkaSettings(Frozen):
@@ -52,36 +45,6 @@ class KafkaSettings(Frozen):
         ):
             raise ValueError("sasl_mechanism, sasl_username and sasl_password are required with SASL")
         return self
-
-
-class ProviderLimits(Frozen):
-    max_requests_per_batch: int = Field(PROVIDER_MAX_REQUESTS, ge=1)
-    max_bytes_per_batch: ByteSize = Field(PROVIDER_MAX_BYTES, ge=1024)
-
-
-class ProviderSettings(Frozen):
-    base_url: str = "https://api.openai.com/v1"
-    api_key: SecretStr
-    organization: str | None = None
-    #: Client timeout of one HTTP call (uploads and downloads of 200 MB need long ones).
-    timeout: Duration = Field(900.0, gt=0)
-    #: Retries the openai SDK makes itself on connection errors, 408, 409, 429 and 5xx.
-    max_retries: int = Field(2, ge=0)
-    #: How often an in-flight batch is polled.
-    poll_interval: Duration = Field(10.0, gt=0)
-    #: Retries of a cut-off or failed result download before the batch is retried later.
-    download_attempts: int = Field(5, ge=1)
-    #: A batch-create call is abandoned after this long (no SDK retries); after a crash, the
-    #: window's next owner looks this long for a batch the old owner was creating.
-    create_timeout: Duration = Field(60.0, gt=0)
-    #: How long a batch cancelled at ``max_batch_latency`` may take to reach ``cancelled``;
-    #: after that its unfinished part goes flex without waiting for the finished part.
-    cancel_wait: Duration = Field(60.0, gt=0)
-    #: Delete a window's files at the provider once they are no longer needed: its input file
-    #: once its batch ended, output and error files once their results are written. They hold
-    #: user data; ``false`` keeps them (the provider's own retention then applies).
-    delete_files: bool = True
-    limits: ProviderLimits = ProviderLimits()
 
 
 class WindowSettings(Frozen):
@@ -142,6 +105,9 @@ class TemplateSettings(Frozen):
 
 class PipelineSettings(Frozen):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    #: The entry of ``providers`` serving this pipeline; unset, the ``provider:`` entry (or the
+    #: only entry of ``providers``).
+    provider: str | None = None
     input_topic: str
     output_topic: str
     dead_letter_topic: str
@@ -150,8 +116,11 @@ class PipelineSettings(Frozen):
     #: ``batch`` windows every event into Batch API jobs; ``flex`` calls the provider once per
     #: event with ``service_tier="flex"``; ``auto`` routes each event by its deadline.
     mode: Literal["batch", "flex", "auto"] = "batch"
+    #: Unset: ``/v1/messages`` on an Anthropic provider, ``/v1/chat/completions`` elsewhere.
     endpoint: Endpoint = "/v1/chat/completions"
     model: str
+    #: ``/v1/messages``: the ``max_tokens`` of a request that sets none (Anthropic requires it).
+    max_tokens: int = Field(1024, ge=1)
     window: WindowSettings = WindowSettings()
     retry: RetrySettings = RetrySettings()
     template: TemplateSettings = TemplateSettings()
@@ -211,12 +180,38 @@ class PipelineSettings(Frozen):
 
 class Settings(Frozen):
     kafka: KafkaSettings = KafkaSettings()
-    provider: ProviderSettings
+    #: The default provider (named ``default``): serves every pipeline that names none.
+    provider: ProviderSettings | None = None
+    #: Providers by name, for pipelines that name one (``provider: claude``).
+    providers: dict[str, ProviderSettings] = Field(default_factory=dict)
     pipelines: list[PipelineSettings] = Field(min_length=1)
     #: Port of the Prometheus metrics endpoint; 0 disables it.
     metrics_port: int = Field(0, ge=0, le=65535)
     #: Address the metrics endpoint binds to (``0.0.0.0`` to be scraped from outside a container).
     metrics_host: str = "127.0.0.1"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _endpoint_by_kind(cls, data: Any) -> Any:
+        # A pipeline that names no endpoint gets its provider kind's default (/v1/messages on Anthropic).
+        if not isinstance(data, dict) or not isinstance(data.get("pipelines"), list):
+            return data
+        raw = (
+            {name: p for name, p in (data.get("providers") or {}).items()}
+            if isinstance(data.get("providers"), dict)
+            else {}
+        )
+        if isinstance(data.get("provider"), dict):
+            raw[DEFAULT_PROVIDER] = data["provider"]
+        kinds = {name: p.get("kind", "openai") for name, p in raw.items() if isinstance(p, dict)}
+        pipelines = []
+        for pipeline in data["pipelines"]:
+            if isinstance(pipeline, dict) and "endpoint" not in pipeline:
+                name = pipeline.get("provider") or _default_name(kinds)
+                if isinstance(name, str) and kinds.get(name) in KIND_ENDPOINTS:
+                    pipeline = {**pipeline, "endpoint": KIND_ENDPOINTS[kinds[name]][0]}
+            pipelines.append(pipeline)
+        return {**data, "pipelines": pipelines}
 
     @model_validator(mode="after")
     def _unique_names(self) -> Settings:
@@ -224,6 +219,63 @@ class Settings(Frozen):
         if len(set(names)) != len(names):
             raise ValueError("pipeline names must be unique")
         return self
+
+    @model_validator(mode="after")
+    def _providers_fit(self) -> Settings:
+        if self.provider is None and not self.providers:
+            raise ValueError("provider: required (or a providers: map)")
+        if self.provider is not None and DEFAULT_PROVIDER in self.providers:
+            raise ValueError(f"providers.{DEFAULT_PROVIDER}: the name is taken by provider:")
+        for index, pipeline in enumerate(self.pipelines):
+            name, provider = self.provider_of(pipeline, index)
+            _fits(f"pipelines.{index}.", pipeline, name, provider)
+        return self
+
+    def named_providers(self) -> dict[str, ProviderSettings]:
+        """Every configured provider by name (``provider:`` as ``default``)."""
+        found = dict(self.providers)
+        if self.provider is not None:
+            found[DEFAULT_PROVIDER] = self.provider
+        return found
+
+    def provider_of(self, pipeline: PipelineSettings, index: int | None = None) -> tuple[str, ProviderSettings]:
+        """The name and settings of the provider serving ``pipeline``."""
+        where = f"pipelines.{self.pipelines.index(pipeline) if index is None else index}.provider"
+        named = self.named_providers()
+        name = pipeline.provider or _default_name({n: p.kind for n, p in named.items()})
+        if name is None:
+            raise ValueError(f"{where}: required when several providers are configured ({', '.join(sorted(named))})")
+        if name not in named:
+            raise ValueError(f"{where}: no provider named {name!r} (configured: {', '.join(sorted(named))})")
+        return name, named[name]
+
+
+def _default_name(kinds: dict[str, Any]) -> str | None:
+    if DEFAULT_PROVIDER in kinds:
+        return DEFAULT_PROVIDER
+    return next(iter(kinds)) if len(kinds) == 1 else None
+
+
+def _fits(base: str, pipeline: PipelineSettings, name: str, provider: ProviderSettings) -> None:
+    """A pipeline asks only what its provider offers; the error names the pipeline's field."""
+    kind = provider.kind
+    if pipeline.endpoint not in KIND_ENDPOINTS[kind]:
+        raise ValueError(f"{base}endpoint: provider {name!r} (kind: {kind}) serves "
+                         f"{', '.join(KIND_ENDPOINTS[kind])}, not {pipeline.endpoint}")  # fmt: skip
+    if kind == "anthropic" and pipeline.metadata:
+        raise ValueError(f"{base}metadata: Anthropic message batches carry no metadata")
+    if provider.offers_flex or pipeline.flex.fallback == "standard":
+        return
+    if pipeline.mode != "batch":
+        field, what = "mode", f"mode: {pipeline.mode}"
+    elif pipeline.max_batch_latency is not None:
+        field, what = "max_batch_latency", "max_batch_latency"
+    else:
+        return
+    raise ValueError(
+        f"{base}{field}: provider {name!r} (kind: {kind}) has no flex tier, so {what} cannot call it with flex; "
+        "set flex.fallback: standard to make those calls at the standard (real-time) price, or use mode: batch"
+    )
 
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -252,8 +304,10 @@ def interpolate(value: Any, env: dict[str, str], path: str = "") -> Any:
 def format_validation_error(source: str, exc: ValidationError) -> str:
     lines = [f"invalid configuration in {source}:"]
     for error in exc.errors(include_url=False, include_input=False):
-        field = ".".join(str(part) for part in error["loc"]) or "(top level)"
-        lines.append(f"  {field}: {error['msg'].removeprefix('Value error, ')}")
+        message = error["msg"].removeprefix("Value error, ")
+        field = ".".join(str(part) for part in error["loc"])
+        # A check across sections names its own field (``pipelines.0.mode: ...``).
+        lines.append(f"  {field}: {message}" if field else f"  {message}")
     return "\n".join(lines)
 
 

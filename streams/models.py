@@ -1,13 +1,13 @@
 """The event contract: what flows in, and the records that flow out.
 
 Input values are JSON objects. A *request event* ``{"id": ..., "body": {...}}`` (``body``
-an object) carries an OpenAI request body as is; any other object, including one whose
-``body`` is a string such as a ticket's text, is rendered into a body by the pipeline's
-template. ``id`` is optional: the default is ``<topic>/<partition>/<offset>``, stable across
-replays. In ``mode: auto`` an event may carry a ``deadline`` (field or Kafka header): an
-ISO 8601 time with a zone, or epoch seconds. Anything else (undecodable bytes, invalid
-JSON, a non-object, an oversized value, a template that does not fit, a bad deadline)
-becomes a dead letter at once.
+an object) carries a request body for the pipeline's endpoint as is (OpenAI's or
+Anthropic's); any other object, including one whose ``body`` is a string such as a ticket's
+text, is rendered into a body by the pipeline's template. ``id`` is optional: the default
+is ``<topic>/<partition>/<offset>``, stable across replays. In ``mode: auto`` an event may
+carry a ``deadline`` (field or Kafka header): an ISO 8601 time with a zone, or epoch
+seconds. Anything else (undecodable bytes, invalid JSON, a non-object, an oversized value,
+a template that does not fit, a bad deadline) becomes a dead letter at once.
 """
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ ReasonCode = Literal[
     "invalid_output",
     "flex_unavailable",
 ]
+
+#: Anthropic's Messages endpoint (the others are OpenAI's).
+MESSAGES = "/v1/messages"
 
 #: Raw Kafka headers as faust and aiokafka hand them over.
 Headers = Mapping[str, bytes] | Iterable[tuple[str, bytes]] | None
@@ -84,8 +87,9 @@ class Request:
         # back to its event even after a restart, when the event is re-read by offset.
         return f"{self.source.partition}-{self.source.offset}"
 
-    def jsonl_line(self) -> bytes:
-        line = {"custom_id": self.custom_id, "method": "POST", "url": self.endpoint, "body": self.body}
+    def jsonl_line(self, url: str | None = None) -> bytes:
+        """The request as a line of an OpenAI-format batch file (``url``: the endpoint as the provider names it)."""
+        line = {"custom_id": self.custom_id, "method": "POST", "url": url or self.endpoint, "body": self.body}
         return orjson.dumps(line) + b"\n"
 
 
@@ -109,6 +113,28 @@ class Timestamps(BaseModel):
     completed: float | None
 
 
+class Tokens(BaseModel):
+    """Token counts of one result, the same for every provider (``usage`` keeps the provider's own)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    input: int
+    output: int
+
+    @classmethod
+    def of(cls, usage: Any) -> Tokens | None:
+        """From any provider's ``usage``: OpenAI's prompt/completion or input/output tokens, Anthropic's
+        input/output tokens (cache writes and reads count as input)."""
+        if not isinstance(usage, dict):
+            return None
+
+        def count(*names: str) -> int:
+            return sum(v for n in names if isinstance(v := usage.get(n), int) and not isinstance(v, bool))
+
+        spent = count("prompt_tokens", "input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+        return cls(input=spent, output=count("completion_tokens", "output_tokens"))
+
+
 class Result(BaseModel):
     """One succeeded event, on the output topic."""
 
@@ -117,12 +143,15 @@ class Result(BaseModel):
     id: str
     pipeline: str
     task_version: str
+    #: The name of the provider that served it (``default`` for the ``provider:`` entry).
+    provider: str | None = None
     mode: str
     batch_id: str | None
     service_tier: str | None = None
     output: Any
     response: dict[str, Any]
     usage: dict[str, Any] | None
+    tokens: Tokens | None = None
     source: SourceRecord
     timestamps: Timestamps
 
@@ -147,14 +176,14 @@ class DeadLetter(BaseModel):
 
 def task_version(cfg: PipelineSettings) -> str:
     """A short hash of what determines an output: endpoint, model, template and parameters."""
-    material = orjson.dumps(
-        {
-            "endpoint": cfg.endpoint,
-            "model": cfg.model,
-            "template": cfg.template.model_dump(mode="json"),
-        },
-        option=orjson.OPT_SORT_KEYS,
-    )
+    what: dict[str, Any] = {
+        "endpoint": cfg.endpoint,
+        "model": cfg.model,
+        "template": cfg.template.model_dump(mode="json"),
+    }
+    if cfg.endpoint == MESSAGES:
+        what["max_tokens"] = cfg.max_tokens
+    material = orjson.dumps(what, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(material).hexdigest()[:12]
 
 
@@ -169,6 +198,8 @@ def _render_body(cfg: PipelineSettings, event: dict[str, Any]) -> dict[str, Any]
     user = template.user.format_map(fields) if template.user else orjson.dumps(event).decode()
     if cfg.endpoint == "/v1/embeddings":
         return {"model": cfg.model, "input": user, **template.parameters}
+    if cfg.endpoint == MESSAGES:
+        return _messages_body(cfg, fields, user)
     messages: list[dict[str, str]] = []
     if template.system:
         messages.append({"role": "system", "content": template.system.format_map(fields)})
@@ -185,6 +216,33 @@ def _render_body(cfg: PipelineSettings, event: dict[str, Any]) -> dict[str, Any]
     return body
 
 
+def _messages_body(cfg: PipelineSettings, fields: _Missing, user: str) -> dict[str, Any]:
+    """Anthropic's shape: ``system`` apart from ``messages``, ``max_tokens`` required, and JSON
+    output through a tool the model must call (its input is the output)."""
+    template = cfg.template
+    body: dict[str, Any] = {"model": cfg.model, "max_tokens": cfg.max_tokens,
+                            "messages": [{"role": "user", "content": user}]}  # fmt: skip
+    if template.system:
+        body["system"] = template.system.format_map(fields)
+    if template.response_format:
+        body.update(json_tool(template.response_format))
+    body.update(template.parameters)
+    return body
+
+
+def json_tool(response_format: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI ``response_format`` as Anthropic ``tools`` + ``tool_choice`` forcing that tool."""
+    spec = response_format.get("json_schema") if response_format.get("type") == "json_schema" else None
+    spec = spec if isinstance(spec, dict) else {}
+    name = str(spec.get("name") or "output")
+    tool = {
+        "name": name,
+        "description": str(spec.get("description") or "Give the answer as this tool's input."),
+        "input_schema": spec.get("schema") or {"type": "object"},
+    }
+    return {"tools": [tool], "tool_choice": {"type": "tool", "name": name}}
+
+
 def _responses_format(response_format: dict[str, Any]) -> dict[str, Any]:
     # The Responses API flattens chat's {"type": "json_schema", "json_schema": {...}}.
     if response_format.get("type") == "json_schema" and "json_schema" in response_format:
@@ -193,6 +251,10 @@ def _responses_format(response_format: dict[str, Any]) -> dict[str, Any]:
 
 
 def wants_json(endpoint: str, body: dict[str, Any]) -> bool:
+    if endpoint == MESSAGES:
+        choice, fmt = body.get("tool_choice"), body.get("output_format")
+        forced = isinstance(choice, dict) and choice.get("type") == "tool"
+        return forced or (isinstance(fmt, dict) and fmt.get("type") == "json_schema")
     if endpoint == "/v1/responses":
         fmt = (body.get("text") or {}).get("format") or {}
     else:
@@ -251,6 +313,8 @@ def decode_event(
     if isinstance(event.get("body"), dict):
         body = dict(event["body"])
         body.setdefault("model", cfg.model)
+        if cfg.endpoint == MESSAGES:
+            body.setdefault("max_tokens", cfg.max_tokens)
         if not isinstance(body["model"], str):
             return Rejection("wrong_shape", "'body.model' must be a string")
     else:

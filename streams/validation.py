@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from anthropic.types import MessageParam, message_create_params
 from openai.types import embedding_create_params
 from openai.types.chat import (
     ChatCompletionAssistantMessageParam,
@@ -38,7 +39,10 @@ _PARAMS: dict[str, TypeAdapter[Any]] = {
     "/v1/chat/completions": TypeAdapter(completion_create_params.CompletionCreateParamsNonStreaming),
     "/v1/responses": TypeAdapter(response_create_params.ResponseCreateParamsNonStreaming),
     "/v1/embeddings": TypeAdapter(embedding_create_params.EmbeddingCreateParams),
+    "/v1/messages": TypeAdapter(message_create_params.MessageCreateParamsNonStreaming),
 }
+#: Anthropic's messages: ``user`` and ``assistant`` only (``system`` is a parameter of its own).
+_ANTHROPIC_MESSAGE = TypeAdapter(MessageParam)
 _MESSAGES: dict[str, TypeAdapter[Any]] = {
     "developer": TypeAdapter(ChatCompletionDeveloperMessageParam),
     "system": TypeAdapter(ChatCompletionSystemMessageParam),
@@ -83,17 +87,18 @@ def _check_input(endpoint: str, body: dict[str, Any]) -> str | None:
     return None
 
 
-def _check_messages(body: dict[str, Any]) -> str | None:
+def _check_messages(body: dict[str, Any], anthropic: bool = False) -> str | None:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         return "'messages' must be a non-empty list"
+    roles = {"user": _ANTHROPIC_MESSAGE, "assistant": _ANTHROPIC_MESSAGE} if anthropic else _MESSAGES
     for index, message in enumerate(messages):
         if not isinstance(message, dict):
             return f"'messages.{index}' must be an object"
         role = message.get("role")
-        adapter = _MESSAGES.get(role) if isinstance(role, str) else None
+        adapter = roles.get(role) if isinstance(role, str) else None
         if adapter is None:
-            return f"'messages.{index}.role' must be one of {', '.join(_MESSAGES)}; got {role!r}"
+            return f"'messages.{index}.role' must be one of {', '.join(roles)}; got {role!r}"
         try:
             adapter.validate_python(message)
         except ValidationError as exc:
@@ -108,7 +113,10 @@ def check_body(endpoint: str, body: dict[str, Any]) -> str | None:
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         return "'model' must be a non-empty string"
-    problem = _check_messages(body) if endpoint == "/v1/chat/completions" else _check_input(endpoint, body)
+    if endpoint in ("/v1/chat/completions", "/v1/messages"):
+        problem = _check_messages(body, anthropic=endpoint == "/v1/messages")
+    else:
+        problem = _check_input(endpoint, body)
     if problem is not None:
         return problem
     adapter = _PARAMS.get(endpoint)

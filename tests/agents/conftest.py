@@ -10,20 +10,27 @@ import pytest
 from streams.config import parse_settings
 from tests.agents.lanes import Lane
 
+#: A model (or Azure deployment) per kind of provider.
+MODELS = {"openai": "gpt-5-mini", "azure": "gpt-4o-batch", "anthropic": "claude-sonnet-4-5"}
+
 
 @pytest.fixture
 def make_lane(emulator: Any, tmp_path: Any) -> Callable[..., Lane]:
     """A batch lane against the emulator; ``provider`` and keyword arguments override settings."""
 
     def make(provider: dict[str, Any] | None = None, **pipeline: Any) -> Lane:
+        kind = (provider or {}).get("kind", "openai")
+        where: dict[str, Any] = {"base_url": emulator.base_url if kind == "openai" else emulator.root_url}
+        if kind == "azure":
+            where["api_version"] = "2024-10-21"
         document = {
             "provider": {
-                "base_url": emulator.base_url, "api_key": "sk-unit", "poll_interval": 0.05, "max_retries": 0,
+                **where, "api_key": "sk-unit", "poll_interval": 0.05, "max_retries": 0,
                 "create_timeout": 5, "cancel_wait": 5, **(provider or {}),
             },
             "pipelines": [{
                 "name": "unit", "input_topic": "in", "output_topic": "out", "dead_letter_topic": "dlq",
-                "model": "gpt-5-mini", "retry": {"attempts": 3, "backoff_initial": "10ms", "backoff_max": "20ms"},
+                "model": MODELS[kind], "retry": {"attempts": 3, "backoff_initial": "10ms", "backoff_max": "20ms"},
                 **pipeline,
             }],
         }  # fmt: skip

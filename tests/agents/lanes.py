@@ -1,6 +1,6 @@
 """A batch lane without Kafka, for unit tests of a window's life.
 
-Provider calls go through the openai SDK to the in-process emulator; the state topic is a
+Provider calls go through the provider's official SDK to the in-process emulator; the state topic is a
 ledger over memory and the output topics are memory sinks, so a test reads exactly which
 records the window wrote, in which order, and what it emitted.
 """
@@ -16,9 +16,9 @@ from agents.inflight import InFlightWindow, WindowServices
 from agents.metrics import PipelineMetrics
 from agents.outbox import Outbox
 from agents.polling import BatchWatch
-from agents.provider import BatchClient
 from agents.state import InputReader, Ledger, PartitionState, WindowRecord
 from agents.tasks import PartitionTasks
+from providers import make_provider
 from sinks import MemorySink
 from streams.config import PipelineSettings, Settings
 from streams.models import DeadLetter, Request, Result, Source, decode_event
@@ -55,13 +55,14 @@ class Lane:
         self.backend = MemoryBackend()
         self.results, self.dead = MemorySink(), MemorySink()
         metrics = PipelineMetrics(f"unit-{id(self)}")
-        client = BatchClient(settings.provider)
+        client = make_provider(*settings.provider_of(self.cfg))
         self.client = client
         self.services = WindowServices(
-            cfg=self.cfg, provider=settings.provider, client=client, ledger=Ledger(self.backend),
-            outbox=Outbox(self.cfg, self.results, self.dead, metrics), flex=FlexRunner(self.cfg, client, metrics),
+            cfg=self.cfg, provider=client.settings, client=client, ledger=Ledger(self.backend),
+            outbox=Outbox(self.cfg, self.results, self.dead, metrics, provider=client.name),
+            flex=FlexRunner(self.cfg, client, metrics),
             tasks=PartitionTasks(), reader=InputReader("127.0.0.1:9", self.cfg.input_topic), workdir=tmp_path,
-            metrics=metrics, watch=BatchWatch(client, settings.provider, self.cfg.retry, metrics),
+            metrics=metrics, watch=BatchWatch(client, client.settings, self.cfg.retry, metrics),
         )  # fmt: skip
 
     def requests(self, n: int, partition: int = 0, poison: Iterable[int] = ()) -> list[Request]:

@@ -2,8 +2,9 @@ import random
 
 import pytest
 
-from agents.outcomes import classify, extract_output
+from agents.outcomes import extract_output
 from agents.retry import backoff
+from providers.openai import classify
 from streams.errors import InvalidOutputError
 
 

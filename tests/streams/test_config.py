@@ -1,5 +1,6 @@
 from pathlib import Path
-from typing import get_args, get_origin
+from types import UnionType
+from typing import Union, get_args, get_origin
 
 import pytest
 from pydantic import BaseModel
@@ -86,6 +87,9 @@ def leaf_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     keys = []
     for name, field in model.model_fields.items():
         annotation = field.annotation
+        options = [a for a in get_args(annotation) if a is not type(None)]
+        if get_origin(annotation) in (Union, UnionType) and len(options) == 1:
+            annotation = options[0]  # an optional section: its keys count
         if annotation is not None and get_origin(annotation) is list and get_args(annotation)[0] is PipelineSettings:
             keys += leaf_keys(PipelineSettings)
         elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
@@ -98,7 +102,90 @@ def leaf_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
 def test_every_setting_is_in_the_configuration_reference() -> None:
     reference = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
     keys = leaf_keys(Settings)
-    assert "flex.fallback" in keys and "kafka" not in keys
+    assert {"flex.fallback", "provider.kind", "provider.limits.max_bytes_per_batch"} <= set(keys)
+    assert "kafka" not in keys
     missing = [key for key in keys if f"`{key.split('.', 1)[1] if key.startswith(('kafka.', 'provider.')) else key}`"
                not in reference]  # fmt: skip
     assert missing == [], "settings missing from docs/configuration.md"
+
+
+def _two_providers(**pipeline: object) -> dict[str, object]:
+    return {
+        "providers": {
+            "claude": {"kind": "anthropic", "api_key": "${ANTHROPIC_API_KEY}"},
+            "gpt": {"kind": "openai", "api_key": "${OPENAI_API_KEY}"},
+        },
+        "pipelines": [{"name": "t", "input_topic": "in", "output_topic": "out", "dead_letter_topic": "dlq",
+                       "model": "claude-sonnet-4-5", **pipeline}],
+    }  # fmt: skip
+
+
+def test_a_providers_map_serves_pipelines_by_name_with_the_kinds_endpoint_by_default() -> None:
+    env = {"ANTHROPIC_API_KEY": "sk-ant-secret", "OPENAI_API_KEY": "sk-secret"}
+    settings = parse_settings(_two_providers(provider="claude"), env=env)
+    pipeline = settings.pipelines[0]
+    name, provider = settings.provider_of(pipeline)
+    assert (name, provider.kind, pipeline.endpoint, pipeline.max_tokens) == (
+        "claude",
+        "anthropic",
+        "/v1/messages",
+        1024,
+    )
+    assert provider.batch_limits == (100_000, 256_000_000)
+    assert "sk-ant-secret" not in repr(settings)
+
+
+def test_the_single_provider_form_is_the_default_provider_unchanged() -> None:
+    settings = parse_settings(MINIMAL, env={"OPENAI_API_KEY": "k"})
+    name, provider = settings.provider_of(settings.pipelines[0])
+    assert (name, provider.kind, settings.pipelines[0].endpoint) == ("default", "openai", "/v1/chat/completions")
+    assert provider.batch_limits == (50_000, 200_000_000)
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "message"),
+    [
+        ({}, r"pipelines\.0\.provider: required when several providers are configured \(claude, gpt\)"),
+        ({"provider": "gemini"}, r"pipelines\.0\.provider: no provider named 'gemini' \(configured: claude, gpt\)"),
+        (
+            {"provider": "claude", "endpoint": "/v1/chat/completions"},
+            r"pipelines\.0\.endpoint: provider 'claude' \(kind: anthropic\) serves /v1/messages",
+        ),
+        ({"provider": "gpt", "endpoint": "/v1/messages"}, r"pipelines\.0\.endpoint: provider 'gpt' \(kind: openai\)"),
+        (
+            {"provider": "claude", "mode": "flex"},
+            r"pipelines\.0\.mode: provider 'claude' \(kind: anthropic\) has no "
+            r"flex tier.*set flex\.fallback: standard",
+        ),
+        (
+            {"provider": "claude", "max_batch_latency": "1h", "flex": {"fallback": "dead_letter"}},
+            r"pipelines\.0\.max_batch_latency: provider 'claude' \(kind: anthropic\) has no flex tier",
+        ),
+        ({"provider": "claude", "metadata": {"team": "a"}}, r"pipelines\.0\.metadata: Anthropic message batches"),
+    ],
+)
+def test_a_pipeline_asking_what_its_provider_lacks_fails_naming_the_field(
+    pipeline: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_settings(_two_providers(**pipeline), env={"ANTHROPIC_API_KEY": "a", "OPENAI_API_KEY": "o"})
+
+
+def test_flex_on_a_provider_without_flex_is_allowed_only_with_the_standard_fallback() -> None:
+    settings = parse_settings(_two_providers(provider="claude", mode="flex", flex={"fallback": "standard"}),
+                              env={"ANTHROPIC_API_KEY": "a", "OPENAI_API_KEY": "o"})  # fmt: skip
+    assert settings.pipelines[0].mode == "flex"
+
+
+@pytest.mark.parametrize(
+    ("provider", "message"),
+    [
+        ({"kind": "azure", "api_key": "k", "base_url": "https://x.openai.azure.com"}, r"provider: .*api_version"),
+        ({"kind": "anthropic", "api_key": "k", "organization": "org"}, r"provider: organization is an openai setting"),
+        ({"kind": "gemini", "api_key": "k"}, r"provider\.kind"),
+    ],
+)
+def test_bad_provider_entries_name_the_field(provider: dict[str, object], message: str) -> None:
+    doc = {**MINIMAL, "provider": provider}
+    with pytest.raises(ConfigError, match=message):
+        parse_settings(doc, env={})

@@ -1,5 +1,6 @@
-from streams.config import parse_settings
-from streams.models import Rejection, Request, Source, decode_event
+from agents.outcomes import extract_output
+from streams.config import PipelineSettings, parse_settings
+from streams.models import Rejection, Request, Source, Tokens, decode_event
 from tests.support import settings_document
 
 SETTINGS = parse_settings(
@@ -44,3 +45,57 @@ def test_rejections_say_why() -> None:
     for raw, reason in cases.items():
         got = decode_event(PIPE, SRC, None, raw)
         assert isinstance(got, Rejection) and got.reason == reason, raw
+
+
+def _anthropic_pipeline(**overrides: object) -> PipelineSettings:
+    return PipelineSettings(
+        name="t",
+        input_topic="in",
+        output_topic="out",
+        dead_letter_topic="dlq",
+        model="claude-sonnet-4-5",
+        endpoint="/v1/messages",
+        **overrides,
+    )  # type: ignore[arg-type]
+
+
+def test_anthropic_templates_put_system_apart_require_max_tokens_and_ask_json_through_a_forced_tool() -> None:
+    schema = {"type": "object", "properties": {"label": {"type": "string"}}, "required": ["label"]}
+    cfg = _anthropic_pipeline(max_tokens=300, template={
+        "system": "Triage {team}.", "user": "{subject}",
+        "response_format": {"type": "json_schema", "json_schema": {"name": "triage", "schema": schema}},
+    })  # fmt: skip
+    request = decode_event(cfg, Source("in", 0, 5), None, b'{"team": "ops", "subject": "printer on fire"}')
+    assert isinstance(request, Request)
+    assert request.body == {
+        "model": "claude-sonnet-4-5", "max_tokens": 300, "system": "Triage ops.",
+        "messages": [{"role": "user", "content": "printer on fire"}],
+        "tools": [{"name": "triage", "description": "Give the answer as this tool's input.", "input_schema": schema}],
+        "tool_choice": {"type": "tool", "name": "triage"},
+    }  # fmt: skip
+    assert request.wants_json
+    answer = {"content": [{"type": "tool_use", "id": "t", "name": "triage", "input": {"label": "bug"}}]}
+    assert extract_output("/v1/messages", answer, True) == {"label": "bug"}
+    assert extract_output("/v1/messages", {"content": [{"type": "text", "text": "hi"}]}, False) == "hi"
+
+
+def test_an_anthropic_request_event_gets_the_default_max_tokens_and_is_validated() -> None:
+    cfg = _anthropic_pipeline()
+    ok = decode_event(cfg, Source("in", 0, 1), None, b'{"body": {"messages": [{"role": "user", "content": "x"}]}}')
+    assert isinstance(ok, Request) and ok.body["max_tokens"] == 1024 and ok.body["model"] == "claude-sonnet-4-5"
+    bad = decode_event(cfg, Source("in", 0, 2), None, b'{"body": {"messages": [{"role": "system", "content": "x"}]}}')
+    assert isinstance(bad, Rejection) and bad.reason == "invalid_request" and "messages.0.role" in bad.message
+
+
+def test_tokens_are_normalized_from_every_provider_usage() -> None:
+    assert Tokens.of({"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}) == Tokens(input=10, output=3)
+    assert Tokens.of({"input_tokens": 7, "output_tokens": 2}) == Tokens(input=7, output=2)
+    anthropic = {
+        "input_tokens": 5,
+        "cache_creation_input_tokens": 100,
+        "cache_read_input_tokens": 20,
+        "output_tokens": 9,
+    }
+    assert Tokens.of(anthropic) == Tokens(input=125, output=9)
+    assert Tokens.of({"prompt_tokens": 4, "total_tokens": 4}) == Tokens(input=4, output=0)
+    assert Tokens.of(None) is None

@@ -1,0 +1,272 @@
+"""The provider boundary: what the batch and flex lanes ask of any provider.
+
+Two interfaces, implemented once per kind of provider through its official SDK:
+
+- **batch jobs**: stage a window round's requests (upload a file, where the API takes one),
+  create a job under a tag, read its status (:class:`Job`, with request counts), cancel it,
+  read its per-request outcomes keyed by custom id (:class:`LineOutcome`), find a job by its
+  tag after a crash (where the API can), and clean up what the job left at the provider;
+- **one-off calls**: one request, asking for the flex tier or not (:class:`Reply` says which
+  tier served it); a 429 is :class:`~streams.errors.ProviderBackpressure`.
+
+Every SDK exception is mapped to the project's hierarchy at this boundary (``raise ... from``):
+429 -> ProviderBackpressure, 5xx / 408 / 409 / timeouts / connection errors / cut-off
+downloads -> ProviderUnavailable, any other 4xx -> ProviderRejected. Messages never carry a key.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal, TypeVar
+
+import anthropic
+import httpx
+import openai
+import orjson
+
+from streams.errors import ProviderBackpressure, ProviderError, ProviderRejected, ProviderUnavailable
+from streams.models import Request
+from streams.provider_config import ProviderSettings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+JobState = Literal["running", "ending", "ended", "failed"]
+
+#: Item error codes worth another round (the request itself may well succeed next time).
+RETRIABLE_CODES = frozenset({
+    "server_error", "rate_limit_exceeded", "batch_expired", "batch_cancelled", "timeout",
+    "internal_error", "service_unavailable", "overloaded",
+})  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A batch job as the lanes see it, whatever the provider.
+
+    ``state``: ``running`` (queued or in progress), ``ending`` (cancelling, finalizing: results
+    not final yet), ``ended`` (per-request outcomes can be read; some may be missing, expired or
+    cancelled) or ``failed`` (nothing ran: ``errors`` says why, as ``{code, line, message}``).
+    """
+
+    id: str
+    status: str
+    state: JobState
+    created_at: float
+    ended_at: float | None = None
+    total: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    #: Provider files holding the job's input and results (deleted by ``cleanup``).
+    input_file_id: str | None = None
+    result_files: tuple[str, ...] = ()
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in ("ended", "failed")
+
+
+@dataclass(frozen=True, slots=True)
+class LineOutcome:
+    """What one request's batch result says: ``ok`` (``body`` is the response), ``retry`` or ``fail``."""
+
+    kind: Literal["ok", "retry", "fail"]
+    body: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+
+    @property
+    def message(self) -> str:
+        error = self.error or {}
+        return str(error.get("message") or error.get("code") or "request failed")
+
+
+MISSING = LineOutcome("retry", error={"code": "missing_result", "message": "no result line for this request"})
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The answer to a one-off call; ``tier`` is what the provider says served it (None: it does not say)."""
+
+    body: dict[str, Any]
+    tier: str | None
+
+
+class BatchRefused(ProviderRejected):
+    """The provider refused to create a job for these requests; ``errors`` as a failed job's."""
+
+    def __init__(self, message: str, errors: list[dict[str, Any]], *, status_code: int | None = None) -> None:
+        super().__init__(message, status_code=status_code)
+        self.errors = errors
+
+
+_RATE_LIMITED = (openai.RateLimitError, anthropic.RateLimitError)
+_STATUS = (openai.APIStatusError, anthropic.APIStatusError)
+_TRANSPORT = (openai.APITimeoutError, openai.APIConnectionError, anthropic.APITimeoutError,
+              anthropic.APIConnectionError, httpx.TransportError)  # fmt: skip
+SDK_ERRORS = (openai.OpenAIError, anthropic.AnthropicError, httpx.HTTPError)
+
+
+def _retry_after(exc: openai.APIStatusError | anthropic.APIStatusError) -> float | None:
+    value = exc.response.headers.get("retry-after")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _code_and_param(exc: openai.APIStatusError | anthropic.APIStatusError) -> tuple[str | None, str | None]:
+    if isinstance(exc, openai.APIStatusError):
+        return exc.code, exc.param
+    body: dict[str, Any] = exc.body if isinstance(exc.body, dict) else {}
+    inner: dict[str, Any] = body["error"] if isinstance(body.get("error"), dict) else {}
+    return (inner["type"] if isinstance(inner.get("type"), str) else None), None
+
+
+def map_error(exc: Exception, what: str) -> ProviderError:
+    """Translate an SDK or transport exception into a ProviderError (no secrets in messages)."""
+    if isinstance(exc, _RATE_LIMITED):
+        code, _ = _code_and_param(exc)
+        return ProviderBackpressure(f"{what}: {exc.message}", retry_after=_retry_after(exc), code=code)
+    if isinstance(exc, _STATUS):
+        status = exc.status_code
+        code, param = _code_and_param(exc)
+        message = f"{what}: HTTP {status}: {exc.message}"
+        # 529 is Anthropic's "overloaded": transient, as every 5xx.
+        kind = ProviderUnavailable if status >= 500 or status in (408, 409) else ProviderRejected
+        return kind(message, status_code=status, code=code, param=param)
+    if isinstance(exc, _TRANSPORT):
+        return ProviderUnavailable(f"{what}: {type(exc).__name__}: {exc}")
+    return ProviderUnavailable(f"{what}: {type(exc).__name__}: {exc}")
+
+
+async def guarded(what: str, call: Callable[[], Awaitable[T]]) -> T:
+    """Await an SDK call, mapping its exceptions at the boundary."""
+    try:
+        return await call()
+    except SDK_ERRORS as exc:
+        raise map_error(exc, what) from exc
+
+
+class Provider(ABC):
+    """One configured provider: batch jobs and one-off calls. ``close()`` is idempotent."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, name: str, settings: ProviderSettings) -> None:
+        self.name = name
+        self.settings = settings
+        #: False once jobs cannot be looked up by tag (the API has no metadata, or listing was refused).
+        self.can_find = True
+
+    @property
+    def offers_flex(self) -> bool:
+        return self.settings.offers_flex
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    # -- batch jobs ---------------------------------------------------------------------
+    @abstractmethod
+    async def stage(self, requests: list[Request], path: Path) -> str | None:
+        """Upload the requests as the round's input file (via ``path``); None when a create call carries them."""
+
+    @abstractmethod
+    async def create(
+        self, requests: list[Request], *, staged: str | None, endpoint: str, tag: str, metadata: dict[str, str]
+    ) -> Job:
+        """Create the job (one call, never retried by the SDK); BatchRefused when the requests are refused."""
+
+    @abstractmethod
+    async def retrieve(self, job_id: str) -> Job: ...
+
+    @abstractmethod
+    async def cancel(self, job_id: str) -> Job: ...
+
+    @abstractmethod
+    async def results(self, job: Job, workdir: Path) -> dict[str, LineOutcome]:
+        """Per-request outcomes of an ended job, by custom id (downloads retried when cut off)."""
+
+    @abstractmethod
+    async def find(self, tag: str, *, created_after: float) -> Job | None:
+        """The newest job created under ``tag`` since ``created_after``; None where none is found or none can be."""
+
+    @abstractmethod
+    async def discard_staged(self, staged: str | None) -> None:
+        """Delete a round's input file once no job needs it (``delete_files``); failures are only logged."""
+
+    @abstractmethod
+    async def cleanup(self, job: Job) -> None:
+        """Delete what an ended job left at the provider (``delete_files``); failures are only logged."""
+
+    # -- one-off calls --------------------------------------------------------------------
+    @abstractmethod
+    async def call(self, endpoint: str, body: dict[str, Any], *, flex: bool, timeout: float) -> Reply:
+        """One synchronous request, with the flex tier when ``flex`` (no SDK retries: the caller's budget)."""
+
+    def refuses_flex(self, exc: ProviderRejected) -> bool:
+        """Whether a refusal says the model does not offer the flex tier."""
+        return exc.param == "service_tier" or "service_tier" in str(exc)
+
+
+def iter_jsonl(path: Path) -> Iterator[Any]:
+    """Parsed lines of a JSONL file, skipping blank lines."""
+    with path.open("rb") as fh:
+        for raw in fh:
+            if raw.strip():
+                yield orjson.loads(raw)
+
+
+async def download_checked(what: str, stream: Callable[[], Any], dest: Path, *, attempts: int) -> Path:
+    """Stream a result file to ``dest``; retried when cut off.
+
+    ``stream()`` opens the SDK's streaming response: an async context manager giving the
+    response headers and its body's chunks. A download counts as complete only when every line
+    parses as JSON and, for a response sent as is (no Content-Encoding), when the byte count
+    matches Content-Length.
+    """
+    last: ProviderError | None = None
+    for attempt in range(1, attempts + 1):
+        try:
+            await guarded(what, lambda: _download_once(what, stream, dest))
+            for _ in iter_jsonl(dest):
+                pass
+            return dest
+        except orjson.JSONDecodeError as exc:
+            last = ProviderUnavailable(f"{what} is truncated: {exc}")
+        except ProviderError as exc:
+            if not exc.retriable:
+                raise
+            last = exc
+        log.warning("%s failed (attempt %d): %s", what, attempt, last)
+    assert last is not None
+    raise last
+
+
+async def _download_once(what: str, stream: Callable[[], Any], dest: Path) -> None:
+    async with stream() as (headers, chunks):
+        encoded = headers.get("content-encoding", "identity").lower() != "identity"
+        expected = None if encoded else headers.get("content-length")
+        size = 0
+        with dest.open("wb") as fh:
+            async for chunk in chunks:
+                fh.write(chunk)
+                size += len(chunk)
+    if expected is not None and int(expected) != size:
+        raise ProviderUnavailable(f"{what} cut off at {size} of {expected} bytes")
+
+
+async def quietly(what: str, call: Callable[[], Awaitable[Any]]) -> None:
+    """A clean-up call: a 404 counts as done, any other failure is logged and forgotten."""
+    try:
+        await guarded(what, call)
+    except ProviderRejected as exc:
+        if exc.status_code != 404:
+            log.warning("%s failed: %s", what, exc)
+    except ProviderError as exc:
+        log.warning("%s failed: %s", what, exc)

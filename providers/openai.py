@@ -1,0 +1,246 @@
+"""OpenAI's Batch API and one-off calls, through the official ``openai`` SDK; Azure OpenAI too.
+
+A round's requests go up as a JSONL file (``purpose="batch"``); the batch's metadata carries
+``batchstream_window = <window id>#r<round>``, so a batch created just before a crash is found
+again by listing recent batches. Results are an output file and an error file, each line keyed
+by ``custom_id``; both failure shapes of a line are read (``error`` set, or a non-200
+``response``). Azure OpenAI speaks the same API under deployment names: the pipeline's
+``model`` is the deployment, and batch lines name the endpoint without ``/v1``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO, ClassVar
+
+import openai
+from openai.types import Batch
+
+from providers.base import (
+    MISSING,
+    RETRIABLE_CODES,
+    Job,
+    JobState,
+    LineOutcome,
+    Provider,
+    Reply,
+    download_checked,
+    guarded,
+    iter_jsonl,
+    quietly,
+)
+from streams.errors import ProviderRejected, ProviderUnavailable
+from streams.models import Request
+from streams.provider_config import ProviderSettings
+
+log = logging.getLogger(__name__)
+
+#: Metadata keys batchstream puts on every batch it creates.
+META_PIPELINE = "batchstream_pipeline"
+META_WINDOW = "batchstream_window"
+
+_STATES: dict[str, JobState] = {
+    "validating": "running", "in_progress": "running", "finalizing": "ending", "cancelling": "ending",
+    "completed": "ended", "expired": "ended", "cancelled": "ended", "failed": "failed",
+}  # fmt: skip
+
+
+def job_of(batch: Batch) -> Job:
+    ended = next((v for v in (batch.completed_at, batch.expired_at, batch.cancelled_at, batch.failed_at) if v), None)
+    counts = batch.request_counts
+    errors = [e.model_dump() for e in (batch.errors.data if batch.errors and batch.errors.data else [])]
+    files = tuple(f for f in (batch.output_file_id, batch.error_file_id) if f)
+    return Job(
+        id=batch.id, status=batch.status, state=_STATES.get(batch.status, "running"),
+        created_at=float(batch.created_at), ended_at=float(ended) if ended else None,
+        total=counts.total if counts else 0, succeeded=counts.completed if counts else 0,
+        failed=counts.failed if counts else 0, errors=errors, input_file_id=batch.input_file_id,
+        result_files=files if _STATES.get(batch.status) in ("ended", "failed") else (),
+    )  # fmt: skip
+
+
+def _status_retriable(status: int) -> bool:
+    return status in (408, 409, 429) or status >= 500
+
+
+def classify(line: dict[str, Any] | None) -> LineOutcome:
+    """One output- or error-file line (or None when the line is missing) -> a LineOutcome.
+
+    Handles both failure shapes: ``error`` set with ``response`` null, and ``error`` null
+    with a non-200 ``response.status_code`` whose body holds the error.
+    """
+    if line is None:
+        return MISSING
+    error = line.get("error")
+    response = line.get("response")
+    if isinstance(error, dict):
+        return LineOutcome("retry" if error.get("code") in RETRIABLE_CODES else "fail", error=error)
+    if not isinstance(response, dict):
+        return LineOutcome("retry", error={"code": "malformed_line", "message": "line has neither response nor error"})
+    status = int(response.get("status_code") or 0)
+    body = response.get("body") if isinstance(response.get("body"), dict) else {}
+    if status == 200:
+        return LineOutcome("ok", body=body)
+    inner = body.get("error") if isinstance(body, dict) else None
+    detail = dict(inner) if isinstance(inner, dict) else {"message": f"HTTP {status}"}
+    detail["status_code"] = status
+    return LineOutcome("retry" if _status_retriable(status) else "fail", error=detail)
+
+
+@contextmanager
+def _written(path: Path, lines: Iterable[bytes]) -> Iterator[BinaryIO]:
+    """A temporary file holding ``lines``, open for reading; removed afterwards."""
+    with path.open("wb") as fh:
+        fh.writelines(lines)
+    try:
+        with path.open("rb") as fh:
+            yield fh
+    finally:
+        path.unlink(missing_ok=True)
+
+
+class OpenAIProvider(Provider):
+    """Files and Batches calls, and one-off calls, for an OpenAI(-compatible) API."""
+
+    kind: ClassVar[str] = "openai"
+
+    def __init__(self, name: str, settings: ProviderSettings) -> None:
+        super().__init__(name, settings)
+        self._client = self._make_client(settings)
+
+    def _make_client(self, settings: ProviderSettings) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(
+            base_url=settings.base_url, api_key=settings.api_key.get_secret_value(),
+            organization=settings.organization, timeout=settings.timeout, max_retries=settings.max_retries,
+        )  # fmt: skip
+
+    def line_url(self, endpoint: str) -> str:
+        """The ``url`` of a batch line (and the batch's ``endpoint``)."""
+        return endpoint
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    # -- batch jobs ---------------------------------------------------------------------
+    async def stage(self, requests: list[Request], path: Path) -> str:
+        url = self.line_url(requests[0].endpoint)
+
+        async def call() -> str:
+            with _written(path, (r.jsonl_line(url) for r in requests)) as fh:
+                created = await self._client.files.create(file=(path.name, fh), purpose="batch")
+            return created.id
+
+        return await guarded("upload", call)
+
+    async def create(
+        self, requests: list[Request], *, staged: str | None, endpoint: str, tag: str, metadata: dict[str, str]
+    ) -> Job:
+        assert staged is not None
+        client = self._client.with_options(timeout=self.settings.create_timeout, max_retries=0)
+        batch = await guarded("create batch", lambda: client.batches.create(
+            input_file_id=staged, endpoint=self.line_url(endpoint),  # type: ignore[arg-type]
+            completion_window="24h", metadata={**metadata, META_WINDOW: tag},
+        ))  # fmt: skip
+        return job_of(batch)
+
+    async def retrieve(self, job_id: str) -> Job:
+        return job_of(await guarded("retrieve batch", lambda: self._client.batches.retrieve(job_id)))
+
+    async def cancel(self, job_id: str) -> Job:
+        return job_of(await guarded("cancel batch", lambda: self._client.batches.cancel(job_id)))
+
+    async def results(self, job: Job, workdir: Path) -> dict[str, LineOutcome]:
+        lines: dict[str, dict[str, Any]] = {}
+        for file_id in job.result_files:
+            path = workdir / f"{file_id}.jsonl"
+
+            @asynccontextmanager
+            async def stream(file_id: str = file_id) -> AsyncIterator[tuple[Any, AsyncIterator[bytes]]]:
+                async with self._client.files.with_streaming_response.content(file_id) as response:
+                    yield response.headers, response.iter_bytes()
+
+            try:
+                await download_checked(f"download of {file_id}", stream, path,
+                                       attempts=self.settings.download_attempts)  # fmt: skip
+                for line in iter_jsonl(path):
+                    if isinstance(line, dict) and "custom_id" in line:
+                        lines[str(line["custom_id"])] = line
+            finally:
+                path.unlink(missing_ok=True)
+        return {custom_id: classify(line) for custom_id, line in lines.items()}
+
+    async def find(self, tag: str, *, created_after: float) -> Job | None:
+        """The newest batch whose metadata names ``tag``, looking back to ``created_after``."""
+
+        async def call() -> Batch | None:
+            async for batch in self._client.batches.list(limit=100):
+                if (batch.metadata or {}).get(META_WINDOW) == tag:
+                    return batch
+                if batch.created_at < created_after:
+                    return None
+            return None
+
+        if not self.can_find:
+            return None
+        try:
+            found = await guarded("list batches", call)
+        except ProviderRejected as exc:
+            # A server that cannot list batches (404/405): nothing can be adopted, so windows
+            # are submitted again after a crash; the rare duplicate beats a window stuck forever.
+            log.warning("cannot list batches (%s): batches created before a crash cannot be adopted", exc)
+            self.can_find = False
+            return None
+        return job_of(found) if found is not None else None
+
+    async def discard_staged(self, staged: str | None) -> None:
+        if staged and self.settings.delete_files:
+            await self._delete_file(staged)
+
+    async def cleanup(self, job: Job) -> None:
+        if self.settings.delete_files:
+            for file_id in (job.input_file_id, *job.result_files):
+                if file_id:
+                    await self._delete_file(file_id)
+
+    async def _delete_file(self, file_id: str) -> None:
+        await quietly(f"deleting file {file_id}", lambda: self._client.files.delete(file_id))
+
+    # -- one-off calls --------------------------------------------------------------------
+    async def call(self, endpoint: str, body: dict[str, Any], *, flex: bool, timeout: float) -> Reply:
+        """One synchronous call; the body goes through the SDK's generic ``post``.
+
+        The body is an arbitrary request body from an event, so it goes through ``post`` rather
+        than a typed method that would reject unknown parameters; ``cast_to=object`` keeps the
+        JSON as the provider sent it (extra fields included).
+        """
+        body = {**body, "service_tier": "flex"} if flex else {k: v for k, v in body.items() if k != "service_tier"}
+        path = self.line_url(endpoint).removeprefix("/v1")
+        response = await guarded(endpoint, lambda: self._client.post(
+            path, body=body, cast_to=object, options={"timeout": timeout, "max_retries": 0},
+        ))  # fmt: skip
+        if not isinstance(response, dict):
+            raise ProviderUnavailable(f"{endpoint}: the response is not a JSON object")
+        tier = response.get("service_tier")
+        return Reply(response, tier if isinstance(tier, str) and tier else None)
+
+
+class AzureProvider(OpenAIProvider):
+    """Azure OpenAI: the same Batch API under a resource endpoint, an API version and deployment names.
+
+    A successful job may still name an (empty) error file: that is normal and reads as no errors.
+    """
+
+    kind: ClassVar[str] = "azure"
+
+    def _make_client(self, settings: ProviderSettings) -> openai.AsyncOpenAI:
+        return openai.AsyncAzureOpenAI(
+            azure_endpoint=settings.base_url or "", api_version=settings.api_version,
+            api_key=settings.api_key.get_secret_value(), timeout=settings.timeout, max_retries=settings.max_retries,
+        )  # fmt: skip
+
+    def line_url(self, endpoint: str) -> str:
+        # Azure's batch lines and batches name the endpoint without the version prefix.
+        return endpoint.removeprefix("/v1")

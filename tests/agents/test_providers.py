@@ -1,0 +1,132 @@
+"""Each kind of provider through its official SDK against the emulator: one window's life
+(``tests/agents/lanes.py``), the provider's own result shapes, faults and clean-up."""
+
+from __future__ import annotations
+
+import pytest
+
+from providers import make_provider
+from providers.anthropic import classify
+from streams.config import parse_settings
+
+JSON_FORMAT = {"type": "json_schema", "json_schema": {"name": "triage", "strict": True, "schema": {
+    "type": "object", "properties": {"label": {"type": "string", "enum": ["bug", "billing"]}},
+    "required": ["label"], "additionalProperties": False,
+}}}  # fmt: skip
+
+
+def _ids(records) -> list[str]:
+    return sorted(r.id for r in records)
+
+
+async def test_an_anthropic_window_keeps_results_rejects_invalid_requests_and_retries_the_rest(emulator, make_lane):
+    emu = emulator.emulator
+    emu.faults.failing_custom_ids = ["0-3"]  # errored with a 5xx: another round, then retries_exhausted
+    emu.faults.reject_lines_containing = "POISON"  # errored as invalid_request_error: rejected at once
+    emu.faults.item_error_rate = 0.2  # errored with api_error now and then: retried
+    lane = make_lane(provider={"kind": "anthropic"}, template={"system": "Triage.", "response_format": JSON_FORMAT})
+    record, requests = await lane.run(30, poison={7})
+    results, dead = lane.fates()
+    assert sorted(_ids(results) + _ids(dead)) == _ids(requests), "every event once"
+    assert [(d.id, d.reason) for d in dead if d.reason == "provider_rejected"] == [("e7", "provider_rejected")]
+    assert [(d.id, d.reason, d.attempts) for d in dead if d.id == "e3"] == [("e3", "retries_exhausted", 3)]
+    assert all(r.output["label"] in ("bug", "billing") for r in results), "JSON output is the forced tool's input"
+    assert {r.provider for r in results} == {"default"}
+    assert all(r.tokens and r.tokens.input > 0 and r.tokens.output > 0 for r in results)
+    assert all(r.usage and "input_tokens" in r.usage for r in results), "usage kept as the provider sent it"
+    assert record.status == "done" and record.round > 1
+    assert emu.message_batches == {}, "ended batches are deleted once their results are written"
+
+
+@pytest.mark.parametrize("relative", [False, True], ids=["absolute-results-url", "relative-results-url"])
+async def test_anthropic_results_are_read_from_a_relative_or_absolute_url_and_downloads_retried(
+    emulator, make_lane, relative
+):
+    emu = emulator.emulator
+    emu.faults.anthropic_relative_results_url = relative
+    emu.faults.cut_off_downloads = 1
+    lane = make_lane(provider={"kind": "anthropic"})
+    _, requests = await lane.run(12)
+    results, dead = lane.fates()
+    assert (_ids(results), dead) == (_ids(requests), [])
+    assert emu.stats["downloads_cut_off"] == 1 and emu.stats["downloads"] == 2
+
+
+@pytest.mark.parametrize("outcome", ["expired", "cancelled"])
+async def test_anthropic_expired_or_canceled_requests_go_another_round(emulator, make_lane, outcome):
+    emu = emulator.emulator
+    emu.faults.batch_outcomes = [outcome]
+    lane = make_lane(provider={"kind": "anthropic"})
+    record, requests = await lane.run(20)
+    results, dead = lane.fates()
+    assert (_ids(results), dead) == (_ids(requests), [])
+    assert record.round == 2 and emu.stats["message_batches_created"] == 2
+
+
+async def test_an_anthropic_create_refused_outright_is_bisected_not_retried_forever(emulator, make_lane):
+    emu = emulator.emulator
+    emu.faults.batch_outcomes = ["failed"]  # the first create answers 400 naming no request
+    lane = make_lane(provider={"kind": "anthropic"})
+    record, requests = await lane.run(16)
+    results, dead = lane.fates()
+    assert (_ids(results), dead) == (_ids(requests), [])
+    assert record.failed_batches == 1 and emu.stats["message_batches_created"] == 2, "two halves"
+
+
+async def test_an_azure_window_uses_deployment_lines_and_reads_an_empty_error_file_as_no_errors(emulator, make_lane):
+    emu = emulator.emulator
+    lane = make_lane(provider={"kind": "azure"})
+    _, requests = await lane.run(15)
+    results, dead = lane.fates()
+    assert (_ids(results), dead) == (_ids(requests), [])
+    batch = next(iter(emu.batches.values()))
+    assert batch.azure and batch.line_url == "/chat/completions" and batch.error_file_id is not None
+    assert {line["url"] for line in batch.lines} == {"/chat/completions"}
+    assert {line["body"]["model"] for line in batch.lines} == {"gpt-4o-batch"}, "the deployment name is the model"
+    assert emu.files == {}, "input, output and the empty error file are deleted"
+
+
+async def test_one_off_calls_of_each_kind_report_the_tier_that_served_them(emulator):
+    def provider(kind: str):
+        base = {"openai": emulator.base_url}.get(kind, emulator.root_url)
+        entry = {"kind": kind, "base_url": base, "api_key": "k", **({"api_version": "v"} if kind == "azure" else {})}
+        return make_provider(kind, parse_settings({"providers": {kind: entry}, "pipelines": [
+            {"name": "p", "input_topic": "i", "output_topic": "o", "dead_letter_topic": "d", "model": "m"}]}
+        ).named_providers()[kind])  # fmt: skip
+
+    anthropic, openai, azure = provider("anthropic"), provider("openai"), provider("azure")
+    try:
+        claude = await anthropic.call(
+            "/v1/messages",
+            {"model": "claude-haiku-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]},
+            flex=False,
+            timeout=10,
+        )
+        gpt = await openai.call("/v1/chat/completions", {"model": "gpt-5-mini", "messages": [
+            {"role": "user", "content": "hi"}]}, flex=True, timeout=10)  # fmt: skip
+        deployed = await azure.call("/v1/chat/completions", {"model": "my-deployment", "messages": [
+            {"role": "user", "content": "hi"}]}, flex=False, timeout=10)  # fmt: skip
+    finally:
+        for p in (anthropic, openai, azure):
+            await p.close()
+    assert (claude.tier, claude.body["content"][0]["text"]) == ("standard", "Echo: hi")
+    assert gpt.tier == "flex"
+    assert deployed.body["model"] == "my-deployment"
+
+
+def test_anthropic_result_lines_map_to_ok_reject_or_retry():
+    def line(result):
+        return {"custom_id": "0-1", "result": result}
+
+    assert classify(line({"type": "succeeded", "message": {"content": []}})).kind == "ok"
+    invalid = {
+        "type": "errored",
+        "error": {"type": "error", "error": {"type": "invalid_request_error", "message": "max_tokens: Field required"}},
+    }
+    assert (classify(line(invalid)).kind, classify(line(invalid)).message) == ("fail", "max_tokens: Field required")
+    overloaded = {"type": "errored", "error": {"type": "error", "error": {"type": "overloaded_error"}}}
+    assert classify(line(overloaded)).kind == "retry"
+    assert classify(line({"type": "errored", "error": {"type": "api_error", "message": "x"}})).kind == "retry"
+    assert [classify(line({"type": t})).error["code"] for t in ("canceled", "expired")] == [
+        "batch_cancelled", "batch_expired"]  # fmt: skip
+    assert classify(None).kind == classify(line({"type": "new_kind"})).kind == "retry"
