@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("-c", "--config", required=True, type=Path, help="YAML configuration file")
     worker.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
 
-    emulator = sub.add_parser("emulator", help="run the OpenAI-compatible provider emulator")
+    emulator = sub.add_parser("emulator", help="run the provider emulator (OpenAI, Azure OpenAI and Anthropic APIs)")
     emulator.add_argument("--host", default="127.0.0.1")
     emulator.add_argument("--port", type=int, default=8089)
     emulator.add_argument("--batch-seconds", type=float, default=1.0, help="processing time of a batch")
@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="run the sample pipeline on a local Kafka and the emulator")
     demo.add_argument("--events", type=int, default=2000, help="how many tickets to send")
     demo.add_argument("--mode", choices=["batch", "flex", "auto"], default="batch", help="the pipeline's mode")
+    demo.add_argument(
+        "--provider", choices=["openai", "anthropic"], default="openai", help="the API the emulator plays"
+    )
 
     dev = sub.add_parser("dev", help="development helpers")
     dev_sub = dev.add_subparsers(dest="dev_command", required=True)
@@ -60,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from demo import run_demo
 
-            return run_demo(events=args.events, mode=args.mode)
+            return run_demo(events=args.events, mode=args.mode, provider=args.provider)
         return _dev_kafka(args.port, args.data_dir)
     except BatchstreamError as exc:
         print(f"batchstream: {exc}", file=sys.stderr)  # noqa: T201

@@ -5,6 +5,10 @@ a flex call (the emulator refuses 10% of them with 429, so some fall back to a b
 ``--mode auto`` gives the urgent tickets a deadline 15 s away (as a Kafka header), which
 only flex can meet, and sends the rest batch, with batches hedged at 20 s.
 
+``--provider anthropic`` runs the same pipeline on Anthropic's Message Batches (the
+emulator speaks it too); Anthropic has no flex tier, so there ``flex`` and ``auto`` serve
+their urgent tickets with standard calls (``flex.fallback: standard``).
+
 Starts both, runs a worker subprocess (exactly as ``batchstream worker -c``), produces the
 bundled support tickets plus a few malformed events, follows the output and dead-letter
 topics live, and prints a summary. Exits 0 only when every event got exactly its fate.
@@ -31,8 +35,10 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-#: USD per million tokens, real-time (batch and flex are half). Only for the summary.
-PRICES = {"gpt-5-mini": (0.25, 2.00)}
+#: The demo's model per provider, and its list prices (USD per million input / output tokens,
+#: real-time; batch and flex are half). Only for the summary.
+MODELS = {"openai": "gpt-5-mini", "anthropic": "claude-haiku-4-5"}
+PRICES = {"gpt-5-mini": (0.25, 2.00), "claude-haiku-4-5": (1.00, 5.00)}
 #: Share of the real-time price each serving path pays.
 PRICE_FACTOR = {"batch": 0.5, "flex": 0.5, "standard": 1.0}
 #: How far ahead an urgent ticket's deadline is in ``--mode auto``.
@@ -69,28 +75,37 @@ def demo_faults(mode: str) -> dict[str, Any]:
     return faults
 
 
-def demo_pipeline_mode(mode: str) -> dict[str, Any]:
+def demo_pipeline_mode(mode: str, provider: str = "openai") -> dict[str, Any]:
     flex = {"concurrency": 32, "attempts": 3, "budget": "10s", "backoff_initial": "200ms", "backoff_max": "2s"}
     if mode == "flex":
-        return {"mode": "flex", "flex": {**flex, "fallback": "batch"}}
+        # without a flex tier (Anthropic), flex events are served by standard calls
+        return {"mode": "flex", "flex": {**flex, "fallback": "batch" if provider == "openai" else "standard"}}
     if mode == "auto":
         return {"mode": "auto", "max_batch_latency": "20s", "flex": {**flex, "fallback": "standard"}}
     return {"mode": "batch"}
 
 
-def demo_config(bootstrap: str, base_url: str, group: str, mode: str = "batch") -> dict[str, Any]:
+def demo_provider(provider: str, root_url: str) -> dict[str, Any]:
+    if provider == "anthropic":
+        return {"kind": "anthropic", "base_url": root_url, "api_key": "${ANTHROPIC_API_KEY:-sk-ant-local-emulator}",
+                "poll_interval": "500ms"}  # fmt: skip
+    return {"base_url": f"{root_url}/v1", "api_key": "${OPENAI_API_KEY:-sk-local-emulator}", "poll_interval": "500ms"}
+
+
+def demo_config(
+    bootstrap: str, root_url: str, group: str, mode: str = "batch", provider: str = "openai"
+) -> dict[str, Any]:
     return {
         "kafka": {"bootstrap_servers": bootstrap, "group_id": group, "commit_interval": 1},
-        "provider": {"base_url": base_url, "api_key": "${OPENAI_API_KEY:-sk-local-emulator}", "poll_interval": "500ms"},
+        "provider": demo_provider(provider, root_url),
         "pipelines": [
             {
                 "name": "tickets",
                 "input_topic": "tickets",
                 "output_topic": "tickets.results",
                 "dead_letter_topic": "tickets.dlq",
-                **demo_pipeline_mode(mode),
-                "endpoint": "/v1/chat/completions",
-                "model": "gpt-5-mini",
+                **demo_pipeline_mode(mode, provider),
+                "model": MODELS[provider],
                 "window": {"max_requests": 250, "max_bytes": "10MB", "max_wait": "2s"},
                 "retry": {"attempts": 3, "backoff_initial": "200ms", "backoff_max": "2s"},
                 "template": {
@@ -113,7 +128,8 @@ class Progress:
         self.results: dict[str, dict[str, Any]] = {}
         self.dead: dict[str, dict[str, Any]] = {}
         self.duplicates = 0
-        self.batches: list[dict[str, Any]] = []
+        #: (id, status, requests done, requests) of each batch at the provider.
+        self.batches: list[tuple[str, str, int, int]] = []
         self.produced = 0
 
     def record(self, topic: str, value: dict[str, Any]) -> None:
@@ -131,17 +147,22 @@ class Progress:
         table.add_row("events produced", str(self.produced))
         table.add_row("results", f"[green]{len(self.results)}")
         table.add_row("dead letters", f"[red]{len(self.dead)}")
-        active = [b for b in self.batches if b["status"] not in ("completed", "failed", "expired", "cancelled")]
-        table.add_row("batches (all / in flight)", f"{len(self.batches)} / {len(active)}")
-        for batch in active[:6]:
-            counts = batch["request_counts"]
-            table.add_row(
-                f"  {batch['id']}", f"{batch['status']} {counts['completed'] + counts['failed']}/{counts['total']}"
-            )
+        active = [b for b in self.batches if b[1] not in ("completed", "failed", "expired", "cancelled", "ended")]
+        table.add_row("batches in flight", str(len(active)))
+        for batch_id, status, done, total in active[:6]:
+            table.add_row(f"  {batch_id}", f"{status} {done}/{total}")
         return table
 
 
-def run_demo(*, events: int = 2000, mode: str = "batch", timeout: float = 600) -> int:
+def _batches(emulator: Any) -> list[tuple[str, str, int, int]]:
+    """The emulator's batches of either API, as (id, status, requests done, requests)."""
+    emu = emulator.emulator
+    rows = [(b.id, b.status, b.completed + b.failed, len(b.lines)) for b in list(emu.batches.values())]
+    rows += [(b.id, b.status, sum(b.counts.values()), len(b.requests)) for b in list(emu.message_batches.values())]
+    return rows
+
+
+def run_demo(*, events: int = 2000, mode: str = "batch", provider: str = "openai", timeout: float = 600) -> int:
     from devkafka import KafkaBroker
     from emulator import EmulatorThread, Faults
 
@@ -153,11 +174,12 @@ def run_demo(*, events: int = 2000, mode: str = "batch", timeout: float = 600) -
     worker: subprocess.Popen[bytes] | None = None
     try:
         bootstrap = broker.start()
-        base_url = emulator.start()
-        console.print(f"kafka {bootstrap}   emulator {base_url}   mode {mode}   logs {workdir}")
+        emulator.start()
+        console.print(f"kafka {bootstrap}   emulator {emulator.root_url}   provider {provider}   mode {mode}   "
+                      f"logs {workdir}")  # fmt: skip
         asyncio.run(_create_topic(bootstrap))
         config = workdir / "demo.yaml"
-        config.write_text(yaml.safe_dump(demo_config(bootstrap, base_url, "batchstream-demo", mode)))
+        config.write_text(yaml.safe_dump(demo_config(bootstrap, emulator.root_url, "batchstream-demo", mode, provider)))
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with (workdir / "worker.log").open("wb") as log:
             worker = subprocess.Popen(
@@ -171,7 +193,7 @@ def run_demo(*, events: int = 2000, mode: str = "batch", timeout: float = 600) -
         started = time.monotonic()
         ok = asyncio.run(_follow(bootstrap, emulator, tickets, progress, console, started, timeout, worker, mode))
         elapsed = time.monotonic() - started
-        _summary(console, progress, elapsed, len(tickets))
+        _summary(console, progress, elapsed, len(tickets), MODELS[provider], emulator.emulator.stats["batches_created"])
         if not ok:
             console.print(f"[red]not every event got its fate within {timeout:.0f}s; see {workdir}/worker.log")
             return 1
@@ -248,7 +270,7 @@ async def _follow(
                 for tp, messages in batch.items():
                     for message in messages:
                         progress.record(tp.topic, orjson.loads(message.value))
-                progress.batches = [b.as_json() for b in emulator.emulator.batches.values()]
+                progress.batches = _batches(emulator)
                 live.update(progress.table(time.monotonic() - started))
                 malformed_dead = sum(1 for d in progress.dead.values() if d["id"] not in progress.expected)
                 if progress.done and malformed_dead >= expected_dead:
@@ -258,17 +280,17 @@ async def _follow(
         await consumer.stop()
 
 
-def _summary(console: Console, progress: Progress, elapsed: float, tickets: int) -> None:
+def _summary(
+    console: Console, progress: Progress, elapsed: float, tickets: int, model: str, batches: int
+) -> None:  # fmt: skip
     results = list(progress.results.values())
-    prompt = sum((r.get("usage") or {}).get("prompt_tokens", 0) for r in results)
-    completion = sum((r.get("usage") or {}).get("completion_tokens", 0) for r in results)
-    price_in, price_out = PRICES["gpt-5-mini"]
+    prompt = sum(r["tokens"]["input"] for r in results if r.get("tokens"))
+    completion = sum(r["tokens"]["output"] for r in results if r.get("tokens"))
+    price_in, price_out = PRICES[model]
 
     def cost(result: dict[str, Any]) -> float:
-        usage = result.get("usage") or {}
-        return float(
-            usage.get("prompt_tokens", 0) / 1e6 * price_in + usage.get("completion_tokens", 0) / 1e6 * price_out
-        )
+        tokens = result.get("tokens") or {"input": 0, "output": 0}
+        return float(tokens["input"] / 1e6 * price_in + tokens["output"] / 1e6 * price_out)
 
     realtime = sum(cost(r) for r in results)
     paid = sum(cost(r) * PRICE_FACTOR.get(r["mode"], 1.0) for r in results)
@@ -294,11 +316,11 @@ def _summary(console: Console, progress: Progress, elapsed: float, tickets: int)
         values.sort()
         p50, p95 = values[len(values) // 2], values[min(len(values) - 1, int(len(values) * 0.95))]
         table.add_row(f"latency {path} (p50 / p95)", f"{p50:.1f}s / {p95:.1f}s")
-    table.add_row("batches", str(len(progress.batches)))
+    table.add_row("batches", str(batches))
     table.add_row("elapsed", f"{elapsed:.1f}s")
-    table.add_row("tokens (prompt / completion)", f"{prompt} / {completion}")
+    table.add_row("tokens (input / output)", f"{prompt} / {completion}")
     console.print()
-    table.add_row("cost: paid vs all real-time", f"${paid:.4f} vs ${realtime:.4f} (gpt-5-mini list prices)")
+    table.add_row("cost: paid vs all real-time", f"${paid:.4f} vs ${realtime:.4f} ({model} list prices)")
     console.print(table)
     for result in list(progress.results.values())[:3]:
         console.print(f"  {result['id']}: {orjson.dumps(result['output']).decode()}", soft_wrap=True)

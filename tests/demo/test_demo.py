@@ -20,10 +20,12 @@ def row(output: str, label: str) -> str:
     return match.group(1)
 
 
-@pytest.mark.parametrize("mode", ["batch", "flex", "auto"])
-def test_demo_gives_every_ticket_its_fate(mode: str) -> None:
+@pytest.mark.parametrize(
+    ("provider", "mode"), [("openai", "batch"), ("openai", "flex"), ("openai", "auto"), ("anthropic", "auto")]
+)
+def test_demo_gives_every_ticket_its_fate(provider: str, mode: str) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "agents.cli", "demo", "--events", "300", "--mode", mode],
+        [sys.executable, "-m", "agents.cli", "demo", "--events", "300", "--mode", mode, "--provider", provider],
         cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "100"},
     )  # fmt: skip
     output = proc.stdout + proc.stderr
@@ -34,7 +36,10 @@ def test_demo_gives_every_ticket_its_fate(mode: str) -> None:
     assert re.search(r'ticket-\d+:\s+\{"category":', output), "sample results are shown"
     served = row(output, "served by (path/tier)")
     paths = {part.split("/")[0] for part in served.split()}
-    if mode == "flex":  # a ticket refused on every flex attempt falls back to a batch
+    if provider == "anthropic":  # no flex tier: the urgent tickets are standard calls
+        assert paths == {"batch", "standard"}, served
+        assert "claude-haiku-4-5 list prices" in output
+    elif mode == "flex":  # a ticket refused on every flex attempt falls back to a batch
         assert "flex" in paths and paths <= {"flex", "batch"}, served
     else:
         assert paths == {"batch": {"batch"}, "auto": {"flex", "batch"}}[mode], served
