@@ -33,6 +33,7 @@ import anthropic
 from anthropic.types.messages import MessageBatch
 
 from providers.base import (
+    MISSING,
     BatchRefused,
     Job,
     JobState,
@@ -69,7 +70,7 @@ def job_of(batch: MessageBatch) -> Job:
 def classify(line: dict[str, Any] | None) -> LineOutcome:
     """One result line -> a LineOutcome (a missing line is retried, as for every provider)."""
     if line is None:
-        return LineOutcome("retry", error={"code": "missing_result", "message": "no result line for this request"})
+        return MISSING
     result: dict[str, Any] = line["result"] if isinstance(line.get("result"), dict) else {}
     kind = result.get("type")
     if kind == "succeeded" and isinstance(result.get("message"), dict):

@@ -210,3 +210,26 @@ async def test_too_many_requests_fail_the_batch(client: AsyncOpenAI, emulator: E
     batch = await ended(client, await create(client, lines_of([body] * 50_001)))
     assert batch.status == "failed" and batch.errors and batch.errors.data
     assert [e.code for e in batch.errors.data] == ["too_many_tasks"]
+
+
+async def test_the_anthropic_sdk_runs_message_batches_against_the_emulator_unchanged(emulator: EmulatorThread) -> None:
+    import anthropic
+
+    async with anthropic.AsyncAnthropic(base_url=emulator.root_url, api_key="sk-ant-test", max_retries=0) as sdk:
+        params = {"model": "claude-haiku-4-5", "max_tokens": 50, "messages": [{"role": "user", "content": "q"}]}
+        requests: list[Any] = [{"custom_id": f"c{i}", "params": params} for i in range(4)]
+        requests.append({"custom_id": "bad", "params": {"model": "claude-haiku-4-5", "messages": []}})
+        batch = await sdk.messages.batches.create(requests=requests)
+        assert batch.processing_status == "in_progress" and batch.request_counts.processing == 5
+        assert [b.id async for b in sdk.messages.batches.list()] == [batch.id]
+        while batch.processing_status != "ended":
+            await asyncio.sleep(0.05)
+            batch = await sdk.messages.batches.retrieve(batch.id)
+        assert (batch.request_counts.succeeded, batch.request_counts.errored) == (4, 1)
+        results = {r.custom_id: r.result async for r in await sdk.messages.batches.results(batch.id)}
+        assert results["bad"].type == "errored" and results["c0"].type == "succeeded"
+        await sdk.messages.batches.delete(batch.id)
+        with pytest.raises(anthropic.NotFoundError):
+            await sdk.messages.batches.retrieve(batch.id)
+        with pytest.raises(anthropic.BadRequestError, match=r"requests\.0\.custom_id"):
+            await sdk.messages.batches.create(requests=[{"custom_id": "no spaces", "params": params}])  # type: ignore[list-item]
