@@ -25,7 +25,9 @@ Crash points, and what happens at each:
    it keeps looking until ``provider.create_timeout`` after that start (a create call never
    outlives it: it is abandoned then, without SDK retries), so a call still in flight at the
    provider when its owner died is adopted rather than duplicated. A create call is a
-   shielded step: a worker that loses the partition waits for it to return.
+   shielded step: a worker that loses the partition waits for it to return. A provider whose
+   batches cannot be found by tag (Anthropic's carry no metadata; a server that cannot list)
+   gets the round again, with a warning: an orphan batch may run, billed and never read.
 4. *Submitted, offsets not yet committed.* On replay the events fall inside a recorded
    window's range (same endpoint and model) and are skipped.
 5. *Provider finished, output not (fully) downloaded.* Downloads stream to a temporary file
