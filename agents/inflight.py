@@ -25,9 +25,11 @@ Crash points, and what happens at each:
    it keeps looking until ``provider.create_timeout`` after that start (a create call never
    outlives it: it is abandoned then, without SDK retries), so a call still in flight at the
    provider when its owner died is adopted rather than duplicated. A create call is a
-   shielded step: a worker that loses the partition waits for it to return. A provider whose
-   batches cannot be found by tag (Anthropic's carry no metadata; a server that cannot list)
-   gets the round again, with a warning: an orphan batch may run, billed and never read.
+   shielded step: a worker that loses the partition waits for it to return. Anthropic's
+   batches carry no metadata: the tag travels as a mark in each custom id instead, and
+   running candidates are waited for until they can be told apart
+   (``providers/anthropic.py``). A server that cannot list batches gets the round again,
+   with a warning: an orphan batch may run, billed and never read.
 4. *Submitted, offsets not yet committed.* On replay the events fall inside a recorded
    window's range (same endpoint and model) and are skipped.
 5. *Provider finished, output not (fully) downloaded.* Downloads stream to a temporary file
@@ -60,7 +62,7 @@ from agents.retry import backoff, retry_forever
 from agents.state import InputReader, Ledger, WindowRecord
 from agents.tasks import PartitionTasks
 from providers import Job, LineOutcome, Provider
-from providers.base import MISSING, BatchRefused
+from providers.base import MISSING, BatchRefused, Lookup
 from providers.openai import META_PIPELINE
 from streams.config import PipelineSettings
 from streams.errors import ProviderBackpressure, ProviderRejected
@@ -190,27 +192,35 @@ class InFlightWindow:
 
         A create call recorded as started may still be in flight at the provider (its owner
         crashed or lost the partition mid-call): until ``create_timeout`` after it started,
-        keep looking before concluding that no batch exists. Where batches cannot be found by
-        tag (an API without metadata, a server that cannot list), the round is submitted again.
+        keep looking before concluding that no batch exists; and while the provider holds
+        batches that may be the round's but cannot be told apart yet (``undecided``), wait for
+        them. Where batches cannot be looked up at all (a server that cannot list), the round is
+        submitted again.
         """
-        record, client = self.record, self.s.client
-        created_after = record.sealed_at - ADOPTION_LOOKBACK
-        job = await client.find(record.tag, created_after=created_after)
-        if job is not None or record.create_started_at is None:
-            return job
+        assert self.requests is not None
+        record, client, count = self.record, self.s.client, len(self.requests)
+
+        async def look() -> Lookup:
+            return await client.find(record.tag, created_after=record.sealed_at - ADOPTION_LOOKBACK,
+                                     create_started=record.create_started_at, count=count)  # fmt: skip
+
+        found = await look()
+        if found.job is not None or record.create_started_at is None:
+            return found.job
         if not client.can_find:
             log.warning("%s: a create call started before a restart may have made a batch, which %s cannot look "
                         "up; submitting again (such an orphan batch runs unobserved and is billed)",
                         record.window_id, client.name)  # fmt: skip
             return None
         settle_at = record.create_started_at + self.s.provider.create_timeout
-        if time.time() < settle_at:
-            log.info("%s: a create call may still be in flight; looking for its batch until it times out",
-                     record.window_id)  # fmt: skip
-        while job is None and time.time() < settle_at:
-            await asyncio.sleep(min(self.s.provider.poll_interval, max(0.05, settle_at - time.time())))
-            job = await client.find(record.tag, created_after=created_after)
-        return job
+        if found.undecided or time.time() < settle_at:
+            log.info("%s: a create call may have made a batch; looking for it before submitting again "
+                     "(%d candidates still running)", record.window_id, found.undecided)  # fmt: skip
+        while found.job is None and (found.undecided or time.time() < settle_at):
+            pause = self.s.provider.poll_interval
+            await asyncio.sleep(pause if found.undecided else min(pause, max(0.05, settle_at - time.time())))
+            found = await look()
+        return found.job
 
     async def _create(self) -> Job:
         assert self.requests is not None

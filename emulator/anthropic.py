@@ -9,7 +9,9 @@ Shares the emulator's :class:`~emulator.server.Faults` and stats:
   errors a request as invalid; a request without ``max_tokens`` or ``messages`` is invalid too;
 - ``create_429``, ``create_fail_500``, ``create_500``, ``create_lag``, ``create_delay``,
   ``unreadable_next``, ``cut_off_downloads``, ``standard_latency`` as for OpenAI batches;
-  a forced ``failed`` outcome refuses the create call (400);
+  a forced ``failed`` outcome refuses the create call with a 400 naming ``requests.0``;
+  ``create_400`` refuses the next creates with a 400 naming no request (an account problem);
+  ``failing_custom_ids`` also match a custom id's part after its first ``_``;
 - ``anthropic_relative_results_url``: the batch's ``results_url`` relative to the server.
 
 Results come back in reverse input order (Anthropic does not keep input order).
@@ -193,9 +195,13 @@ class AnthropicApi:
             outcomes = list(faults.batch_outcomes)
             batch.outcome = outcomes.pop(0)
             faults.batch_outcomes = outcomes
-        if batch.outcome == "failed":
+        if batch.outcome == "failed":  # a server validating params at create names the request
             e.stats["batches_failed_validation"] += 1
-            return error(400, "requests: the batch was refused (injected)")
+            return error(400, "requests.0.params.max_tokens: Input should be a valid integer (injected)")
+        if faults.create_400 > 0:
+            faults.create_400 -= 1
+            e.stats["create_400"] += 1
+            return error(400, "Your credit balance is too low to access the Anthropic API (injected).")
         if faults.unreadable_next > 0:
             faults.unreadable_next -= 1
             seconds = faults.unreadable_seconds
@@ -249,7 +255,7 @@ class AnthropicApi:
         kind = None
         if problem is not None:
             kind, message = "invalid_request_error", problem
-        elif rolled or custom_id in faults.failing_custom_ids:
+        elif rolled or any(custom_id == f or custom_id.endswith(f"_{f}") for f in faults.failing_custom_ids):
             self.e.stats["item_errors"] += 1
             kind = "api_error" if faults.item_error_status >= 500 else "invalid_request_error"
             message = f"The request failed with status {faults.item_error_status} (injected)."

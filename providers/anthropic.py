@@ -11,17 +11,24 @@ order, keyed by ``custom_id``:
   any other error type: another round;
 - ``canceled``, ``expired``: not run (and not billed): another round.
 
-A create refused outright (HTTP 400/413) is read as a failed job, the request index it names
-(``requests.N...``) as the failing line, so one bad request is isolated, not retried forever.
+A create refused outright is read by what it names: a 400 naming requests (``requests.N...``)
+rejects those requests and resubmits the rest; a 413 (too large) bisects the round; a 400
+naming none (an account problem, such as a low credit balance) is retried with backoff, so
+nothing is dead-lettered for it.
 
-Adoption: a message batch carries no metadata and cannot be found by a tag, so a batch
-created just before a crash cannot be adopted; its window is submitted again and the orphan
-batch runs unobserved (its tokens are billed). The window between the create call and its
-record is the create call itself, so this costs at most one batch per crash during a create.
+Adoption: a message batch carries no metadata, so each request's custom id carries a mark of
+the window round (``<mark>_<partition>-<offset>``, within ``^[a-zA-Z0-9_-]{1,64}$``). After a
+create call whose outcome is unknown (a crash, a timeout, a cut connection, a 5xx), the round's
+next owner lists the batches created around that call with the round's request count: an
+ended one is checked by the mark on its first result line; running ones are waited for, since
+their results cannot be read yet. Only a batch bearing the round's mark is adopted; none found,
+the round is submitted again. A window whose create call was cut short thus waits, at worst,
+about one batch's duration before it is submitted, instead of paying for its requests twice.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -30,6 +37,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import anthropic
+import httpx
+import orjson
 from anthropic.types.messages import MessageBatch
 
 from providers.base import (
@@ -38,6 +47,7 @@ from providers.base import (
     Job,
     JobState,
     LineOutcome,
+    Lookup,
     Provider,
     Reply,
     download_checked,
@@ -45,7 +55,7 @@ from providers.base import (
     iter_jsonl,
     quietly,
 )
-from streams.errors import ProviderRejected, ProviderUnavailable
+from streams.errors import ProviderError, ProviderRejected, ProviderUnavailable
 from streams.models import Request
 from streams.provider_config import ProviderSettings
 
@@ -53,8 +63,23 @@ log = logging.getLogger(__name__)
 
 _STATES: dict[str, JobState] = {"in_progress": "running", "canceling": "ending", "ended": "ended"}
 _REQUEST_INDEX = re.compile(r"requests\.(\d+)")
-#: Create refusals read as a failed job (the requests' fault), not as a configuration fault.
-_REFUSED_STATUSES = frozenset({400, 413, 422})
+#: Result error types the request itself causes: retrying cannot help.
+_REJECTED_TYPES = frozenset({"invalid_request_error", "request_too_large", "not_found_error"})
+#: Clock difference tolerated between the worker and the provider when matching creation times.
+CLOCK_SKEW = 30.0
+
+
+#: A candidate whose first result line could not be read now (look again later).
+_UNREAD = object()
+
+
+def mark_of(tag: str) -> str:
+    """The window round's mark, carried in each of its custom ids."""
+    return hashlib.sha256(tag.encode()).hexdigest()[:16]
+
+
+def _unmarked(custom_id: str) -> str:
+    return custom_id.partition("_")[2] or custom_id
 
 
 def job_of(batch: MessageBatch) -> Job:
@@ -79,7 +104,7 @@ def classify(line: dict[str, Any] | None) -> LineOutcome:
         error: dict[str, Any] = result["error"] if isinstance(result.get("error"), dict) else {}
         inner: dict[str, Any] = error["error"] if isinstance(error.get("error"), dict) else error
         detail = {"code": inner.get("type"), "message": inner.get("message") or inner.get("type") or "errored"}
-        return LineOutcome("fail" if inner.get("type") == "invalid_request_error" else "retry", error=detail)
+        return LineOutcome("fail" if inner.get("type") in _REJECTED_TYPES else "retry", error=detail)
     if kind in ("canceled", "expired"):
         code = "batch_cancelled" if kind == "canceled" else "batch_expired"
         return LineOutcome("retry", error={"code": code, "message": f"the request was {kind} before it ran"})
@@ -93,7 +118,8 @@ class AnthropicProvider(Provider):
 
     def __init__(self, name: str, settings: ProviderSettings) -> None:
         super().__init__(name, settings)
-        self.can_find = False  # no metadata: a batch cannot be looked up by tag
+        #: Marks read from ended batches' first result lines, by batch id (bounded).
+        self._marks: dict[str, str | None] = {}
         self._client = anthropic.AsyncAnthropic(
             api_key=settings.api_key.get_secret_value(), base_url=settings.base_url,
             timeout=settings.timeout, max_retries=settings.max_retries,
@@ -109,17 +135,21 @@ class AnthropicProvider(Provider):
     async def create(
         self, requests: list[Request], *, staged: str | None, endpoint: str, tag: str, metadata: dict[str, str]
     ) -> Job:
-        lines: list[Any] = [{"custom_id": r.custom_id, "params": r.body} for r in requests]
+        mark = mark_of(tag)
+        lines: list[Any] = [{"custom_id": f"{mark}_{r.custom_id}", "params": r.body} for r in requests]
         batches = self._client.with_options(timeout=self.settings.create_timeout, max_retries=0).messages.batches
         try:
             batch = await guarded("create message batch", lambda: batches.create(requests=lines))
         except ProviderRejected as exc:
-            if exc.status_code not in _REFUSED_STATUSES:
-                raise
-            named = {int(m.group(1)) for m in _REQUEST_INDEX.finditer(str(exc))}
-            line = next(iter(named)) + 1 if len(named) == 1 and max(named) < len(requests) else None
-            errors = [{"code": exc.code or "invalid_request_error", "line": line, "message": str(exc)}]
-            raise BatchRefused(str(exc), errors, status_code=exc.status_code) from exc
+            named = sorted({int(m.group(1)) for m in _REQUEST_INDEX.finditer(str(exc))})
+            if exc.status_code == 413:
+                raise BatchRefused(str(exc), [{"code": exc.code, "line": None, "message": str(exc)}],
+                                   status_code=413) from exc  # fmt: skip
+            if exc.status_code in (400, 422) and named and named[-1] < len(requests):
+                errors = [{"code": exc.code or "invalid_request_error", "line": i + 1, "message": str(exc)}
+                          for i in named]  # fmt: skip
+                raise BatchRefused(str(exc), errors, status_code=exc.status_code) from exc
+            raise  # names no request: not the requests' fault; the window retries with backoff
         return job_of(batch)
 
     async def retrieve(self, job_id: str) -> Job:
@@ -143,15 +173,83 @@ class AnthropicProvider(Provider):
         try:
             await download_checked(f"results of {job.id}", stream, path, attempts=self.settings.download_attempts)
             return {
-                str(line["custom_id"]): classify(line)
+                _unmarked(str(line["custom_id"])): classify(line)
                 for line in iter_jsonl(path)
                 if isinstance(line, dict) and "custom_id" in line
             }
         finally:
             path.unlink(missing_ok=True)
 
-    async def find(self, tag: str, *, created_after: float) -> Job | None:
-        return None
+    async def find(self, tag: str, *, created_after: float, create_started: float | None, count: int) -> Lookup:
+        """The round's batch among those created around its create call with its request count.
+
+        An ended candidate is ours when its first result line bears the round's mark; a running
+        one cannot be told yet (``undecided``: the caller waits and looks again).
+        """
+        if create_started is None or not self.can_find:
+            return Lookup()
+        start, end = create_started - CLOCK_SKEW, create_started + self.settings.create_timeout + CLOCK_SKEW
+
+        async def candidates() -> list[Job]:
+            found = []
+            async for batch in self._client.messages.batches.list(limit=100):
+                created = batch.created_at.timestamp()
+                if created < start:
+                    break  # listed newest first
+                job = job_of(batch)
+                if created <= end and job.total == count:
+                    found.append(job)
+            return found
+
+        try:
+            jobs = await guarded("list message batches", candidates)
+        except ProviderRejected as exc:
+            log.warning("cannot list message batches (%s): batches created before a crash cannot be adopted", exc)
+            self.can_find = False
+            return Lookup()
+        mark, undecided = mark_of(tag), 0
+        for job in jobs:
+            if job.state != "ended":
+                undecided += 1
+                continue
+            first = await self._first_mark(job)
+            if first == mark:
+                return Lookup(job)
+            undecided += first is _UNREAD
+        return Lookup(None, undecided)
+
+    async def _first_mark(self, job: Job) -> str | object | None:
+        """The mark on an ended batch's first result line; None when it has none or is gone,
+        ``_UNREAD`` when it cannot be read now."""
+        if job.id in self._marks:
+            return self._marks[job.id]
+        try:
+            decoder = await guarded(
+                "results of a candidate batch", lambda: self._client.messages.batches.results(job.id)
+            )
+        except ProviderRejected:
+            return None  # deleted or expired: not a batch anyone can still use
+        except ProviderError:
+            return _UNREAD
+        try:
+            head = b""
+            async for chunk in decoder.http_response.aiter_bytes():
+                head += chunk
+                if b"\n" in head or len(head) > 4096:
+                    break
+        except httpx.HTTPError:
+            return _UNREAD
+        finally:
+            await decoder.close()
+        try:
+            custom_id = orjson.loads(head.split(b"\n", 1)[0]).get("custom_id", "")
+        except (orjson.JSONDecodeError, AttributeError):
+            custom_id = ""
+        mark = str(custom_id).partition("_")[0] if "_" in str(custom_id) else None
+        if len(self._marks) > 10_000:
+            self._marks.clear()
+        self._marks[job.id] = mark
+        return mark
 
     async def discard_staged(self, staged: str | None) -> None:
         return None

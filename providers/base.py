@@ -90,6 +90,15 @@ MISSING = LineOutcome("retry", error={"code": "missing_result", "message": "no r
 
 
 @dataclass(frozen=True, slots=True)
+class Lookup:
+    """What a search for a window round's job found."""
+
+    job: Job | None = None
+    #: Jobs that may be the round's but cannot be told apart yet (still running): wait for them.
+    undecided: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Reply:
     """The answer to a one-off call; ``tier`` is what the provider says served it (None: it does not say)."""
 
@@ -193,8 +202,9 @@ class Provider(ABC):
         """Per-request outcomes of an ended job, by custom id (downloads retried when cut off)."""
 
     @abstractmethod
-    async def find(self, tag: str, *, created_after: float) -> Job | None:
-        """The newest job created under ``tag`` since ``created_after``; None where none is found or none can be."""
+    async def find(self, tag: str, *, created_after: float, create_started: float | None, count: int) -> Lookup:
+        """The job created under ``tag`` (a round of ``count`` requests, whose create call started
+        at ``create_started``), looking back to ``created_after``."""
 
     @abstractmethod
     async def discard_staged(self, staged: str | None) -> None:

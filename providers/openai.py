@@ -25,6 +25,7 @@ from providers.base import (
     Job,
     JobState,
     LineOutcome,
+    Lookup,
     Provider,
     Reply,
     download_checked,
@@ -172,7 +173,7 @@ class OpenAIProvider(Provider):
                 path.unlink(missing_ok=True)
         return {custom_id: classify(line) for custom_id, line in lines.items()}
 
-    async def find(self, tag: str, *, created_after: float) -> Job | None:
+    async def find(self, tag: str, *, created_after: float, create_started: float | None, count: int) -> Lookup:
         """The newest batch whose metadata names ``tag``, looking back to ``created_after``."""
 
         async def call() -> Batch | None:
@@ -184,7 +185,7 @@ class OpenAIProvider(Provider):
             return None
 
         if not self.can_find:
-            return None
+            return Lookup()
         try:
             found = await guarded("list batches", call)
         except ProviderRejected as exc:
@@ -192,8 +193,8 @@ class OpenAIProvider(Provider):
             # are submitted again after a crash; the rare duplicate beats a window stuck forever.
             log.warning("cannot list batches (%s): batches created before a crash cannot be adopted", exc)
             self.can_find = False
-            return None
-        return job_of(found) if found is not None else None
+            return Lookup()
+        return Lookup(job_of(found) if found is not None else None)
 
     async def discard_staged(self, staged: str | None) -> None:
         if staged and self.settings.delete_files:

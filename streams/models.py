@@ -252,9 +252,13 @@ def _responses_format(response_format: dict[str, Any]) -> dict[str, Any]:
 
 def wants_json(endpoint: str, body: dict[str, Any]) -> bool:
     if endpoint == MESSAGES:
-        choice, fmt = body.get("tool_choice"), body.get("output_format")
-        forced = isinstance(choice, dict) and choice.get("type") == "tool"
-        return forced or (isinstance(fmt, dict) and fmt.get("type") == "json_schema")
+        # JSON through a forced tool, or Anthropic's structured outputs (``output_config.format``,
+        # formerly ``output_format``), whose text is the JSON
+        choice = body.get("tool_choice")
+        config: dict[str, Any] = body["output_config"] if isinstance(body.get("output_config"), dict) else {}
+        formats = (config.get("format"), body.get("output_format"))
+        structured = any(isinstance(f, dict) and f.get("type") == "json_schema" for f in formats)
+        return structured or (isinstance(choice, dict) and choice.get("type") == "tool")
     if endpoint == "/v1/responses":
         fmt = (body.get("text") or {}).get("format") or {}
     else:

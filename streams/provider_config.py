@@ -23,7 +23,9 @@ KIND_LIMITS: dict[str, tuple[int, int]] = {
 #: The endpoints each kind serves, the first being a pipeline's default.
 KIND_ENDPOINTS: dict[str, tuple[str, ...]] = {
     "openai": ("/v1/chat/completions", "/v1/responses", "/v1/embeddings"),
-    "azure": ("/v1/chat/completions", "/v1/responses", "/v1/embeddings"),
+    # The Responses API is not served under an api-version (Azure's "v1 API" is OpenAI-shaped:
+    # use kind openai with base_url https://NAME.openai.azure.com/openai/v1/).
+    "azure": ("/v1/chat/completions", "/v1/embeddings"),
     "anthropic": ("/v1/messages",),
 }
 #: Kinds that sell a flex tier (one-off calls at a batch-like price).
@@ -37,7 +39,7 @@ class Frozen(BaseModel):
 
 
 class ProviderLimits(Frozen):
-    """Caps on one batch; unset, the kind's own limits (``KIND_LIMITS``)."""
+    """Caps on one batch; unset, the kind's own limits (``KIND_LIMITS``); set, they replace them."""
 
     max_requests_per_batch: int | None = Field(None, ge=1)
     max_bytes_per_batch: ByteSize | None = Field(None, ge=1024)
@@ -77,12 +79,10 @@ class ProviderSettings(Frozen):
 
     @property
     def batch_limits(self) -> tuple[int, int]:
-        """(requests, bytes) one batch may hold: the configured caps, within the kind's own."""
+        """(requests, bytes) one batch may hold: the configured caps, else the kind's own (a
+        compatible server may allow more, or less, than the provider it imitates)."""
         requests, nbytes = KIND_LIMITS[self.kind]
-        return (
-            min(requests, self.limits.max_requests_per_batch or requests),
-            min(nbytes, self.limits.max_bytes_per_batch or nbytes),
-        )
+        return (self.limits.max_requests_per_batch or requests, self.limits.max_bytes_per_batch or nbytes)
 
     @property
     def offers_flex(self) -> bool:

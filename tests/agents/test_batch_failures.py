@@ -232,7 +232,7 @@ async def test_a_batch_whose_status_never_reads_is_served_flex_after_max_batch_l
     emu.faults.unreadable_next = 1  # the first batch created: every status read answers 500, for ever
     emu.faults.batch_seconds = 0.5
     values = events(120)
-    latency, budget = 30.0, 10.0
+    latency, budget = 12.0, 10.0
     results, dead, worker = await run_pipeline(
         values, partitions=1, window={"max_requests": 40, "max_wait": "300ms"}, max_batch_latency=f"{latency:g}s",
         flex={"budget": f"{budget:g}s", "fallback": "standard", "backoff_initial": "50ms"},

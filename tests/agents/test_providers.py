@@ -63,14 +63,46 @@ async def test_anthropic_expired_or_canceled_requests_go_another_round(emulator,
     assert record.round == 2 and emu.stats["message_batches_created"] == 2
 
 
-async def test_an_anthropic_create_refused_outright_is_bisected_not_retried_forever(emulator, make_lane):
+async def test_an_anthropic_create_refused_naming_a_request_rejects_it_and_resubmits_the_rest(emulator, make_lane):
     emu = emulator.emulator
-    emu.faults.batch_outcomes = ["failed"]  # the first create answers 400 naming no request
+    emu.faults.batch_outcomes = ["failed"]  # the first create answers 400 naming requests.0
     lane = make_lane(provider={"kind": "anthropic"})
-    record, requests = await lane.run(16)
+    _, requests = await lane.run(16)
+    results, dead = lane.fates()
+    assert [(d.id, d.reason) for d in dead] == [("e0", "provider_rejected")]
+    assert "requests.0.params.max_tokens" in dead[0].message
+    assert _ids(results) == sorted(r.id for r in requests if r.id != "e0")
+    assert emu.stats["message_batches_created"] == 1
+
+
+async def test_an_anthropic_create_refused_for_the_account_is_retried_not_dead_lettered(emulator, make_lane, caplog):
+    emu = emulator.emulator
+    emu.faults.create_400 = 2  # "credit balance too low": names no request
+    lane = make_lane(provider={"kind": "anthropic"})
+    _, requests = await lane.run(8)
     results, dead = lane.fates()
     assert (_ids(results), dead) == (_ids(requests), [])
-    assert record.failed_batches == 1 and emu.stats["message_batches_created"] == 2, "two halves"
+    assert emu.stats["create_400"] == 2 and emu.stats["message_batches_created"] == 1
+    assert "credit balance is too low" in caplog.text, "the refusal is logged while the window waits"
+
+
+async def test_an_anthropic_batch_whose_create_answer_was_lost_is_adopted_by_its_mark(emulator, make_lane, caplog):
+    import anthropic
+
+    emu = emulator.emulator
+    emu.faults.batch_seconds = 0.5
+    async with anthropic.AsyncAnthropic(base_url=emulator.root_url, api_key="k", max_retries=0) as sdk:
+        params = {"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}
+        await sdk.messages.batches.create(requests=[{"custom_id": f"other_0-{i}", "params": params} for i in range(12)])
+    emu.faults.create_500 = 1  # our create makes the batch, then answers 500: its outcome is unknown
+    lane = make_lane(provider={"kind": "anthropic"})
+    caplog.set_level("INFO")
+    _, requests = await lane.run(12)
+    results, dead = lane.fates()
+    assert (_ids(results), dead) == (_ids(requests), [])
+    assert emu.stats["create_500"] == 1
+    assert emu.stats["message_batches_created"] == 2, "ours adopted, not created again; the other one left alone"
+    assert "adopted batch msgbatch_" in caplog.text
 
 
 async def test_an_azure_window_uses_deployment_lines_and_reads_an_empty_error_file_as_no_errors(emulator, make_lane):

@@ -189,3 +189,14 @@ def test_bad_provider_entries_name_the_field(provider: dict[str, object], messag
     doc = {**MINIMAL, "provider": provider}
     with pytest.raises(ConfigError, match=message):
         parse_settings(doc, env={})
+
+
+def test_azure_serves_chat_and_embeddings_and_configured_limits_replace_the_kinds() -> None:
+    azure = {"kind": "azure", "api_key": "k", "base_url": "https://x.openai.azure.com", "api_version": "2024-10-21"}
+    with pytest.raises(ConfigError, match=r"pipelines\.0\.endpoint: provider 'default' \(kind: azure\) serves"):
+        responses = [{**MINIMAL["pipelines"][0], "endpoint": "/v1/responses"}]  # type: ignore[dict-item]
+        parse_settings({**MINIMAL, "provider": azure, "pipelines": responses}, env={})
+    bigger = {**azure, "kind": "openai", "base_url": "http://vllm:8000/v1", "api_version": None,
+              "limits": {"max_requests_per_batch": 200_000}}  # fmt: skip
+    settings = parse_settings({**MINIMAL, "provider": bigger}, env={})
+    assert settings.provider_of(settings.pipelines[0])[1].batch_limits == (200_000, 200_000_000)

@@ -1,3 +1,5 @@
+import orjson
+
 from agents.outcomes import extract_output
 from streams.config import PipelineSettings, parse_settings
 from streams.models import Rejection, Request, Source, Tokens, decode_event
@@ -77,6 +79,14 @@ def test_anthropic_templates_put_system_apart_require_max_tokens_and_ask_json_th
     answer = {"content": [{"type": "tool_use", "id": "t", "name": "triage", "input": {"label": "bug"}}]}
     assert extract_output("/v1/messages", answer, True) == {"label": "bug"}
     assert extract_output("/v1/messages", {"content": [{"type": "text", "text": "hi"}]}, False) == "hi"
+
+
+def test_anthropic_structured_outputs_in_a_request_event_are_parsed_as_json() -> None:
+    body = {"messages": [{"role": "user", "content": "x"}],
+            "output_config": {"format": {"type": "json_schema", "schema": {"type": "object"}}}}  # fmt: skip
+    request = decode_event(_anthropic_pipeline(), Source("in", 0, 1), None, orjson.dumps({"body": body}))
+    assert isinstance(request, Request) and request.wants_json
+    assert extract_output("/v1/messages", {"content": [{"type": "text", "text": '{"a": 1}'}]}, True) == {"a": 1}
 
 
 def test_an_anthropic_request_event_gets_the_default_max_tokens_and_is_validated() -> None:
