@@ -16,9 +16,9 @@ here: a false refusal would dead-letter a good event.
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
-from anthropic.types import MessageParam, message_create_params
 from openai.types import embedding_create_params
 from openai.types.chat import (
     ChatCompletionAssistantMessageParam,
@@ -39,10 +39,18 @@ _PARAMS: dict[str, TypeAdapter[Any]] = {
     "/v1/chat/completions": TypeAdapter(completion_create_params.CompletionCreateParamsNonStreaming),
     "/v1/responses": TypeAdapter(response_create_params.ResponseCreateParamsNonStreaming),
     "/v1/embeddings": TypeAdapter(embedding_create_params.EmbeddingCreateParams),
-    "/v1/messages": TypeAdapter(message_create_params.MessageCreateParamsNonStreaming),
 }
-#: Anthropic's messages: ``user`` and ``assistant`` only (``system`` is a parameter of its own).
-_ANTHROPIC_MESSAGE = TypeAdapter(MessageParam)
+
+
+@cache
+def _anthropic() -> tuple[TypeAdapter[Any], TypeAdapter[Any]]:
+    """Anthropic's params and message types, imported on first use (the SDK is slow to import):
+    messages are ``user`` and ``assistant`` only (``system`` is a parameter of its own)."""
+    from anthropic.types import MessageParam, message_create_params
+
+    return TypeAdapter(message_create_params.MessageCreateParamsNonStreaming), TypeAdapter(MessageParam)
+
+
 _MESSAGES: dict[str, TypeAdapter[Any]] = {
     "developer": TypeAdapter(ChatCompletionDeveloperMessageParam),
     "system": TypeAdapter(ChatCompletionSystemMessageParam),
@@ -91,7 +99,7 @@ def _check_messages(body: dict[str, Any], anthropic: bool = False) -> str | None
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         return "'messages' must be a non-empty list"
-    roles = {"user": _ANTHROPIC_MESSAGE, "assistant": _ANTHROPIC_MESSAGE} if anthropic else _MESSAGES
+    roles = {"user": _anthropic()[1], "assistant": _anthropic()[1]} if anthropic else _MESSAGES
     for index, message in enumerate(messages):
         if not isinstance(message, dict):
             return f"'messages.{index}' must be an object"
@@ -119,7 +127,7 @@ def check_body(endpoint: str, body: dict[str, Any]) -> str | None:
         problem = _check_input(endpoint, body)
     if problem is not None:
         return problem
-    adapter = _PARAMS.get(endpoint)
+    adapter = _anthropic()[0] if endpoint == "/v1/messages" else _PARAMS.get(endpoint)
     if adapter is None:
         return None
     try:

@@ -36,7 +36,7 @@ async def test_an_anthropic_and_an_openai_pipeline_in_one_worker_survive_faults_
                  template={"system": "Triage.", "user": "{text}"}, validate_requests=False),
         pipeline("gpt", gpt_topic, window=window, retry=RETRY, validate_requests=False),
         providers={"claude": {"kind": "anthropic", "base_url": emulator.root_url, "api_key": "sk-ant-test",
-                              "poll_interval": 0.2, "max_retries": 0}},
+                              "poll_interval": 0.2, "max_retries": 0, "create_timeout": 5}},
     )  # fmt: skip
     poisoned = {17, PER_PIPELINE // 2 + 3}
 
