@@ -104,6 +104,7 @@ class Pipeline:
         self.batches = BatchLane(services, self.policy)
         self.flex = FlexLane(runner, self.outbox, self.tasks, to_batch=self.batches.add)
         self._stopped = False
+        self._assigned = False
 
     # -- wiring ---------------------------------------------------------------------------
     def register(self) -> None:
@@ -131,7 +132,17 @@ class Pipeline:
     def _mine(self, tps: set[TP]) -> set[int]:
         return {tp.partition for tp in tps if tp.topic == self.cfg.input_topic}
 
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+    @property
+    def assignment(self) -> tuple[bool, int]:
+        """(assigned and its state loaded, partitions owned): what readiness reads."""
+        return self._assigned, len(self.ledger.partitions)
+
     async def _on_revoked(self, _sender: Any, *args: Any, **_: Any) -> None:
+        self._assigned = False  # a rebalance: not ready until the next assignment is loaded
         partitions = self._mine(args[0])
         await self.commits.release(partitions)
         await self.batches.revoke(partitions)
@@ -146,6 +157,7 @@ class Pipeline:
         self.commits.open(partitions)
         self.batches.resume(unfinished)
         self.metrics.owned_partitions.set(len(self.ledger.partitions))
+        self._assigned = True
 
     # -- intake ---------------------------------------------------------------------------
     async def handle(self, event: EventT[Any]) -> None:

@@ -11,6 +11,7 @@ import faust
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
+from agents.health import Health
 from agents.pipeline import Pipeline
 from providers import make_provider
 from streams.app import create_app
@@ -111,10 +112,12 @@ def run(settings: Settings, *, loglevel: str = "info") -> None:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     partitions = loop.run_until_complete(prepare_topics(settings))
-    app, _pipelines = build(settings, partitions)
+    app, pipelines = build(settings, partitions)
     if settings.metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(settings.metrics_port, addr=settings.metrics_host)
+        providers = list({p.client.name: p.client for p in pipelines}.values())
+        health = Health(pipelines, providers, bootstrap=settings.kafka.bootstrap_servers,
+                        kafka_options=kafka_options(settings.kafka))  # fmt: skip
+        loop.run_until_complete(health.start(settings.metrics_host, settings.metrics_port))
+        app.on_before_shutdown.connect(health.stop)
     worker = faust.Worker(app, loglevel=loglevel, loop=loop, quiet=True)
     worker.execute_from_commandline()

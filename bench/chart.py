@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 SECTION = re.compile(r"^## (.+)$")
-ROW = re.compile(r"^\| (\w+) \| [\d.]+ \| [\d.]+ \| ([\d.]+) \|$")
+ROW = re.compile(r"^\| (\w+) \| [\d.]+ \| [\d.]+ \| ([\d.]+) \|(?: [^|]* \|)?$")
 LABEL = re.compile(r"^<!-- label: (.+) -->$")
 
 

@@ -144,7 +144,19 @@ def start_worker(config: Path, log_path: Path) -> subprocess.Popen[bytes]:
         )  # fmt: skip
 
 
-async def batchstream(bootstrap: str, base_url: str, values: list[bytes], mode: str, workdir: Path) -> float:
+def peak_rss_mb(pid: int) -> float | None:
+    """The process's peak resident memory (``VmHWM``), in MB; None where /proc does not tell."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    kilobytes = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), None)
+    return None if kilobytes is None else kilobytes / 1024
+
+
+async def batchstream(
+    bootstrap: str, base_url: str, values: list[bytes], mode: str, workdir: Path
+) -> tuple[float, float | None]:  # fmt: skip
     topic = f"bench-{mode}-{uuid.uuid4().hex[:6]}"
     await create_topics(bootstrap, topic)
     config = workdir / f"{topic}.yaml"
@@ -167,19 +179,24 @@ async def batchstream(bootstrap: str, base_url: str, values: list[bytes], mode: 
             if worker.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the worker did not start; see {log_path}")
             await asyncio.sleep(0.2)
-        return await timed(bootstrap, topic, f"{topic}.results", values)
+        took = await timed(bootstrap, topic, f"{topic}.results", values)
+        return took, peak_rss_mb(worker.pid)
     finally:
         worker.terminate()
         worker.wait(60)
 
 
-async def measure(bootstrap: str, base_url: str, n: int) -> list[tuple[str, float, float, float]]:
+Row = tuple[str, float, float, float, float | None]
+
+
+async def measure(bootstrap: str, base_url: str, n: int) -> list[Row]:
     workdir = Path(tempfile.mkdtemp(prefix="batchstream-bench-"))
     values = events(n)
     await baseline(bootstrap, values[:500], None)  # warm up the broker and the JIT
     rows = []
     for name in ("batch", "flex", "realtime"):
         base = await baseline(bootstrap, values, None)
+        rss = None
         if name == "realtime":
             handler, client = realtime_handler(base_url)
             try:
@@ -187,21 +204,24 @@ async def measure(bootstrap: str, base_url: str, n: int) -> list[tuple[str, floa
             finally:
                 await client.close()
         else:
-            took = await batchstream(bootstrap, base_url, values, name, workdir)
-        rows.append((name, base, took, base / took))
+            took, rss = await batchstream(bootstrap, base_url, values, name, workdir)
+        rows.append((name, base, took, base / took, rss))
         print(f"{name:9s} baseline {n / base:8.0f} ev/s   {name} {n / took:8.0f} ev/s   ratio {base / took:.3f}")
     return rows
 
 
-def render(n: int, rows: list[tuple[str, float, float, float]]) -> str:
+def render(n: int, rows: list[Row]) -> str:
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         f"## {stamp}, {n} events, {PARTITIONS} partitions, {os.cpu_count()} cores, Python {platform.python_version()}",
         "",
-        "| scenario | baseline (Kafka copy) ev/s | scenario ev/s | ratio to baseline |",
-        "|---|---:|---:|---:|",
+        "| scenario | baseline (Kafka copy) ev/s | scenario ev/s | ratio to baseline | worker peak RSS MB |",
+        "|---|---:|---:|---:|---:|",
     ]
-    lines += [f"| {name} | {n / base:.0f} | {n / took:.0f} | {ratio:.3f} |" for name, base, took, ratio in rows]
+    lines += [
+        f"| {name} | {n / base:.0f} | {n / took:.0f} | {ratio:.3f} | {'-' if rss is None else f'{rss:.0f}'} |"
+        for name, base, took, ratio, rss in rows
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -61,6 +61,9 @@ from streams.provider_config import ProviderSettings
 
 log = logging.getLogger(__name__)
 
+#: The anthropic SDK's errors and transport errors, mapped at the boundary.
+ERRORS: tuple[type[Exception], ...] = (anthropic.AnthropicError, httpx.HTTPError)
+
 _STATES: dict[str, JobState] = {"in_progress": "running", "canceling": "ending", "ended": "ended"}
 _REQUEST_INDEX = re.compile(r"requests\.(\d+)")
 #: Result error types the request itself causes: retrying cannot help.
@@ -139,7 +142,7 @@ class AnthropicProvider(Provider):
         lines: list[Any] = [{"custom_id": f"{mark}_{r.custom_id}", "params": r.body} for r in requests]
         batches = self._client.with_options(timeout=self.settings.create_timeout, max_retries=0).messages.batches
         try:
-            batch = await guarded("create message batch", lambda: batches.create(requests=lines))
+            batch = await guarded("create message batch", lambda: batches.create(requests=lines), ERRORS)
         except ProviderRejected as exc:
             named = sorted({int(m.group(1)) for m in _REQUEST_INDEX.finditer(str(exc))})
             if exc.status_code == 413:
@@ -153,10 +156,12 @@ class AnthropicProvider(Provider):
         return job_of(batch)
 
     async def retrieve(self, job_id: str) -> Job:
-        return job_of(await guarded("retrieve message batch", lambda: self._client.messages.batches.retrieve(job_id)))
+        batches = self._client.messages.batches
+        return job_of(await guarded("retrieve message batch", lambda: batches.retrieve(job_id), ERRORS))
 
     async def cancel(self, job_id: str) -> Job:
-        return job_of(await guarded("cancel message batch", lambda: self._client.messages.batches.cancel(job_id)))
+        batches = self._client.messages.batches
+        return job_of(await guarded("cancel message batch", lambda: batches.cancel(job_id), ERRORS))
 
     async def results(self, job: Job, workdir: Path) -> dict[str, LineOutcome]:
         path = workdir / f"{job.id}.results.jsonl"
@@ -171,7 +176,8 @@ class AnthropicProvider(Provider):
                 await decoder.close()
 
         try:
-            await download_checked(f"results of {job.id}", stream, path, attempts=self.settings.download_attempts)
+            await download_checked(f"results of {job.id}", stream, path, attempts=self.settings.download_attempts,
+                                   errors=ERRORS)  # fmt: skip
             return {
                 _unmarked(str(line["custom_id"])): classify(line)
                 for line in iter_jsonl(path)
@@ -202,7 +208,7 @@ class AnthropicProvider(Provider):
             return found
 
         try:
-            jobs = await guarded("list message batches", candidates)
+            jobs = await guarded("list message batches", candidates, ERRORS)
         except ProviderRejected as exc:
             log.warning("cannot list message batches (%s): batches created before a crash cannot be adopted", exc)
             self.can_find = False
@@ -251,19 +257,23 @@ class AnthropicProvider(Provider):
         self._marks[job.id] = mark
         return mark
 
+    async def ping(self) -> None:
+        await guarded("list message batches", lambda: self._client.messages.batches.list(limit=1), ERRORS)
+
     async def discard_staged(self, staged: str | None) -> None:
         return None
 
     async def cleanup(self, job: Job) -> None:
         if self.settings.delete_files and job.state == "ended":
-            await quietly(f"deleting message batch {job.id}", lambda: self._client.messages.batches.delete(job.id))
+            batches = self._client.messages.batches
+            await quietly(f"deleting message batch {job.id}", lambda: batches.delete(job.id), ERRORS)
 
     # -- one-off calls --------------------------------------------------------------------
     async def call(self, endpoint: str, body: dict[str, Any], *, flex: bool, timeout: float) -> Reply:
         """One Messages call (Anthropic has no flex tier: ``flex`` is never asked of it)."""
         response = await guarded(endpoint, lambda: self._client.post(
             endpoint, body=body, cast_to=object, options={"timeout": timeout, "max_retries": 0},
-        ))  # fmt: skip
+        ), ERRORS)  # fmt: skip
         if not isinstance(response, dict):
             raise ProviderUnavailable(f"{endpoint}: the response is not a JSON object")
         usage: dict[str, Any] = response["usage"] if isinstance(response.get("usage"), dict) else {}

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
-import anthropic
 import httpx
 import openai
 import orjson
@@ -114,51 +113,54 @@ class BatchRefused(ProviderRejected):
         self.errors = errors
 
 
-_RATE_LIMITED = (openai.RateLimitError, anthropic.RateLimitError)
-_STATUS = (openai.APIStatusError, anthropic.APIStatusError)
-_TRANSPORT = (openai.APITimeoutError, openai.APIConnectionError, anthropic.APITimeoutError,
-              anthropic.APIConnectionError, httpx.TransportError)  # fmt: skip
-SDK_ERRORS = (openai.OpenAIError, anthropic.AnthropicError, httpx.HTTPError)
+#: The openai SDK's errors and transport errors; each provider module passes its SDK's own.
+OPENAI_ERRORS: tuple[type[Exception], ...] = (openai.OpenAIError, httpx.HTTPError)
 
 
-def _retry_after(exc: openai.APIStatusError | anthropic.APIStatusError) -> float | None:
-    value = exc.response.headers.get("retry-after")
+def _retry_after(headers: Any) -> float | None:
+    value = headers.get("retry-after") if headers is not None else None
     try:
         return float(value) if value is not None else None
     except ValueError:
         return None
 
 
-def _code_and_param(exc: openai.APIStatusError | anthropic.APIStatusError) -> tuple[str | None, str | None]:
-    if isinstance(exc, openai.APIStatusError):
-        return exc.code, exc.param
-    body: dict[str, Any] = exc.body if isinstance(exc.body, dict) else {}
-    inner: dict[str, Any] = body["error"] if isinstance(body.get("error"), dict) else {}
-    return (inner["type"] if isinstance(inner.get("type"), str) else None), None
+def _code_and_param(exc: Exception) -> tuple[str | None, str | None]:
+    """The provider's error code and parameter: OpenAI's ``code``/``param``, Anthropic's ``error.type``."""
+    code, param = getattr(exc, "code", None), getattr(exc, "param", None)
+    if code is None:
+        body = getattr(exc, "body", None)
+        inner = body.get("error") if isinstance(body, dict) else None
+        code = inner.get("type") if isinstance(inner, dict) else None
+    return (code if isinstance(code, str) else None), (param if isinstance(param, str) else None)
 
 
 def map_error(exc: Exception, what: str) -> ProviderError:
-    """Translate an SDK or transport exception into a ProviderError (no secrets in messages)."""
-    if isinstance(exc, _RATE_LIMITED):
-        code, _ = _code_and_param(exc)
-        return ProviderBackpressure(f"{what}: {exc.message}", retry_after=_retry_after(exc), code=code)
-    if isinstance(exc, _STATUS):
-        status = exc.status_code
+    """Translate an SDK or transport exception into a ProviderError (no secrets in messages).
+
+    The SDKs (openai, anthropic) share the shape of their status errors (``status_code``,
+    ``response``, ``message``), so one mapping serves both.
+    """
+    status = getattr(exc, "status_code", None)
+    response = getattr(exc, "response", None)
+    if isinstance(status, int) and isinstance(response, httpx.Response):
+        message = getattr(exc, "message", None) or str(exc)
         code, param = _code_and_param(exc)
-        message = f"{what}: HTTP {status}: {exc.message}"
+        if status == 429:
+            return ProviderBackpressure(f"{what}: {message}", retry_after=_retry_after(response.headers), code=code)
         # 529 is Anthropic's "overloaded": transient, as every 5xx.
         kind = ProviderUnavailable if status >= 500 or status in (408, 409) else ProviderRejected
-        return kind(message, status_code=status, code=code, param=param)
-    if isinstance(exc, _TRANSPORT):
-        return ProviderUnavailable(f"{what}: {type(exc).__name__}: {exc}")
+        return kind(f"{what}: HTTP {status}: {message}", status_code=status, code=code, param=param)
     return ProviderUnavailable(f"{what}: {type(exc).__name__}: {exc}")
 
 
-async def guarded(what: str, call: Callable[[], Awaitable[T]]) -> T:
-    """Await an SDK call, mapping its exceptions at the boundary."""
+async def guarded(
+    what: str, call: Callable[[], Awaitable[T]], errors: tuple[type[Exception], ...] = OPENAI_ERRORS
+) -> T:
+    """Await an SDK call, mapping its exceptions (``errors``: the SDK's own) at the boundary."""
     try:
         return await call()
-    except SDK_ERRORS as exc:
+    except errors as exc:
         raise map_error(exc, what) from exc
 
 
@@ -214,6 +216,10 @@ class Provider(ABC):
     async def cleanup(self, job: Job) -> None:
         """Delete what an ended job left at the provider (``delete_files``); failures are only logged."""
 
+    @abstractmethod
+    async def ping(self) -> None:
+        """One cheap authenticated call (a listing of one job), for readiness; raises ProviderError."""
+
     # -- one-off calls --------------------------------------------------------------------
     @abstractmethod
     async def call(self, endpoint: str, body: dict[str, Any], *, flex: bool, timeout: float) -> Reply:
@@ -232,7 +238,10 @@ def iter_jsonl(path: Path) -> Iterator[Any]:
                 yield orjson.loads(raw)
 
 
-async def download_checked(what: str, stream: Callable[[], Any], dest: Path, *, attempts: int) -> Path:
+async def download_checked(
+    what: str, stream: Callable[[], Any], dest: Path, *, attempts: int,
+    errors: tuple[type[Exception], ...] = OPENAI_ERRORS,
+) -> Path:  # fmt: skip
     """Stream a result file to ``dest``; retried when cut off.
 
     ``stream()`` opens the SDK's streaming response: an async context manager giving the
@@ -243,7 +252,7 @@ async def download_checked(what: str, stream: Callable[[], Any], dest: Path, *, 
     last: ProviderError | None = None
     for attempt in range(1, attempts + 1):
         try:
-            await guarded(what, lambda: _download_once(what, stream, dest))
+            await guarded(what, lambda: _download_once(what, stream, dest), errors)
             for _ in iter_jsonl(dest):
                 pass
             return dest
@@ -271,10 +280,12 @@ async def _download_once(what: str, stream: Callable[[], Any], dest: Path) -> No
         raise ProviderUnavailable(f"{what} cut off at {size} of {expected} bytes")
 
 
-async def quietly(what: str, call: Callable[[], Awaitable[Any]]) -> None:
+async def quietly(
+    what: str, call: Callable[[], Awaitable[Any]], errors: tuple[type[Exception], ...] = OPENAI_ERRORS
+) -> None:
     """A clean-up call: a 404 counts as done, any other failure is logged and forgotten."""
     try:
-        await guarded(what, call)
+        await guarded(what, call, errors)
     except ProviderRejected as exc:
         if exc.status_code != 404:
             log.warning("%s failed: %s", what, exc)

@@ -196,6 +196,9 @@ class OpenAIProvider(Provider):
             return Lookup()
         return Lookup(job_of(found) if found is not None else None)
 
+    async def ping(self) -> None:
+        await guarded("list batches", lambda: self._client.batches.list(limit=1))
+
     async def discard_staged(self, staged: str | None) -> None:
         if staged and self.settings.delete_files:
             await self._delete_file(staged)

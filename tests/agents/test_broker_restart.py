@@ -3,7 +3,8 @@
 Each test runs its own broker on a data directory (the session's broker is shared by every
 other test), stops it while windows are in flight and results are being written, keeps it
 down for ``OUTAGE`` seconds and starts it again on the same data directory and ports, as
-``batchstream dev kafka --data-dir`` does. The worker is never touched.
+``batchstream dev kafka --data-dir`` does. The worker is never touched; its ``/readyz``
+reports the broker gone while it is, and ready again after.
 
 - ``sigterm``: the broker is stopped cleanly (Ctrl-C on ``batchstream dev kafka``). The
   group survives the restart: no rebalance, and every event ends exactly once.
@@ -37,7 +38,9 @@ from tests.support import (
     WorkerProcess,
     assert_each_window_submitted_once,
     end_offsets,
+    free_port,
     pipeline,
+    probe,
     produce,
     wait_committed_offsets,
     wait_log,
@@ -111,9 +114,10 @@ async def test_broker_restart_mid_run_loses_nothing_and_keeps_the_worker(
     await admin.create_topics([NewTopic(topic, num_partitions=PARTITIONS, replication_factor=1)])
     await admin.close()
     window = {"max_requests": 100, "max_wait": "1s"}
+    port = free_port()
     config = write_config(
         tmp_path / "c.yaml", bootstrap=bootstrap, base_url=emulator.base_url, group=group,
-        pipelines=[pipeline("br", topic, mode=mode, flex=FLEX, window=window)],
+        pipelines=[pipeline("br", topic, mode=mode, flex=FLEX, window=window)], metrics_port=port,
     )  # fmt: skip
     ids = {f"b{i}" for i in range(BEFORE + AFTER)}
     keys = [f"k{i % 60}".encode() for i in range(BEFORE + AFTER)]
@@ -134,9 +138,17 @@ async def test_broker_restart_mid_run_loses_nothing_and_keeps_the_worker(
 
             await wait_until(some_results, timeout=60, what="the first 200 results")
             before_stop = len(results.values)
+            assert (await asyncio.to_thread(probe, port, "/readyz"))[0] == 200
             await asyncio.to_thread(stop_broker, own_broker, how)
             down_at = time.monotonic()
-            await asyncio.sleep(OUTAGE)  # the fault's duration, not a synchronisation
+
+            async def unready() -> bool:
+                status, body = await asyncio.to_thread(probe, port, "/readyz")
+                return status == 503 and body["checks"]["broker"] != "ok"
+
+            await wait_until(unready, timeout=OUTAGE, what="/readyz to report the broker gone")
+            assert (await asyncio.to_thread(probe, port, "/healthz"))[0] == 200, "alive all the same"
+            await asyncio.sleep(max(0.0, OUTAGE - (time.monotonic() - down_at)))  # the fault's duration
             alive()
             await asyncio.to_thread(own_broker.start)  # its readiness check runs an event loop of its own
             outage = time.monotonic() - down_at  # with the restart's own start-up and log recovery
@@ -156,6 +168,11 @@ async def test_broker_restart_mid_run_loses_nothing_and_keeps_the_worker(
             assert sum(ends.values()) == BEFORE + AFTER
             await wait_committed_offsets(bootstrap, group, topic, ends, timeout=60)
             alive()
+
+            async def ready() -> bool:
+                return (await asyncio.to_thread(probe, port, "/readyz"))[0] == 200
+
+            await wait_until(ready, timeout=30, what="/readyz ready again after the restart")
             records = results.values + dlq.values
         assert worker.proc.pid == pid and worker.log().count("[^Worker]: Starting") == 1, "never restarted"
         assert dlq.values == [], f"dead letters: {Counter(v['reason'] for v in dlq.values)}"

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -63,26 +62,3 @@ def test_missing_java_and_maven_fail_at_once_with_what_to_install(tmp_path: Path
     assert "java and mvn not found on PATH" in proc.stderr
     assert "openjdk" in proc.stderr and "maven" in proc.stderr and "docker compose" in proc.stderr
     assert proc.stdout == ""
-
-
-def test_compose_file_wires_kafka_and_worker() -> None:
-    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    services = compose["services"]
-    kafka = services["kafka"]
-    assert kafka["image"].startswith("apache/kafka:")
-    env = kafka["environment"]
-    assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
-    assert "9092:9092" in kafka["ports"]
-    assert env["KAFKA_ADVERTISED_LISTENERS"].endswith("localhost:9092")
-    worker = services["worker"]
-    assert worker["depends_on"]["kafka"]["condition"] == "service_healthy"
-    assert worker["environment"]["OPENAI_API_KEY"].startswith("${OPENAI_API_KEY")
-    internal = env["KAFKA_ADVERTISED_LISTENERS"].split(",")[0].removeprefix("PLAINTEXT://")
-    assert worker["environment"]["KAFKA_BOOTSTRAP_SERVERS"] == internal
-    mount = worker["volumes"][0].split(":")
-    config = ROOT / mount[0] / Path(worker["command"][-1]).name
-    assert config.exists() and mount[1] == "/config"
-    from streams.config import load_settings
-
-    settings = load_settings(config, env={"OPENAI_API_KEY": "k", "KAFKA_BOOTSTRAP_SERVERS": internal})
-    assert settings.kafka.bootstrap_servers == internal

@@ -1,0 +1,159 @@
+"""The worker's HTTP endpoints on ``metrics_port``: ``/metrics``, ``/healthz`` and ``/readyz``.
+
+- ``/metrics``: Prometheus exposition of the process's metrics;
+- ``/healthz``: 200 while the process and its event loop answer (a liveness probe);
+- ``/readyz``: 200 when the worker can do its job, else 503; the JSON body says which check
+  failed:
+
+  * ``partitions``: every pipeline has received its assignment (possibly empty: a standby
+    replica of a group with more workers than partitions is ready) and loaded the state of
+    its partitions, and is not in the middle of a rebalance;
+  * ``broker``: the Kafka cluster answers a metadata request (checked at most every
+    ``BROKER_TTL`` seconds);
+  * ``providers``: each provider answers an authenticated listing call (at most every
+    ``PROVIDER_TTL`` seconds; a server without the listing route still counts as reachable,
+    a refused key does not).
+
+Served by aiohttp on the worker's event loop, so a blocked loop fails ``/healthz`` too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+import orjson
+from aiohttp import web
+from aiokafka.admin import AIOKafkaAdminClient
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from providers import Provider
+from streams.errors import ProviderError, ProviderRejected
+
+log = logging.getLogger(__name__)
+
+#: How long a passed broker or provider check is reused (probes come every few seconds); a
+#: failed one is checked again after ``FAILED_TTL``, so readiness returns soon after a fix.
+BROKER_TTL = 5.0
+PROVIDER_TTL = 30.0
+FAILED_TTL = 5.0
+#: How long one check may take before it counts as failed.
+CHECK_TIMEOUT = 5.0
+
+
+class Assignable(Protocol):
+    """What readiness reads of a pipeline."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def assignment(self) -> tuple[bool, int]:
+        """(assigned and state loaded, partitions owned)."""
+
+
+class _Cached:
+    """The last outcome of a check (None: passed; else why it failed), renewed after ``ttl``."""
+
+    def __init__(self, check: Callable[[], Awaitable[None]], ttl: float) -> None:
+        self.check, self.ttl = check, ttl
+        self._at = float("-inf")
+        self._problem: str | None = "not checked yet"
+        self._lock = asyncio.Lock()
+
+    async def problem(self) -> str | None:
+        async with self._lock:
+            if time.monotonic() - self._at >= (self.ttl if self._problem is None else FAILED_TTL):
+                try:
+                    await asyncio.wait_for(self.check(), CHECK_TIMEOUT)
+                    self._problem = None
+                except TimeoutError:
+                    self._problem = f"no answer within {CHECK_TIMEOUT:g}s"
+                except Exception as exc:  # noqa: BLE001 - any failure makes the worker unready, with its reason
+                    self._problem = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ProviderError) else str(exc)
+                self._at = time.monotonic()
+            return self._problem
+
+
+class Health:
+    """The endpoints of one worker process."""
+
+    def __init__(
+        self, pipelines: Sequence[Assignable], providers: Sequence[Provider], *, bootstrap: str,
+        kafka_options: dict[str, Any],
+    ) -> None:  # fmt: skip
+        self.pipelines = pipelines
+        self._admin: AIOKafkaAdminClient | None = None
+        self._bootstrap, self._options = bootstrap, kafka_options
+        self._broker = _Cached(self._check_broker, BROKER_TTL)
+        self._providers = {p.name: _Cached(self._pinger(p), PROVIDER_TTL) for p in providers}
+        self._runner: web.AppRunner | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.add_routes([
+            web.get("/metrics", self.metrics), web.get("/healthz", self.healthz), web.get("/readyz", self.readyz),
+        ])  # fmt: skip
+        return app
+
+    async def start(self, host: str, port: int) -> None:
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, host, port).start()
+        log.info("serving /metrics, /healthz and /readyz on %s:%d", host, port)
+
+    async def stop(self, *_: Any, **__: Any) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._admin is not None:
+            await self._admin.close()
+            self._admin = None
+
+    # -- endpoints ----------------------------------------------------------------------
+    async def metrics(self, _request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(self, _request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(self, _request: web.Request) -> web.Response:
+        ready, checks = await self.readiness()
+        return web.Response(body=orjson.dumps({"ready": ready, "checks": checks}), status=200 if ready else 503,
+                            content_type="application/json")  # fmt: skip
+
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Whether the worker is ready, and each check's outcome ("ok" or why not)."""
+        partitions: dict[str, str] = {}
+        for pipeline in self.pipelines:
+            assigned, owned = pipeline.assignment
+            partitions[pipeline.name] = f"ok ({owned} partitions)" if assigned else "waiting for its assignment"
+        broker = await self._broker.problem()
+        providers = {name: await cached.problem() or "ok" for name, cached in self._providers.items()}
+        checks = {"partitions": partitions, "broker": broker or "ok", "providers": providers}
+        ready = all(v.startswith("ok") for v in partitions.values()) and broker is None
+        return ready and all(v == "ok" for v in providers.values()), checks
+
+    # -- checks ---------------------------------------------------------------------------
+    async def _check_broker(self) -> None:
+        if self._admin is None:
+            admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap, request_timeout_ms=int(CHECK_TIMEOUT * 1000),
+                                        **self._options)  # fmt: skip
+            await admin.start()
+            self._admin = admin
+        await self._admin.describe_cluster()
+
+    @staticmethod
+    def _pinger(provider: Provider) -> Callable[[], Awaitable[None]]:
+        async def ping() -> None:
+            try:
+                await provider.ping()
+            except ProviderRejected as exc:
+                if exc.status_code in (401, 403):
+                    raise  # reachable, but the key is refused: not able to work
+                # any other 4xx: the server answered (it may not offer the listing route)
+
+        return ping
