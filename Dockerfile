@@ -21,7 +21,8 @@ LABEL org.opencontainers.image.title="batchstream" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /install /usr/local
-RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin batchstream
+RUN groupadd --system --gid 10001 batchstream \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin batchstream
 # faust's data dir and the windows' temporary files go to /tmp (mount an emptyDir there
 # when the root filesystem is read-only)
 WORKDIR /tmp

@@ -131,8 +131,9 @@ class Health:
         for pipeline in self.pipelines:
             assigned, owned = pipeline.assignment
             partitions[pipeline.name] = f"ok ({owned} partitions)" if assigned else "waiting for its assignment"
-        broker = await self._broker.problem()
-        providers = {name: await cached.problem() or "ok" for name, cached in self._providers.items()}
+        names = list(self._providers)
+        broker, *problems = await asyncio.gather(self._broker.problem(), *(self._providers[n].problem() for n in names))
+        providers = {name: problem or "ok" for name, problem in zip(names, problems, strict=True)}
         checks = {"partitions": partitions, "broker": broker or "ok", "providers": providers}
         ready = all(v.startswith("ok") for v in partitions.values()) and broker is None
         return ready and all(v == "ok" for v in providers.values()), checks
@@ -142,7 +143,11 @@ class Health:
         if self._admin is None:
             admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap, request_timeout_ms=int(CHECK_TIMEOUT * 1000),
                                         **self._options)  # fmt: skip
-            await admin.start()
+            try:
+                await admin.start()
+            except BaseException:
+                await admin.close()  # a client that never started is not kept, nor leaked
+                raise
             self._admin = admin
         await self._admin.describe_cluster()
 

@@ -62,6 +62,10 @@ def test_compose_checks_readiness_and_gives_the_worker_its_stop_grace() -> None:
     assert f"{settings.metrics_port}:{settings.metrics_port}" in worker["ports"]
     assert int(worker["stop_grace_period"].removesuffix("s")) > 30, "longer than the worker's own 30 s grace"
     assert worker["depends_on"]["emulator"]["condition"] == "service_healthy"
+    built = [name for name, service in services.items() if "build" in service]
+    assert built == ["worker"], "one service builds the image the others run (parallel builds of one tag collide)"
+    image = worker["image"]
+    assert all(services[name]["image"] == image for name in ("emulator", "producer"))
 
 
 def test_compose_has_a_sample_producer_behind_a_profile() -> None:
@@ -120,5 +124,8 @@ def test_the_deployment_probes_the_health_endpoints_of_its_configuration() -> No
     assert pod["securityContext"]["runAsNonRoot"] and container["securityContext"]["readOnlyRootFilesystem"]
     pdb = manifests["PodDisruptionBudget"]["spec"]
     assert pdb["selector"] == deployment["spec"]["selector"]
-    kustomized = yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"]
-    assert sorted(kustomized) == sorted(p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    outside = {"kustomization.yaml", "secret.yaml"}  # the Secret is applied once, never overwritten by -k
+    assert sorted(kustomization["resources"]) == sorted(p.name for p in K8S.glob("*.yaml") if p.name not in outside)
+    assert [i["name"] for i in kustomization["images"]] == [container["image"].split(":")[0]]
+    assert manifests["PodDisruptionBudget"]["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"

@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -20,11 +21,11 @@ def row(output: str, label: str) -> str:
     return match.group(1)
 
 
-#: Each mode once, and each provider; ``BATCHSTREAM_SOAK=long`` adds OpenAI's auto mode (its
-#: routing and hedging are covered by the end-to-end tests of ``tests/agents``).
-CASES = [("openai", "batch"), ("openai", "flex"), ("anthropic", "auto")]
+#: The README's main job and each provider; ``BATCHSTREAM_SOAK=long`` adds OpenAI's flex and auto
+#: modes (their routing, fallbacks and hedging are covered by the end-to-end tests of ``tests/agents``).
+CASES: list[Any] = [("openai", "batch"), ("anthropic", "auto")]
 if os.environ.get("BATCHSTREAM_SOAK") == "long":
-    CASES.append(("openai", "auto"))
+    CASES += [pytest.param("openai", mode, marks=pytest.mark.soak) for mode in ("flex", "auto")]
 
 
 @pytest.mark.parametrize(("provider", "mode"), CASES)
