@@ -117,7 +117,11 @@ def run(settings: Settings, *, loglevel: str = "info") -> None:
         providers = list({p.client.name: p.client for p in pipelines}.values())
         health = Health(pipelines, providers, bootstrap=settings.kafka.bootstrap_servers,
                         kafka_options=kafka_options(settings.kafka))  # fmt: skip
-        loop.run_until_complete(health.start(settings.metrics_host, settings.metrics_port))
+        try:
+            loop.run_until_complete(health.start(settings.metrics_host, settings.metrics_port))
+        except OSError as exc:
+            where = f"{settings.metrics_host}:{settings.metrics_port}"
+            raise ConfigError(f"metrics_port: cannot serve on {where}: {exc.strerror or exc}") from None
         app.on_before_shutdown.connect(health.stop)
     worker = faust.Worker(app, loglevel=loglevel, loop=loop, quiet=True)
     worker.execute_from_commandline()

@@ -6,11 +6,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import subprocess
+import sys
 
 import pytest
 
 from emulator import EmulatorThread
-from tests.support import free_port, pipeline, probe, wait_log, wait_until
+from tests.support import ROOT, free_port, pipeline, probe, wait_log, wait_until
 
 pytestmark = pytest.mark.kafka
 
@@ -58,3 +62,18 @@ async def test_ready_only_once_assigned_and_every_provider_answers(emulator, mak
     finally:
         spare.stop()
     assert worker.terminate() == 0, worker.log()
+
+
+async def test_a_metrics_port_in_use_fails_at_start_up_naming_the_field(make_topic, configure):
+    topic = await make_topic("busy", partitions=1)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        config, _ = configure(pipeline("busy", topic), metrics_port=taken.getsockname()[1])
+        proc = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "agents.cli", "worker", "-c", str(config)], cwd=ROOT,
+            capture_output=True, text=True, timeout=120, env={**os.environ, "OPENAI_API_KEY": "sk-test-secret-key"},
+        )  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "batchstream: metrics_port: cannot serve on 127.0.0.1:" in proc.stderr
+    assert "Traceback" not in proc.stderr
