@@ -12,7 +12,8 @@ Shares the emulator's :class:`~emulator.server.Faults` and stats:
   a forced ``failed`` outcome refuses the create call with a 400 naming ``requests.0``;
   ``create_400`` refuses the next creates with a 400 naming no request (an account problem);
   ``failing_custom_ids`` also match a custom id's part after its first ``_``;
-- ``anthropic_relative_results_url``: the batch's ``results_url`` relative to the server.
+- ``anthropic_relative_results_url``: the batch's ``results_url`` relative to the server;
+  ``anthropic_no_results_url``: none at all (the results are still served at their path).
 
 Results come back in reverse input order (Anthropic does not keep input order).
 """
@@ -151,7 +152,9 @@ class AnthropicApi:
             return error(400, "anthropic-version header is required")
         return None
 
-    def _url(self, request: web.Request, batch: MessageBatch) -> str:
+    def _url(self, request: web.Request, batch: MessageBatch) -> str | None:
+        if self.e.faults.anthropic_no_results_url:
+            return None
         path = f"/v1/messages/batches/{batch.id}/results"
         return path if self.e.faults.anthropic_relative_results_url else f"{request.url.origin()}{path}"
 

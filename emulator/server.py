@@ -117,6 +117,8 @@ class Faults(BaseModel):
     retry_after: float = Field(1.0, ge=0)
     #: Anthropic: a message batch's ``results_url`` is relative to the server (else absolute).
     anthropic_relative_results_url: bool = False
+    #: Anthropic: an ended message batch names no ``results_url`` (its results are still served).
+    anthropic_no_results_url: bool = False
     #: Anthropic: the next N message-batch creates answer 400 naming no request (low credit).
     create_400: int = Field(0, ge=0)
     seed: int = 0

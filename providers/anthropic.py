@@ -166,14 +166,8 @@ class AnthropicProvider(Provider):
     async def results(self, job: Job, workdir: Path) -> dict[str, LineOutcome]:
         path = workdir / f"{job.id}.results.jsonl"
 
-        @asynccontextmanager
-        async def stream() -> AsyncIterator[tuple[Any, AsyncIterator[bytes]]]:
-            # The SDK resolves the batch's results_url, relative or absolute; the raw bytes go to disk.
-            decoder = await self._client.messages.batches.results(job.id)
-            try:
-                yield decoder.http_response.headers, decoder.http_response.aiter_bytes()
-            finally:
-                await decoder.close()
+        def stream() -> Any:
+            return self._open_results(job.id)
 
         try:
             await download_checked(f"results of {job.id}", stream, path, attempts=self.settings.download_attempts,
@@ -185,6 +179,33 @@ class AnthropicProvider(Provider):
             }
         finally:
             path.unlink(missing_ok=True)
+
+    @asynccontextmanager
+    async def _open_results(self, batch_id: str) -> AsyncIterator[tuple[Any, AsyncIterator[bytes]]]:
+        """An ended batch's results as (headers, chunks of raw bytes).
+
+        The SDK reads them from the batch's ``results_url``, relative or absolute. A server that
+        ends a batch without one (the API gives it once processing ends) is read at the
+        documented path, ``/v1/messages/batches/{id}/results``, with the client's own headers.
+        """
+        try:
+            decoder = await self._client.messages.batches.results(batch_id)
+        except anthropic.AnthropicError as exc:
+            if isinstance(exc, anthropic.APIError):
+                raise
+            headers = {k: v for k, v in self._client.default_headers.items() if isinstance(v, str)}
+            url = f"{str(self._client.base_url).rstrip('/')}/v1/messages/batches/{batch_id}/results"
+            async with (
+                httpx.AsyncClient(timeout=self.settings.timeout) as http,
+                http.stream("GET", url, headers={**headers, "Accept": "application/binary"}) as response,
+            ):
+                response.raise_for_status()
+                yield response.headers, response.aiter_bytes()
+            return
+        try:
+            yield decoder.http_response.headers, decoder.http_response.aiter_bytes()
+        finally:
+            await decoder.close()
 
     async def find(self, tag: str, *, created_after: float, create_started: float | None, count: int) -> Lookup:
         """The round's batch among those created around its create call with its request count.
@@ -229,24 +250,22 @@ class AnthropicProvider(Provider):
         ``_UNREAD`` when it cannot be read now."""
         if job.id in self._marks:
             return self._marks[job.id]
+
+        async def first_line() -> bytes:
+            head = b""
+            async with self._open_results(job.id) as (_, chunks):
+                async for chunk in chunks:
+                    head += chunk
+                    if b"\n" in head or len(head) > 4096:
+                        break
+            return head
+
         try:
-            decoder = await guarded(
-                "results of a candidate batch", lambda: self._client.messages.batches.results(job.id)
-            )
+            head = await guarded("results of a candidate batch", first_line, ERRORS)
         except ProviderRejected:
             return None  # deleted or expired: not a batch anyone can still use
         except ProviderError:
             return _UNREAD
-        try:
-            head = b""
-            async for chunk in decoder.http_response.aiter_bytes():
-                head += chunk
-                if b"\n" in head or len(head) > 4096:
-                    break
-        except httpx.HTTPError:
-            return _UNREAD
-        finally:
-            await decoder.close()
         try:
             custom_id = orjson.loads(head.split(b"\n", 1)[0]).get("custom_id", "")
         except (orjson.JSONDecodeError, AttributeError):

@@ -38,12 +38,13 @@ async def test_an_anthropic_window_keeps_results_rejects_invalid_requests_and_re
     assert emu.message_batches == {}, "ended batches are deleted once their results are written"
 
 
-@pytest.mark.parametrize("relative", [False, True], ids=["absolute-results-url", "relative-results-url"])
-async def test_anthropic_results_are_read_from_a_relative_or_absolute_url_and_downloads_retried(
-    emulator, make_lane, relative
+@pytest.mark.parametrize("url", ["absolute", "relative", "none"], ids=lambda u: f"{u}-results-url")
+async def test_anthropic_results_are_read_from_a_relative_absolute_or_missing_url_and_downloads_retried(
+    emulator, make_lane, url
 ):
     emu = emulator.emulator
-    emu.faults.anthropic_relative_results_url = relative
+    emu.faults.anthropic_relative_results_url = url == "relative"
+    emu.faults.anthropic_no_results_url = url == "none"  # read at the documented path
     emu.faults.cut_off_downloads = 1
     lane = make_lane(provider={"kind": "anthropic"})
     _, requests = await lane.run(12)
@@ -86,11 +87,13 @@ async def test_an_anthropic_create_refused_for_the_account_is_retried_not_dead_l
     assert "credit balance is too low" in caplog.text, "the refusal is logged while the window waits"
 
 
-async def test_an_anthropic_batch_whose_create_answer_was_lost_is_adopted_by_its_mark(emulator, make_lane, caplog):
+@pytest.mark.parametrize("url", ["given", "none"], ids=lambda u: f"{u}-results-url")
+async def test_an_anthropic_batch_whose_create_answer_was_lost_is_adopted_by_its_mark(emulator, make_lane, caplog, url):
     import anthropic
 
     emu = emulator.emulator
     emu.faults.batch_seconds = 0.5
+    emu.faults.anthropic_no_results_url = url == "none"
     async with anthropic.AsyncAnthropic(base_url=emulator.root_url, api_key="k", max_retries=0) as sdk:
         params = {"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}
         await sdk.messages.batches.create(requests=[{"custom_id": f"other_0-{i}", "params": params} for i in range(12)])
