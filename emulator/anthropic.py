@@ -308,21 +308,7 @@ class AnthropicApi:
             return error(404, "message batch not found")
         if batch.status != "ended":
             return error(400, "results are not available until the batch has ended")
-        data = b"\n".join(batch.results) + b"\n"
-        self.e.stats["downloads"] += 1
-        response = web.StreamResponse(headers={"Content-Type": "application/binary"})
-        response.content_length = len(data)
-        await response.prepare(request)
-        if self.e.faults.cut_off_downloads > 0:
-            self.e.faults.cut_off_downloads -= 1
-            self.e.stats["downloads_cut_off"] += 1
-            await response.write(data[: len(data) // 2])
-            if request.transport is not None:
-                request.transport.close()
-            return response
-        await response.write(data)
-        await response.write_eof()
-        return response
+        return await self.e.download(request, b"\n".join(batch.results) + b"\n", "application/binary")
 
     async def delete(self, request: web.Request) -> web.Response:
         batch = self._batch(request)

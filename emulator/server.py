@@ -331,18 +331,22 @@ class Emulator:
         stored = self.files.get(request.match_info["id"])
         if stored is None:
             return _error(404, "No such File object", param="id")
+        return await self.download(request, stored.data, "application/octet-stream")
+
+    async def download(self, request: web.Request, data: bytes, content_type: str) -> web.StreamResponse:
+        """Send a file's bytes, or cut the transfer off half-way while ``cut_off_downloads`` lasts."""
         self.stats["downloads"] += 1
-        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
-        response.content_length = len(stored.data)
+        response = web.StreamResponse(headers={"Content-Type": content_type})
+        response.content_length = len(data)
         await response.prepare(request)
-        if self.faults.cut_off_downloads > 0 and len(stored.data) > 1:
+        if self.faults.cut_off_downloads > 0 and len(data) > 1:
             self.faults.cut_off_downloads -= 1
             self.stats["downloads_cut_off"] += 1
-            await response.write(stored.data[: len(stored.data) // 2])
+            await response.write(data[: len(data) // 2])
             if request.transport is not None:
                 request.transport.close()
             return response
-        await response.write(stored.data)
+        await response.write(data)
         await response.write_eof()
         return response
 
