@@ -280,6 +280,8 @@ class InFlightWindow:
     async def _finish(self) -> None:
         assert self.requests is not None
         assert self.record.batch_id is not None
+        # The round's input file, where the provider's job does not name it (Gemini's).
+        staged = self.record.input_file_id
         batch, hedged = await self.s.watch.wait(self.record.window_id, self.record.batch_id, self._hedge_at())
         if batch is None:  # late, and its status unreadable: all of it goes flex
             await self._save(self.record.hedged(r.source.offset for r in self.requests))
@@ -293,8 +295,10 @@ class InFlightWindow:
         await self.s.tasks.shield(self.record.partition, self._settle(batch, outcomes, hedged))
         if batch.terminal:
             await self.s.client.cleanup(batch)
+            if batch.input_file_id is None:
+                await self.s.client.discard_staged(staged)
         else:
-            await self.s.client.discard_staged(batch.input_file_id)
+            await self.s.client.discard_staged(batch.input_file_id or staged)
         if self.record.status == "sealed":  # a next round, recorded: back off before a retry
             delay = self._backoff(attempts) if self.record.attempts > attempts else 0.0
             log.info("%s: %d requests to submit again (round %d) in %.1fs",
@@ -308,6 +312,7 @@ class InFlightWindow:
         """
         assert self.requests is not None
         record = self.record
+        staged = record.input_file_id
         errors = batch.errors
         # Line numbers count the file's lines: trust them only when every request of the round is here.
         expected = len(record.offsets) if record.offsets is not None else record.count
@@ -325,6 +330,8 @@ class InFlightWindow:
         else:
             await self.s.tasks.shield(record.partition, self._isolate(batch, plan, errors, late=late))
         await self.s.client.cleanup(batch)
+        if batch.id and batch.input_file_id is None and self.record.input_file_id != staged:
+            await self.s.client.discard_staged(staged)  # the failed round's file, no longer the record's
 
     async def _isolate(self, batch: Job, plan: FailedBatch, errors: list[dict[str, Any]], *, late: bool) -> None:
         assert self.requests is not None

@@ -75,8 +75,8 @@ class Outbox:
             service_tier=tier,
             output=output,
             response=body,
-            usage=body.get("usage"),
-            tokens=Tokens.of(body.get("usage")),
+            usage=(usage := body.get("usage", body.get("usageMetadata"))),
+            tokens=Tokens.of(usage),
             source=SourceRecord.of(request.source),
             timestamps=timestamps,
         )

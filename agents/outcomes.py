@@ -20,7 +20,7 @@ from typing import Any, Literal
 import orjson
 
 from streams.errors import InvalidOutputError
-from streams.models import ReasonCode
+from streams.models import GENERATE, ReasonCode
 
 
 def extract_output(endpoint: str, body: dict[str, Any], wants_json: bool) -> Any:
@@ -34,6 +34,8 @@ def extract_output(endpoint: str, body: dict[str, Any], wants_json: bool) -> Any
         if wants_json and isinstance(tool_input, dict):
             return tool_input  # JSON output through a forced tool: its input is the answer
         text: str | None = "".join(str(b.get("text", "")) for b in blocks if b.get("type") == "text")
+    elif endpoint == GENERATE:
+        text = _gemini_text(body)
     elif endpoint == "/v1/responses":
         texts = [
             part.get("text", "")
@@ -54,6 +56,17 @@ def extract_output(endpoint: str, body: dict[str, Any], wants_json: bool) -> Any
         return orjson.loads(text)
     except orjson.JSONDecodeError as exc:
         raise InvalidOutputError(f"the response is not valid JSON: {exc}") from exc
+
+
+def _gemini_text(body: dict[str, Any]) -> str | None:
+    """The first candidate's text parts, without thought summaries; None when there is none."""
+    candidates = [c for c in body.get("candidates") or [] if isinstance(c, dict)]
+    if not candidates:
+        return None
+    content = candidates[0].get("content")
+    parts = content.get("parts") if isinstance(content, dict) else None
+    texts = [str(p["text"]) for p in parts or [] if isinstance(p, dict) and "text" in p and not p.get("thought")]
+    return "".join(texts) if texts else None
 
 
 @dataclass(frozen=True, slots=True)

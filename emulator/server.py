@@ -1,6 +1,7 @@
 """A provider emulator: OpenAI's Files, Batches and three synchronous endpoints, the same
-under Azure OpenAI's routes (``/openai/...``), and Anthropic's Message Batches and Messages
-(``emulator/anthropic.py``).
+under Azure OpenAI's routes (``/openai/...``), Anthropic's Message Batches and Messages
+(``emulator/anthropic.py``), and Gemini's Batch Mode, Files and generateContent
+(``emulator/gemini.py``).
 
 Speaks the wire format the official ``openai`` SDK expects, keeps everything in memory and
 answers deterministically. Faults are injected through :class:`Faults`, set at start-up or
@@ -38,6 +39,7 @@ from aiohttp import BodyPartReader, web
 from pydantic import BaseModel, ConfigDict, Field
 
 from emulator.anthropic import AnthropicApi, MessageBatch
+from emulator.gemini import GeminiApi, GeminiBatch
 from emulator.outputs import answer_text, count_tokens, digest, last_user_text, roll
 from emulator.strict import FLEX_MODELS, MAX_BATCH_REQUESTS, MAX_FILE_BYTES, body_problem, offers_flex
 
@@ -121,6 +123,10 @@ class Faults(BaseModel):
     anthropic_no_results_url: bool = False
     #: Anthropic: the next N message-batch creates answer 400 naming no request (low credit).
     create_400: int = Field(0, ge=0)
+    #: Gemini: inline responses come back in reverse input order (each still keyed).
+    gemini_inline_reversed: bool = False
+    #: Gemini: inline responses come back without their requests' ``metadata`` (no key).
+    gemini_inline_unkeyed: bool = False
     seed: int = 0
 
 
@@ -215,7 +221,8 @@ class Emulator:
 
     def clear(self, faults: Faults | None = None) -> None:
         """Forget every file and batch and reset the faults (batches in progress are stopped)."""
-        running = [*getattr(self, "batches", {}).values(), *getattr(self, "message_batches", {}).values()]
+        running = [*getattr(self, "batches", {}).values(), *getattr(self, "message_batches", {}).values(),
+                   *getattr(self, "gemini_batches", {}).values()]  # fmt: skip
         for batch in running:
             if batch.task is not None:
                 batch.task.get_loop().call_soon_threadsafe(batch.task.cancel)
@@ -223,6 +230,10 @@ class Emulator:
         self.files: dict[str, StoredFile] = {}
         self.batches: dict[str, StoredBatch] = {}
         self.message_batches: dict[str, MessageBatch] = {}
+        self.gemini_batches: dict[str, GeminiBatch] = {}
+        self.gemini_files: dict[str, bytes] = {}
+        #: The last generateContent body received (to check what a client sent).
+        self.gemini_last_body: Any = None
         self.stats: Counter[str] = Counter()
         #: Flex calls per distinct request body (to check retry budgets).
         self.flex_calls: Counter[int] = Counter()
@@ -251,6 +262,7 @@ class Emulator:
             web.get("/_emulator/stats", self.get_stats),
             web.post("/_emulator/reset", self.reset),
             *AnthropicApi(self).routes(),
+            *GeminiApi(self).routes(),
             *self._azure_routes(),
         ])  # fmt: skip
         app.on_shutdown.append(self._on_shutdown)
@@ -258,6 +270,7 @@ class Emulator:
 
     async def _on_shutdown(self, _app: web.Application) -> None:
         tasks = [b.task for b in self.batches.values()] + [b.task for b in self.message_batches.values()]
+        tasks += [b.task for b in self.gemini_batches.values()]
         for task in tasks:
             if task is not None:
                 task.cancel()
@@ -266,6 +279,10 @@ class Emulator:
     async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
         if request.path.startswith("/v1/messages"):
             refused = AnthropicApi.authorized(request)
+            if refused is not None:
+                return refused
+        elif request.path.startswith(("/v1beta/", "/upload/v1beta/")):
+            refused = GeminiApi.authorized(request)
             if refused is not None:
                 return refused
         elif request.path.startswith("/openai/"):

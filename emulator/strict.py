@@ -11,7 +11,11 @@ ROLES = frozenset({"developer", "system", "user", "assistant", "tool", "function
 
 #: Models that offer ``service_tier="flex"`` (OpenAI's flex guide, late 2026); a dated
 #: snapshot of one (``o3-2025-04-16``) counts too. Other models refuse the parameter (400).
-FLEX_MODELS = ("o3", "o4-mini", "gpt-5", "gpt-5-mini", "gpt-5-nano", "gpt-5.1", "gpt-5.2", "gpt-5.4-mini")
+#: Gemini's flex inference (``serviceTier: flex``) is offered on the 2.5 and 3 models.
+FLEX_MODELS = (
+    "o3", "o4-mini", "gpt-5", "gpt-5-mini", "gpt-5-nano", "gpt-5.1", "gpt-5.2", "gpt-5.4-mini",
+    "gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite", "gemini-3-pro-preview", "gemini-3-flash-preview",
+)  # fmt: skip
 
 #: The Batch API's limits: requests per batch, and bytes per input file.
 MAX_BATCH_REQUESTS = 50_000

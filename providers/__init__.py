@@ -14,6 +14,10 @@ def make_provider(name: str, settings: ProviderSettings) -> Provider:
         from providers.anthropic import AnthropicProvider
 
         return AnthropicProvider(name, settings)
+    if settings.kind == "gemini":
+        from providers.gemini import GeminiProvider
+
+        return GeminiProvider(name, settings)
     from providers.openai import AzureProvider, OpenAIProvider
 
     return AzureProvider(name, settings) if settings.kind == "azure" else OpenAIProvider(name, settings)

@@ -125,9 +125,25 @@ def _retry_after(headers: Any) -> float | None:
         return None
 
 
+def _retry_delay(details: Any) -> float | None:
+    """Gemini's ``google.rpc.RetryInfo`` (``retryDelay: "30s"``) in an error's details."""
+    error = details.get("error", details) if isinstance(details, dict) else None
+    for item in error.get("details") or [] if isinstance(error, dict) else []:
+        delay = item.get("retryDelay") if isinstance(item, dict) else None
+        if isinstance(delay, str) and delay.endswith("s"):
+            try:
+                return float(delay[:-1])
+            except ValueError:
+                return None
+    return None
+
+
 def _code_and_param(exc: Exception) -> tuple[str | None, str | None]:
-    """The provider's error code and parameter: OpenAI's ``code``/``param``, Anthropic's ``error.type``."""
+    """The provider's error code and parameter: OpenAI's ``code``/``param``, Anthropic's ``error.type``,
+    google-genai's ``status`` (``INVALID_ARGUMENT``)."""
     code, param = getattr(exc, "code", None), getattr(exc, "param", None)
+    if isinstance(code, int):
+        code = getattr(exc, "status", None)
     if code is None:
         body = getattr(exc, "body", None)
         inner = body.get("error") if isinstance(body, dict) else None
@@ -139,15 +155,19 @@ def map_error(exc: Exception, what: str) -> ProviderError:
     """Translate an SDK or transport exception into a ProviderError (no secrets in messages).
 
     The SDKs (openai, anthropic) share the shape of their status errors (``status_code``,
-    ``response``, ``message``), so one mapping serves both.
+    ``response``, ``message``), so one mapping serves both; google-genai's carry the status as
+    ``code`` and a retry delay in their ``details``.
     """
     status = getattr(exc, "status_code", None)
+    if status is None and isinstance(getattr(exc, "code", None), int) and hasattr(exc, "details"):
+        status = exc.code  # type: ignore[attr-defined]
     response = getattr(exc, "response", None)
     if isinstance(status, int) and isinstance(response, httpx.Response):
         message = getattr(exc, "message", None) or str(exc)
         code, param = _code_and_param(exc)
         if status == 429:
-            return ProviderBackpressure(f"{what}: {message}", retry_after=_retry_after(response.headers), code=code)
+            retry_after = _retry_after(response.headers) or _retry_delay(getattr(exc, "details", None))
+            return ProviderBackpressure(f"{what}: {message}", retry_after=retry_after, code=code)
         # 529 is Anthropic's "overloaded": transient, as every 5xx.
         kind = ProviderUnavailable if status >= 500 or status in (408, 409) else ProviderRejected
         return kind(f"{what}: HTTP {status}: {message}", status_code=status, code=code, param=param)

@@ -19,7 +19,7 @@ from streams.errors import ConfigError
 from streams.provider_config import DEFAULT_PROVIDER, KIND_ENDPOINTS, Frozen, ProviderSettings
 from streams.units import ByteSize, Duration
 
-Endpoint = Literal["/v1/chat/completions", "/v1/responses", "/v1/embeddings", "/v1/messages"]
+Endpoint = Literal["/v1/chat/completions", "/v1/responses", "/v1/embeddings", "/v1/messages", "generateContent"]
 
 
 class KafkaSettings(Frozen):
@@ -116,7 +116,8 @@ class PipelineSettings(Frozen):
     #: ``batch`` windows every event into Batch API jobs; ``flex`` calls the provider once per
     #: event with ``service_tier="flex"``; ``auto`` routes each event by its deadline.
     mode: Literal["batch", "flex", "auto"] = "batch"
-    #: Unset: ``/v1/messages`` on an Anthropic provider, ``/v1/chat/completions`` elsewhere.
+    #: Unset: ``/v1/messages`` on an Anthropic provider, ``generateContent`` on a Gemini one,
+    #: ``/v1/chat/completions`` elsewhere.
     endpoint: Endpoint = "/v1/chat/completions"
     model: str
     #: ``/v1/messages``: the ``max_tokens`` of a request that sets none (Anthropic requires it).
@@ -262,8 +263,9 @@ def _fits(base: str, pipeline: PipelineSettings, name: str, provider: ProviderSe
     if pipeline.endpoint not in KIND_ENDPOINTS[kind]:
         raise ValueError(f"{base}endpoint: provider {name!r} (kind: {kind}) serves "
                          f"{', '.join(KIND_ENDPOINTS[kind])}, not {pipeline.endpoint}")  # fmt: skip
-    if kind == "anthropic" and pipeline.metadata:
-        raise ValueError(f"{base}metadata: Anthropic message batches carry no metadata")
+    if kind in ("anthropic", "gemini") and pipeline.metadata:
+        what = "Anthropic message batches" if kind == "anthropic" else "Gemini batches"
+        raise ValueError(f"{base}metadata: {what} carry no metadata")
     if provider.offers_flex or pipeline.flex.fallback == "standard":
         return
     if pipeline.mode != "batch":

@@ -1,8 +1,8 @@
 """The event contract: what flows in, and the records that flow out.
 
 Input values are JSON objects. A *request event* ``{"id": ..., "body": {...}}`` (``body``
-an object) carries a request body for the pipeline's endpoint as is (OpenAI's or
-Anthropic's); any other object, including one whose ``body`` is a string such as a ticket's
+an object) carries a request body for the pipeline's endpoint as is (OpenAI's,
+Anthropic's or Gemini's); any other object, including one whose ``body`` is a string such as a ticket's
 text, is rendered into a body by the pipeline's template. ``id`` is optional: the default
 is ``<topic>/<partition>/<offset>``, stable across replays. In ``mode: auto`` an event may
 carry a ``deadline`` (field or Kafka header): an ISO 8601 time with a zone, or epoch
@@ -39,8 +39,11 @@ ReasonCode = Literal[
     "flex_unavailable",
 ]
 
-#: Anthropic's Messages endpoint (the others are OpenAI's).
+#: Anthropic's Messages endpoint (the ``/v1/`` others are OpenAI's).
 MESSAGES = "/v1/messages"
+#: Gemini's ``models/{model}:generateContent``: a body is a ``GenerateContentRequest`` (REST
+#: names: ``contents``, ``systemInstruction``, ``generationConfig``, ...) plus ``model``.
+GENERATE = "generateContent"
 
 #: Raw Kafka headers as faust and aiokafka hand them over.
 Headers = Mapping[str, bytes] | Iterable[tuple[str, bytes]] | None
@@ -124,15 +127,19 @@ class Tokens(BaseModel):
     @classmethod
     def of(cls, usage: Any) -> Tokens | None:
         """From any provider's ``usage``: OpenAI's prompt/completion or input/output tokens, Anthropic's
-        input/output tokens (cache writes and reads count as input)."""
+        input/output tokens (cache writes and reads count as input), Gemini's ``usageMetadata``
+        (the prompt, cached part included, and tool-use prompts are input; candidates and
+        thoughts, billed as output, are output)."""
         if not isinstance(usage, dict):
             return None
 
         def count(*names: str) -> int:
             return sum(v for n in names if isinstance(v := usage.get(n), int) and not isinstance(v, bool))
 
-        spent = count("prompt_tokens", "input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
-        return cls(input=spent, output=count("completion_tokens", "output_tokens"))
+        spent = count("prompt_tokens", "input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
+                      "promptTokenCount", "toolUsePromptTokenCount")  # fmt: skip
+        made = count("completion_tokens", "output_tokens", "candidatesTokenCount", "thoughtsTokenCount")
+        return cls(input=spent, output=made)
 
 
 class Result(BaseModel):
@@ -200,6 +207,8 @@ def _render_body(cfg: PipelineSettings, event: dict[str, Any]) -> dict[str, Any]
         return {"model": cfg.model, "input": user, **template.parameters}
     if cfg.endpoint == MESSAGES:
         return _messages_body(cfg, fields, user)
+    if cfg.endpoint == GENERATE:
+        return _generate_body(cfg, fields, user)
     messages: list[dict[str, str]] = []
     if template.system:
         messages.append({"role": "system", "content": template.system.format_map(fields)})
@@ -230,6 +239,70 @@ def _messages_body(cfg: PipelineSettings, fields: _Missing, user: str) -> dict[s
     return body
 
 
+def _generate_body(cfg: PipelineSettings, fields: _Missing, user: str) -> dict[str, Any]:
+    """Gemini's shape: ``contents`` of parts, ``systemInstruction`` apart, and JSON output through
+    ``generationConfig.responseMimeType`` + ``responseSchema``; ``parameters`` are REST fields
+    (``generationConfig`` is merged, not replaced)."""
+    template = cfg.template
+    body: dict[str, Any] = {"model": cfg.model, "contents": [{"role": "user", "parts": [{"text": user}]}]}
+    if template.system:
+        body["systemInstruction"] = {"parts": [{"text": template.system.format_map(fields)}]}
+    generation: dict[str, Any] = {}
+    if template.response_format:
+        generation.update(gemini_json(template.response_format))
+    extra = dict(template.parameters)
+    given = extra.pop("generationConfig", None)
+    if isinstance(given, dict):
+        generation.update(given)
+    if generation:
+        body["generationConfig"] = generation
+    body.update(extra)
+    return body
+
+
+def gemini_json(response_format: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI ``response_format`` as Gemini's ``responseMimeType`` (+ ``responseSchema``).
+
+    Gemini's ``responseSchema`` is an OpenAPI subset: keywords it does not know
+    (``additionalProperties``, ``$schema``, ``strict``...) are dropped, nested schemas kept.
+    """
+    generation: dict[str, Any] = {"responseMimeType": "application/json"}
+    spec = response_format.get("json_schema") if response_format.get("type") == "json_schema" else None
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    if isinstance(schema, dict):
+        generation["responseSchema"] = _openapi_schema(schema)
+    return generation
+
+
+#: JSON Schema keywords Gemini's ``responseSchema`` (an OpenAPI 3.0 subset) accepts.
+_SCHEMA_KEYS = frozenset({
+    "type", "format", "title", "description", "nullable", "enum", "maxItems", "minItems", "properties",
+    "required", "minProperties", "maxProperties", "minLength", "maxLength", "pattern", "example", "anyOf",
+    "propertyOrdering", "default", "items", "minimum", "maximum",
+})  # fmt: skip
+
+
+def _openapi_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key not in _SCHEMA_KEYS:
+            continue
+        if key == "properties" and isinstance(value, dict):
+            out[key] = {name: _openapi_schema(sub) if isinstance(sub, dict) else sub for name, sub in value.items()}
+        elif key == "items" and isinstance(value, dict):
+            out[key] = _openapi_schema(value)
+        elif key == "anyOf" and isinstance(value, list):
+            out[key] = [_openapi_schema(sub) if isinstance(sub, dict) else sub for sub in value]
+        elif key == "type" and isinstance(value, list):
+            kinds = [k for k in value if k != "null"]  # ["string", "null"]: a nullable string
+            out[key] = kinds[0] if kinds else "null"
+            if "null" in value:
+                out["nullable"] = True
+        else:
+            out[key] = value
+    return out
+
+
 def json_tool(response_format: dict[str, Any]) -> dict[str, Any]:
     """An OpenAI ``response_format`` as Anthropic ``tools`` + ``tool_choice`` forcing that tool."""
     spec = response_format.get("json_schema") if response_format.get("type") == "json_schema" else None
@@ -251,6 +324,11 @@ def _responses_format(response_format: dict[str, Any]) -> dict[str, Any]:
 
 
 def wants_json(endpoint: str, body: dict[str, Any]) -> bool:
+    if endpoint == GENERATE:
+        generation = body.get("generationConfig")
+        generation = generation if isinstance(generation, dict) else {}
+        mime = generation.get("responseMimeType", generation.get("response_mime_type"))
+        return mime == "application/json"
     if endpoint == MESSAGES:
         # JSON through a forced tool, or Anthropic's structured outputs (``output_config.format``,
         # formerly ``output_format``), whose text is the JSON

@@ -12,13 +12,15 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from streams.units import ByteSize, Duration
 
-ProviderKind = Literal["openai", "azure", "anthropic"]
+ProviderKind = Literal["openai", "azure", "anthropic", "gemini"]
 
 #: Batch limits of each kind of provider (requests, bytes per batch); windows are capped by them.
 KIND_LIMITS: dict[str, tuple[int, int]] = {
     "openai": (50_000, 200 * 1000 * 1000),
     "azure": (100_000, 200 * 1000 * 1000),
     "anthropic": (100_000, 256 * 1000 * 1000),
+    # Gemini: inline requests up to 20 MB, a JSONL input file (Files API) up to 2 GB above that.
+    "gemini": (100_000, 2 * 1000 * 1000 * 1000),
 }
 #: The endpoints each kind serves, the first being a pipeline's default.
 KIND_ENDPOINTS: dict[str, tuple[str, ...]] = {
@@ -27,9 +29,10 @@ KIND_ENDPOINTS: dict[str, tuple[str, ...]] = {
     # use kind openai with base_url https://NAME.openai.azure.com/openai/v1/).
     "azure": ("/v1/chat/completions", "/v1/embeddings"),
     "anthropic": ("/v1/messages",),
+    "gemini": ("generateContent",),
 }
 #: Kinds that sell a flex tier (one-off calls at a batch-like price).
-FLEX_KINDS = frozenset({"openai"})
+FLEX_KINDS = frozenset({"openai", "gemini"})
 #: The name of the provider given as ``provider:`` (the default of every pipeline).
 DEFAULT_PROVIDER = "default"
 
@@ -48,15 +51,19 @@ class ProviderLimits(Frozen):
 class ProviderSettings(Frozen):
     #: Which API this provider speaks, through its official SDK.
     kind: ProviderKind = "openai"
-    #: The API's base URL; unset, the SDK's default (``OPENAI_BASE_URL`` / ``ANTHROPIC_BASE_URL``
-    #: or the provider's public API). For ``azure``: the resource endpoint,
+    #: The API's base URL; unset, the SDK's default (``OPENAI_BASE_URL`` / ``ANTHROPIC_BASE_URL`` /
+    #: ``GOOGLE_GEMINI_BASE_URL`` or the provider's public API). For ``azure``: the resource endpoint,
     #: ``https://NAME.openai.azure.com``.
     base_url: str | None = None
     api_key: SecretStr
     #: ``openai`` only: the organization id sent with every call.
     organization: str | None = None
-    #: ``azure`` only (required there): the API version, e.g. ``2024-10-21``.
+    #: ``azure`` (required there): the API version, e.g. ``2024-10-21``; ``gemini``: the API
+    #: version in the path (unset: ``v1beta``, under which Batch Mode is documented).
     api_version: str | None = None
+    #: ``gemini`` only: a window round whose requests fit this many bytes travels inline in the
+    #: create call; a larger one goes up as a JSONL file through the Files API.
+    inline_bytes: ByteSize = Field(20 * 1000 * 1000, ge=0, le=20 * 1000 * 1000)
     #: Client timeout of one HTTP call (uploads and downloads of 200 MB need long ones).
     timeout: Duration = Field(900.0, gt=0)
     #: Retries the openai SDK makes itself on connection errors, 408, 409, 429 and 5xx.
@@ -92,6 +99,8 @@ class ProviderSettings(Frozen):
     def _kind_fields(self) -> ProviderSettings:
         if self.kind == "azure" and not (self.base_url and self.api_version):
             raise ValueError("base_url (the resource endpoint) and api_version are required with kind: azure")
+        if "inline_bytes" in self.model_fields_set and self.kind != "gemini":
+            raise ValueError(f"inline_bytes is a gemini setting; this provider is kind: {self.kind}")
         if self.organization is not None and self.kind != "openai":
             raise ValueError(f"organization is an openai setting; this provider is kind: {self.kind}")
         return self

@@ -51,6 +51,40 @@ def _anthropic() -> tuple[TypeAdapter[Any], TypeAdapter[Any]]:
     return TypeAdapter(message_create_params.MessageCreateParamsNonStreaming), TypeAdapter(MessageParam)
 
 
+@cache
+def _gemini_content() -> TypeAdapter[Any]:
+    """Gemini's ``Content`` (role and parts), from the google-genai SDK, imported on first use."""
+    from google.genai import types
+
+    return TypeAdapter(types.Content)
+
+
+#: Gemini request fields that hold one object.
+_GEMINI_OBJECTS = ("systemInstruction", "generationConfig", "toolConfig")
+
+
+def _check_contents(body: dict[str, Any]) -> str | None:
+    contents = body.get("contents")
+    if not isinstance(contents, list) or not contents:
+        return "'contents' must be a non-empty list"
+    for index, content in enumerate(contents):
+        if not isinstance(content, dict):
+            return f"'contents.{index}' must be an object"
+        parts = content.get("parts")
+        if not isinstance(parts, list) or not parts or not all(isinstance(p, dict) for p in parts):
+            return f"'contents.{index}.parts' must be a non-empty list of objects"
+        try:
+            _gemini_content().validate_python(content)
+        except ValidationError as exc:
+            problem = _first_error(exc, f"contents.{index}")
+            if problem is not None:
+                return problem
+    for name in _GEMINI_OBJECTS:
+        if name in body and not isinstance(body[name], dict):
+            return f"'{name}' must be an object"
+    return None
+
+
 _MESSAGES: dict[str, TypeAdapter[Any]] = {
     "developer": TypeAdapter(ChatCompletionDeveloperMessageParam),
     "system": TypeAdapter(ChatCompletionSystemMessageParam),
@@ -121,6 +155,8 @@ def check_body(endpoint: str, body: dict[str, Any]) -> str | None:
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         return "'model' must be a non-empty string"
+    if endpoint == "generateContent":
+        return _check_contents(body)
     if endpoint in ("/v1/chat/completions", "/v1/messages"):
         problem = _check_messages(body, anthropic=endpoint == "/v1/messages")
     else:

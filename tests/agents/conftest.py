@@ -11,7 +11,9 @@ from streams.config import parse_settings
 from tests.agents.lanes import Lane
 
 #: A model (or Azure deployment) per kind of provider.
-MODELS = {"openai": "gpt-5-mini", "azure": "gpt-4o-batch", "anthropic": "claude-sonnet-4-5"}
+MODELS = {
+    "openai": "gpt-5-mini", "azure": "gpt-4o-batch", "anthropic": "claude-sonnet-4-5", "gemini": "gemini-2.5-flash",
+}  # fmt: skip
 
 
 @pytest.fixture
