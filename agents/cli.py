@@ -19,7 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("-c", "--config", required=True, type=Path, help="YAML configuration file")
     worker.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
 
-    emulator = sub.add_parser("emulator", help="run the provider emulator (OpenAI, Azure OpenAI and Anthropic APIs)")
+    emulator = sub.add_parser(
+        "emulator", help="run the provider emulator (OpenAI, Azure OpenAI, Anthropic and Gemini APIs)"
+    )
     emulator.add_argument("--host", default="127.0.0.1")
     emulator.add_argument("--port", type=int, default=8089)
     emulator.add_argument("--batch-seconds", type=float, default=1.0, help="processing time of a batch")
@@ -31,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--events", type=int, default=2000, help="how many tickets to send")
     demo.add_argument("--mode", choices=["batch", "flex", "auto"], default="batch", help="the pipeline's mode")
     demo.add_argument(
-        "--provider", choices=["openai", "anthropic"], default="openai", help="the API the emulator plays"
+        "--provider", choices=["openai", "anthropic", "gemini"], default="openai", help="the API the emulator plays"
     )
 
     dev = sub.add_parser("dev", help="development helpers")

@@ -7,7 +7,8 @@ only flex can meet, and sends the rest batch, with batches hedged at 20 s.
 
 ``--provider anthropic`` runs the same pipeline on Anthropic's Message Batches (the
 emulator speaks it too); Anthropic has no flex tier, so there ``flex`` and ``auto`` serve
-their urgent tickets with standard calls (``flex.fallback: standard``).
+their urgent tickets with standard calls (``flex.fallback: standard``). ``--provider gemini``
+runs it on Gemini's Batch Mode and flex inference, through the google-genai SDK.
 
 Starts both, runs a worker subprocess (exactly as ``batchstream worker -c``), produces the
 bundled support tickets plus a few malformed events, follows the output and dead-letter
@@ -37,8 +38,8 @@ from rich.table import Table
 
 #: The demo's model per provider, and its list prices (USD per million input / output tokens,
 #: real-time; batch and flex are half). Only for the summary.
-MODELS = {"openai": "gpt-5-mini", "anthropic": "claude-haiku-4-5"}
-PRICES = {"gpt-5-mini": (0.25, 2.00), "claude-haiku-4-5": (1.00, 5.00)}
+MODELS = {"openai": "gpt-5-mini", "anthropic": "claude-haiku-4-5", "gemini": "gemini-2.5-flash"}
+PRICES = {"gpt-5-mini": (0.25, 2.00), "claude-haiku-4-5": (1.00, 5.00), "gemini-2.5-flash": (0.30, 2.50)}
 #: Share of the real-time price each serving path pays.
 PRICE_FACTOR = {"batch": 0.5, "flex": 0.5, "standard": 1.0}
 #: How far ahead an urgent ticket's deadline is in ``--mode auto``.
@@ -79,7 +80,7 @@ def demo_pipeline_mode(mode: str, provider: str = "openai") -> dict[str, Any]:
     flex = {"concurrency": 32, "attempts": 3, "budget": "10s", "backoff_initial": "200ms", "backoff_max": "2s"}
     if mode == "flex":
         # without a flex tier (Anthropic), flex events are served by standard calls
-        return {"mode": "flex", "flex": {**flex, "fallback": "batch" if provider == "openai" else "standard"}}
+        return {"mode": "flex", "flex": {**flex, "fallback": "standard" if provider == "anthropic" else "batch"}}
     if mode == "auto":
         return {"mode": "auto", "max_batch_latency": "20s", "flex": {**flex, "fallback": "standard"}}
     return {"mode": "batch"}
@@ -88,6 +89,9 @@ def demo_pipeline_mode(mode: str, provider: str = "openai") -> dict[str, Any]:
 def demo_provider(provider: str, root_url: str) -> dict[str, Any]:
     if provider == "anthropic":
         return {"kind": "anthropic", "base_url": root_url, "api_key": "${ANTHROPIC_API_KEY:-sk-ant-local-emulator}",
+                "poll_interval": "500ms"}  # fmt: skip
+    if provider == "gemini":
+        return {"kind": "gemini", "base_url": root_url, "api_key": "${GEMINI_API_KEY:-local-emulator}",
                 "poll_interval": "500ms"}  # fmt: skip
     return {"base_url": f"{root_url}/v1", "api_key": "${OPENAI_API_KEY:-sk-local-emulator}", "poll_interval": "500ms"}
 
@@ -159,6 +163,8 @@ def _batches(emulator: Any) -> list[tuple[str, str, int, int]]:
     emu = emulator.emulator
     rows = [(b.id, b.status, b.completed + b.failed, len(b.lines)) for b in list(emu.batches.values())]
     rows += [(b.id, b.status, sum(b.counts.values()), len(b.requests)) for b in list(emu.message_batches.values())]
+    rows += [(b.id, b.state.removeprefix("BATCH_STATE_").lower(), len(b.results), len(b.requests))
+             for b in list(emu.gemini_batches.values())]  # fmt: skip
     return rows
 
 

@@ -241,8 +241,9 @@ def _messages_body(cfg: PipelineSettings, fields: _Missing, user: str) -> dict[s
 
 def _generate_body(cfg: PipelineSettings, fields: _Missing, user: str) -> dict[str, Any]:
     """Gemini's shape: ``contents`` of parts, ``systemInstruction`` apart, and JSON output through
-    ``generationConfig.responseMimeType`` + ``responseSchema``; ``parameters`` are REST fields
-    (``generationConfig`` is merged, not replaced)."""
+    ``generationConfig.responseMimeType`` + ``responseSchema``; ``parameters`` that are request
+    fields (``safetySettings``, ``tools``...) stay at the top, the others (``temperature``...)
+    and a ``generationConfig`` given whole join ``generationConfig``."""
     template = cfg.template
     body: dict[str, Any] = {"model": cfg.model, "contents": [{"role": "user", "parts": [{"text": user}]}]}
     if template.system:
@@ -250,14 +251,24 @@ def _generate_body(cfg: PipelineSettings, fields: _Missing, user: str) -> dict[s
     generation: dict[str, Any] = {}
     if template.response_format:
         generation.update(gemini_json(template.response_format))
-    extra = dict(template.parameters)
-    given = extra.pop("generationConfig", None)
-    if isinstance(given, dict):
-        generation.update(given)
+    for name, value in template.parameters.items():
+        if name == "generationConfig" and isinstance(value, dict):
+            generation.update(value)
+        elif name in GEMINI_REQUEST_FIELDS:
+            body[name] = value
+        else:  # temperature, topP, maxOutputTokens, thinkingConfig...: generation settings
+            generation[name] = value
     if generation:
         body["generationConfig"] = generation
-    body.update(extra)
     return body
+
+
+#: Top-level fields of Gemini's GenerateContentRequest; any other template parameter is a
+#: ``generationConfig`` setting.
+GEMINI_REQUEST_FIELDS = frozenset({
+    "contents", "systemInstruction", "tools", "toolConfig", "safetySettings", "cachedContent", "labels",
+    "serviceTier", "store",
+})  # fmt: skip
 
 
 def gemini_json(response_format: dict[str, Any]) -> dict[str, Any]:

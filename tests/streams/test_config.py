@@ -171,6 +171,20 @@ def test_a_pipeline_asking_what_its_provider_lacks_fails_naming_the_field(
         parse_settings(_two_providers(**pipeline), env={"ANTHROPIC_API_KEY": "a", "OPENAI_API_KEY": "o"})
 
 
+def test_a_gemini_provider_defaults_to_generate_content_offers_flex_and_refuses_metadata() -> None:
+    doc = {"providers": {"g": {"kind": "gemini", "api_key": "${GEMINI_API_KEY}"}}, "pipelines": [
+        {"name": "t", "input_topic": "in", "output_topic": "out", "dead_letter_topic": "dlq",
+         "model": "gemini-2.5-flash", "mode": "auto", "max_batch_latency": "1h",
+         "flex": {"fallback": "dead_letter"}}]}  # fmt: skip
+    settings = parse_settings(doc, env={"GEMINI_API_KEY": "AIza-secret"})
+    name, provider = settings.provider_of(settings.pipelines[0])
+    assert (name, provider.kind, settings.pipelines[0].endpoint) == ("g", "gemini", "generateContent")
+    assert provider.offers_flex and provider.inline_bytes == 20_000_000 and "AIza-secret" not in repr(settings)
+    doc["pipelines"][0]["metadata"] = {"team": "a"}  # type: ignore[index]
+    with pytest.raises(ConfigError, match=r"pipelines\.0\.metadata: Gemini batches carry no metadata"):
+        parse_settings(doc, env={"GEMINI_API_KEY": "k"})
+
+
 def test_flex_on_a_provider_without_flex_is_allowed_only_with_the_standard_fallback() -> None:
     settings = parse_settings(_two_providers(provider="claude", mode="flex", flex={"fallback": "standard"}),
                               env={"ANTHROPIC_API_KEY": "a", "OPENAI_API_KEY": "o"})  # fmt: skip
@@ -182,7 +196,9 @@ def test_flex_on_a_provider_without_flex_is_allowed_only_with_the_standard_fallb
     [
         ({"kind": "azure", "api_key": "k", "base_url": "https://x.openai.azure.com"}, r"provider: .*api_version"),
         ({"kind": "anthropic", "api_key": "k", "organization": "org"}, r"provider: organization is an openai setting"),
-        ({"kind": "gemini", "api_key": "k"}, r"provider\.kind"),
+        ({"kind": "bedrock", "api_key": "k"}, r"provider\.kind"),
+        ({"kind": "openai", "api_key": "k", "inline_bytes": "1MB"}, r"provider: inline_bytes is a gemini setting"),
+        ({"kind": "gemini", "api_key": "k", "inline_bytes": "30MB"}, r"provider\.inline_bytes"),
     ],
 )
 def test_bad_provider_entries_name_the_field(provider: dict[str, object], message: str) -> None:

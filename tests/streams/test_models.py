@@ -109,3 +109,63 @@ def test_tokens_are_normalized_from_every_provider_usage() -> None:
     assert Tokens.of(anthropic) == Tokens(input=125, output=9)
     assert Tokens.of({"prompt_tokens": 4, "total_tokens": 4}) == Tokens(input=4, output=0)
     assert Tokens.of(None) is None
+
+
+def _gemini_pipeline(**overrides: object) -> PipelineSettings:
+    return PipelineSettings(
+        name="g",
+        input_topic="in",
+        output_topic="out",
+        dead_letter_topic="dlq",
+        model="gemini-2.5-flash",
+        endpoint="generateContent",
+        **overrides,
+    )  # type: ignore[arg-type]
+
+
+def test_gemini_templates_render_contents_system_instruction_and_json_through_response_schema() -> None:
+    schema = {"type": "object", "properties": {"label": {"type": ["string", "null"], "enum": ["bug", None]}},
+              "required": ["label"], "additionalProperties": False, "$schema": "x"}  # fmt: skip
+    cfg = _gemini_pipeline(template={
+        "system": "Triage {team}.", "user": "{subject}",
+        "response_format": {"type": "json_schema", "json_schema": {"name": "triage", "strict": True, "schema": schema}},
+        "parameters": {"temperature": 0, "safetySettings": [], "generationConfig": {"topK": 3}},
+    })  # fmt: skip
+    request = decode_event(cfg, Source("in", 0, 5), None, b'{"team": "ops", "subject": "printer on fire"}')
+    assert isinstance(request, Request)
+    assert request.body == {
+        "model": "gemini-2.5-flash",
+        "contents": [{"role": "user", "parts": [{"text": "printer on fire"}]}],
+        "systemInstruction": {"parts": [{"text": "Triage ops."}]},
+        "safetySettings": [],
+        "generationConfig": {
+            "responseMimeType": "application/json", "temperature": 0, "topK": 3,
+            "responseSchema": {"type": "object", "required": ["label"], "properties": {
+                "label": {"type": "string", "nullable": True, "enum": ["bug", None]}}},
+        },
+    }  # fmt: skip
+    assert request.wants_json
+    answer = {"candidates": [{"content": {"role": "model", "parts": [
+        {"text": "thinking...", "thought": True}, {"text": '{"label": '}, {"text": '"bug"}'}]}}]}  # fmt: skip
+    assert extract_output("generateContent", answer, True) == {"label": "bug"}
+    assert extract_output("generateContent", {"candidates": []}, False) is None
+
+
+def test_a_gemini_request_event_is_validated_with_the_sdk_types() -> None:
+    cfg = _gemini_pipeline()
+    ok = decode_event(cfg, SRC, None, b'{"body": {"contents": [{"parts": [{"text": "x"}], "futureField": 1}]}}')
+    assert isinstance(ok, Request) and ok.body["model"] == "gemini-2.5-flash" and not ok.wants_json
+    cases = (
+        (b'{"contents": []}', "'contents' must be a non-empty list"),
+        (b'{"contents": [{"role": 3, "parts": [{"text": "x"}]}]}', "'contents.0.role'"),
+        (b'{"contents": [{"parts": "x"}]}', "'contents.0.parts' must be a non-empty list"),
+    )
+    for body, problem in cases:
+        bad = decode_event(cfg, SRC, None, b'{"body": ' + body + b"}")
+        assert isinstance(bad, Rejection) and bad.reason == "invalid_request" and problem in bad.message, bad
+
+
+def test_gemini_usage_metadata_counts_cached_and_tool_prompts_as_input_and_thoughts_as_output() -> None:
+    usage = {"promptTokenCount": 12, "cachedContentTokenCount": 4, "toolUsePromptTokenCount": 3,
+             "candidatesTokenCount": 5, "thoughtsTokenCount": 7, "totalTokenCount": 27}  # fmt: skip
+    assert Tokens.of(usage) == Tokens(input=15, output=12)
