@@ -228,11 +228,8 @@ class AnthropicProvider(Provider):
                     found.append(job)
             return found
 
-        try:
-            jobs = await guarded("list message batches", candidates, ERRORS)
-        except ProviderRejected as exc:
-            log.warning("cannot list message batches (%s): batches created before a crash cannot be adopted", exc)
-            self.can_find = False
+        jobs = await self.search("list message batches", candidates, ERRORS)
+        if jobs is None:
             return Lookup()
         mark, undecided = mark_of(tag), 0
         for job in jobs:

@@ -245,6 +245,24 @@ class Provider(ABC):
     async def call(self, endpoint: str, body: dict[str, Any], *, flex: bool, timeout: float) -> Reply:
         """One synchronous request, with the flex tier when ``flex`` (no SDK retries: the caller's budget)."""
 
+    async def search(
+        self, what: str, call: Callable[[], Awaitable[T]], errors: tuple[type[Exception], ...] = OPENAI_ERRORS
+    ) -> T | None:
+        """A listing made to adopt jobs after a crash; None when jobs cannot be looked up.
+
+        A server that refuses to list (404/405, a compatible server without the route) turns
+        adoption off: windows are then submitted again after a crash, since the rare duplicate
+        beats a window stuck forever.
+        """
+        if not self.can_find:
+            return None
+        try:
+            return await guarded(what, call, errors)
+        except ProviderRejected as exc:
+            log.warning("cannot %s (%s): batches created before a crash cannot be adopted", what, exc)
+            self.can_find = False
+            return None
+
     def refuses_flex(self, exc: ProviderRejected) -> bool:
         """Whether a refusal says the model does not offer the flex tier."""
         return exc.param == "service_tier" or "service_tier" in str(exc)
@@ -269,10 +287,20 @@ async def download_checked(
     parses as JSON and, for a response sent as is (no Content-Encoding), when the byte count
     matches Content-Length.
     """
+    return await fetch_checked(what, lambda: _download_once(what, stream, dest), dest, attempts=attempts,
+                               errors=errors)  # fmt: skip
+
+
+async def fetch_checked(
+    what: str, fetch: Callable[[], Awaitable[None]], dest: Path, *, attempts: int,
+    errors: tuple[type[Exception], ...] = OPENAI_ERRORS,
+) -> Path:  # fmt: skip
+    """Fetch a JSONL file to ``dest`` with ``fetch()``; retried while it is cut off (a line that
+    does not parse) or fails transiently."""
     last: ProviderError | None = None
     for attempt in range(1, attempts + 1):
         try:
-            await guarded(what, lambda: _download_once(what, stream, dest), errors)
+            await guarded(what, fetch, errors)
             for _ in iter_jsonl(dest):
                 pass
             return dest

@@ -57,11 +57,12 @@ from providers.base import (
     Lookup,
     Provider,
     Reply,
+    fetch_checked,
     guarded,
     iter_jsonl,
     quietly,
 )
-from streams.errors import ProviderError, ProviderRejected, ProviderUnavailable
+from streams.errors import ProviderRejected, ProviderUnavailable
 from streams.models import Request
 from streams.provider_config import ProviderSettings
 
@@ -269,32 +270,21 @@ class GeminiProvider(Provider):
         return self._inline_results(job.id, dest.inlined_responses or [])
 
     async def _file_results(self, name: str, workdir: Path, stem: str) -> dict[str, LineOutcome]:
-        last: ProviderError | None = None
         path = workdir / f"{stem}.results.jsonl"
 
         async def download() -> None:
             await self._aio.files.download(file=name, destination=path)
 
         try:
-            for attempt in range(1, self.settings.download_attempts + 1):
-                try:
-                    await self._call(f"download of {name}", download)
-                    return {
-                        str(line["key"]): classify(line)
-                        for line in iter_jsonl(path)
-                        if isinstance(line, dict) and "key" in line
-                    }
-                except orjson.JSONDecodeError as exc:
-                    last = ProviderUnavailable(f"download of {name} is truncated: {exc}")
-                except ProviderError as exc:
-                    if not exc.retriable:
-                        raise
-                    last = exc
-                log.warning("download of %s failed (attempt %d): %s", name, attempt, last)
+            await fetch_checked(f"download of {name}", download, path, attempts=self.settings.download_attempts,
+                                errors=ERRORS)  # fmt: skip
+            return {
+                str(line["key"]): classify(line)
+                for line in iter_jsonl(path)
+                if isinstance(line, dict) and "key" in line
+            }
         finally:
             path.unlink(missing_ok=True)
-        assert last is not None
-        raise last
 
     def _inline_results(self, job_id: str, responses: list[types.InlinedResponse]) -> dict[str, LineOutcome]:
         outcomes: dict[str, LineOutcome] = {}
@@ -338,14 +328,7 @@ class GeminiProvider(Provider):
                     break
             return best
 
-        if not self.can_find:
-            return Lookup()
-        try:
-            found = await self._call("list batches", call)
-        except ProviderRejected as exc:
-            log.warning("cannot list batches (%s): batches created before a crash cannot be adopted", exc)
-            self.can_find = False
-            return Lookup()
+        found = await self.search("list batches", call, ERRORS)
         return Lookup(job_of(found) if found is not None else None)
 
     async def ping(self) -> None:

@@ -33,7 +33,7 @@ from providers.base import (
     iter_jsonl,
     quietly,
 )
-from streams.errors import ProviderRejected, ProviderUnavailable
+from streams.errors import ProviderUnavailable
 from streams.models import Request
 from streams.provider_config import ProviderSettings
 
@@ -184,16 +184,7 @@ class OpenAIProvider(Provider):
                     return None
             return None
 
-        if not self.can_find:
-            return Lookup()
-        try:
-            found = await guarded("list batches", call)
-        except ProviderRejected as exc:
-            # A server that cannot list batches (404/405): nothing can be adopted, so windows
-            # are submitted again after a crash; the rare duplicate beats a window stuck forever.
-            log.warning("cannot list batches (%s): batches created before a crash cannot be adopted", exc)
-            self.can_find = False
-            return Lookup()
+        found = await self.search("list batches", call)
         return Lookup(job_of(found) if found is not None else None)
 
     async def ping(self) -> None:
