@@ -26,6 +26,12 @@ OWNED_PARTITIONS = Gauge("batchstream_owned_partitions", "Input partitions owned
 FLEX_CALLS = Counter(
     "batchstream_flex_calls", "Synchronous calls made, by tier asked (flex, standard)", ["pipeline", "tier"]
 )
+COST = Counter("batchstream_cost_usd", "USD paid for results, by the path that served them", ["pipeline", "tier"])
+COST_REALTIME = Counter(
+    "batchstream_cost_realtime_usd",
+    "What the same results would cost at the real-time price (USD)",
+    ["pipeline", "tier"],
+)
 FLEX_REFUSED = Counter("batchstream_flex_refused", "Flex calls refused for lack of capacity (429)", ["pipeline"])
 FLEX_FALLBACKS = Counter(
     "batchstream_flex_fallbacks", "Events whose flex budget ran out, by fallback", ["pipeline", "fallback"]
@@ -104,6 +110,10 @@ class PipelineMetrics:
 
     def flex_call(self, tier: str) -> None:
         FLEX_CALLS.labels(pipeline=self.pipeline, tier=tier).inc()
+
+    def cost(self, tier: str, paid: float, realtime: float) -> None:
+        COST.labels(pipeline=self.pipeline, tier=tier).inc(paid)
+        COST_REALTIME.labels(pipeline=self.pipeline, tier=tier).inc(realtime)
 
     def flex_fallback(self, fallback: str) -> None:
         FLEX_FALLBACKS.labels(pipeline=self.pipeline, fallback=fallback).inc()

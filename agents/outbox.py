@@ -28,6 +28,7 @@ from streams.models import (
     dead_letter_for,
     task_version,
 )
+from streams.pricing import Pricing
 
 #: Backoff while a record cannot be written (the broker is down or restarting).
 WRITE_RETRY_INITIAL = 0.5
@@ -44,9 +45,11 @@ class Outbox:
 
     def __init__(
         self, cfg: PipelineSettings, results: Sink, dead_letters: Sink, metrics: PipelineMetrics,
-        *, provider: str | None = None,
+        *, provider: str | None = None, pricing: Pricing | None = None,
     ) -> None:  # fmt: skip
         self.cfg = cfg
+        #: Prices of the models, for each result's ``cost`` (the defaults unless given).
+        self.pricing = pricing or Pricing()
         #: The name of the provider serving the pipeline, stamped on every result.
         self.provider = provider
         self.task_version = task_version(cfg)
@@ -76,12 +79,15 @@ class Outbox:
             output=output,
             response=body,
             usage=(usage := body.get("usage", body.get("usageMetadata"))),
-            tokens=Tokens.of(usage),
+            tokens=(tokens := Tokens.of(usage)),
+            cost=(cost := self.pricing.cost(request.model, tokens.input, tokens.output, mode) if tokens else None),
             source=SourceRecord.of(request.source),
             timestamps=timestamps,
         )
         self.results.add(result, key=request.key)
         self.metrics.results.inc()
+        if cost is not None:
+            self.metrics.cost(mode, cost.paid, cost.realtime)
 
     def served(
         self, request: Request, outcome: Served | Failed, *, batch_id: str | None, submitted: float | None, rounds: int

@@ -45,6 +45,7 @@ from sinks import TopicSink
 from streams.config import PipelineSettings, Settings
 from streams.models import Rejection, Request, Source, decode_event
 from streams.offsets import Pending
+from streams.pricing import Pricing
 from streams.windows import WindowPolicy
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ class Pipeline:
             TopicSink(app.topic(cfg.dead_letter_topic, value_serializer="orjson")),
             self.metrics,
             provider=client.name,
+            pricing=Pricing(settings.pricing),
         )
         bootstrap = settings.kafka.bootstrap_servers
         store = StateStore(

@@ -36,12 +36,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-#: The demo's model per provider, and its list prices (USD per million input / output tokens,
-#: real-time; batch and flex are half). Only for the summary.
+#: The demo's model per provider (its prices are the worker's defaults: ``streams/pricing.py``).
 MODELS = {"openai": "gpt-5-mini", "anthropic": "claude-haiku-4-5", "gemini": "gemini-2.5-flash"}
-PRICES = {"gpt-5-mini": (0.25, 2.00), "claude-haiku-4-5": (1.00, 5.00), "gemini-2.5-flash": (0.30, 2.50)}
-#: Share of the real-time price each serving path pays.
-PRICE_FACTOR = {"batch": 0.5, "flex": 0.5, "standard": 1.0}
 #: How far ahead an urgent ticket's deadline is in ``--mode auto``.
 URGENT_DEADLINE = 15.0
 
@@ -292,14 +288,9 @@ def _summary(
     results = list(progress.results.values())
     prompt = sum(r["tokens"]["input"] for r in results if r.get("tokens"))
     completion = sum(r["tokens"]["output"] for r in results if r.get("tokens"))
-    price_in, price_out = PRICES[model]
-
-    def cost(result: dict[str, Any]) -> float:
-        tokens = result.get("tokens") or {"input": 0, "output": 0}
-        return float(tokens["input"] / 1e6 * price_in + tokens["output"] / 1e6 * price_out)
-
-    realtime = sum(cost(r) for r in results)
-    paid = sum(cost(r) * PRICE_FACTOR.get(r["mode"], 1.0) for r in results)
+    # Each result's cost, as the worker priced it (streams/pricing.py).
+    realtime = sum(float(r["cost"]["realtime"]) for r in results if r.get("cost"))
+    paid = sum(float(r["cost"]["paid"]) for r in results if r.get("cost"))
     served: dict[str, int] = {}
     latencies: dict[str, list[float]] = {}
     for r in results:

@@ -16,6 +16,7 @@ import yaml
 from pydantic import Field, SecretStr, ValidationError, model_validator
 
 from streams.errors import ConfigError
+from streams.pricing import ModelPrice
 from streams.provider_config import DEFAULT_PROVIDER, KIND_ENDPOINTS, Frozen, ProviderSettings
 from streams.units import ByteSize, Duration
 
@@ -190,6 +191,8 @@ class Settings(Frozen):
     metrics_port: int = Field(0, ge=0, le=65535)
     #: Address the metrics endpoint binds to (``0.0.0.0`` to be scraped from outside a container).
     metrics_host: str = "127.0.0.1"
+    #: Prices by model (USD per million tokens, real-time), over the defaults (``streams/pricing.py``).
+    pricing: dict[str, ModelPrice] = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod

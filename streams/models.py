@@ -23,6 +23,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict
 
 from streams.config import PipelineSettings
+from streams.pricing import Cost
 from streams.validation import check_body
 
 ReasonCode = Literal[
@@ -159,6 +160,8 @@ class Result(BaseModel):
     response: dict[str, Any]
     usage: dict[str, Any] | None
     tokens: Tokens | None = None
+    #: USD: ``paid`` at the path that served it, ``realtime`` at the standard price (None: no price known).
+    cost: Cost | None = None
     source: SourceRecord
     timestamps: Timestamps
 

@@ -63,3 +63,15 @@ async def test_flush_until_written_retries_until_the_sink_takes_the_records():
     await outbox.flush_until_written("a")
     assert [v.output for v in results.values if isinstance(v, Result)] == [{"ok": True}]
     assert results.fail_next == 0
+
+
+async def test_every_result_carries_its_cost_at_the_path_that_served_it():
+    outbox, results, _, request = _outbox()
+    usage = {"prompt_tokens": 1_000_000, "completion_tokens": 100_000}
+    body = {"choices": [{"message": {"content": '{"x": 1}'}}], "usage": usage}
+    outbox.result(request, body, attempts=1, batch_id="b", timestamps=stamps(request, submitted=1, completed=2))
+    outbox.served(request, Served(body, "standard", "default", 1, 1.0, 2.0), batch_id=None, submitted=None, rounds=0)
+    await outbox.flush()
+    costs = [(r.mode, r.cost.paid, r.cost.realtime) for r in results.values if isinstance(r, Result) and r.cost]
+    # gpt-5-mini: 1M input tokens at $0.25, 100k output tokens at $2.00 per million
+    assert costs == [("batch", 0.225, 0.45), ("standard", 0.45, 0.45)]
