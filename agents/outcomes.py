@@ -20,7 +20,8 @@ from typing import Any, Literal
 import orjson
 
 from streams.errors import InvalidOutputError
-from streams.models import GENERATE, ReasonCode
+from streams.models import ReasonCode
+from streams.templates import GENERATE
 
 
 def extract_output(endpoint: str, body: dict[str, Any], wants_json: bool) -> Any:
