@@ -508,10 +508,10 @@ class Emulator:
         outputs: list[bytes] = []
         errors: list[bytes] = []
         started = time.monotonic()
-        duration = self.faults.batch_seconds
         done = 0
         ended_by: str | None = None
         while done < total:
+            duration = self.faults.batch_seconds  # read each step: a change at run time applies at once
             if batch.cancel_requested:
                 ended_by = "cancelled"
                 break
