@@ -36,6 +36,46 @@ def main(argv: list[str] | None = None) -> int:
         "--provider", choices=["openai", "anthropic", "gemini"], default="openai", help="the API the emulator plays"
     )
 
+    status = sub.add_parser("status", help="each pipeline at a glance: lag, batches in flight, fates, cost")
+    status.add_argument("-c", "--config", required=True, type=Path, help="YAML configuration file")
+    status.add_argument("--pipeline", action="append", default=[], help="only this pipeline (repeat)")
+    status.add_argument("--json", action="store_true", help="print one JSON document (pipelines by name)")
+    status.add_argument("--watch", action="store_true", help="a live view, refreshed until Ctrl-C")
+    status.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes with --watch")
+
+    fill = sub.add_parser("backfill", help="run a pipeline's task over a bounded input to completion")
+    fill.add_argument("-c", "--config", required=True, type=Path, help="YAML configuration file")
+    fill.add_argument("--pipeline", required=True, help="the pipeline whose task runs")
+    fill.add_argument("--task-version", required=True, help="the task_version stamped on the results")
+    source = fill.add_mutually_exclusive_group(required=True)
+    source.add_argument("--file", type=Path, help="a JSONL file of events, one per line")
+    source.add_argument("--topic", help="a topic whose records (or a range of them) are the events")
+    fill.add_argument("--since", help="--topic: records from this time (ISO 8601 with a zone, or epoch seconds)")
+    fill.add_argument("--until", help="--topic: records until this time")
+    fill.add_argument("--offsets", help="--topic: partition:first-last[,...] (inclusive)")
+    fill.add_argument("--output", required=True, help="topic for the results (dead letters: OUTPUT.dlq)")
+    fill.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
+
+    hooks = sub.add_parser("webhooks", help="receive completion webhooks, verify them, publish the batch ids")
+    hooks.add_argument("-c", "--config", required=True, type=Path, help="YAML configuration file")
+    hooks.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 behind a load balancer)")
+    hooks.add_argument("--port", type=int, default=8090)
+
+    dlq = sub.add_parser("dlq", help="inspect and replay a pipeline's dead letters")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
+    inspect = dlq_sub.add_parser("inspect", help="dead letters by reason: count, first and last seen, a sample")
+    replay = dlq_sub.add_parser("replay", help="re-publish the original events of dead letters to the input topic")
+    for command in (inspect, replay):
+        command.add_argument("-c", "--config", required=True, type=Path, help="YAML configuration file")
+        command.add_argument("--pipeline", required=True, help="the pipeline's name")
+    replay.add_argument("--reason", action="append", default=[], help="only dead letters of this reason (repeat)")
+    replay.add_argument("--since", help="only dead letters written since (ISO 8601 with a zone, or epoch seconds)")
+    replay.add_argument("--until", help="only dead letters written until (ISO 8601 with a zone, or epoch seconds)")
+    replay.add_argument("--id", action="append", default=[], dest="ids", help="only this event id (repeat)")
+    replay.add_argument("--to", help="publish to this topic instead of the pipeline's input topic")
+    replay.add_argument("--max-replays", type=int, default=3, help="skip events already replayed this often")
+    replay.add_argument("--dry-run", action="store_true", help="print what would be replayed; publish nothing")
+
     dev = sub.add_parser("dev", help="development helpers")
     dev_sub = dev.add_subparsers(dest="dev_command", required=True)
     kafka = dev_sub.add_parser("kafka", help="run a local single-node Kafka broker in the foreground")
@@ -62,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(message) from None
             serve(args.host, args.port, faults)
             return 0
+        if args.command in ("status", "dlq", "backfill", "webhooks"):
+            from ops import commands
+
+            return int(getattr(commands, args.command)(args))
         if args.command == "demo":
             from demo import run_demo
 

@@ -97,11 +97,12 @@ class Pipeline:
         self.commits = Commits(app, cfg.input_topic)
         self.tasks = PartitionTasks()
         runner = FlexRunner(cfg, client, self.metrics)
+        self.watch = BatchWatch(client, provider, cfg.retry, self.metrics)
         services = WindowServices(
             cfg=cfg, provider=provider, client=client, ledger=self.ledger, outbox=self.outbox,
             flex=runner, tasks=self.tasks, reader=InputReader(bootstrap, cfg.input_topic, **kafka_options),
             workdir=Path(tempfile.mkdtemp(prefix=f"batchstream-{cfg.name}-")), metrics=self.metrics,
-            watch=BatchWatch(client, provider, cfg.retry, self.metrics),
+            watch=self.watch,
         )  # fmt: skip
         self.batches = BatchLane(services, self.policy)
         self.flex = FlexLane(runner, self.outbox, self.tasks, to_batch=self.batches.add)

@@ -26,9 +26,26 @@ class BatchWatch:
         self.provider = provider
         self.retry = retry
         self.metrics = metrics
+        #: Batches being watched, each with an event that cuts its poll interval short.
+        self._wakeups: dict[str, asyncio.Event] = {}
+
+    def wake(self, batch_id: str) -> None:
+        """Read this batch now (a completion webhook named it), not at its next poll."""
+        event = self._wakeups.get(batch_id)
+        if event is not None:
+            event.set()
+
+    async def _nap(self, batch_id: str, delay: float) -> None:
+        event = self._wakeups.setdefault(batch_id, asyncio.Event())
+        try:
+            await asyncio.wait_for(event.wait(), delay)
+        except TimeoutError:
+            pass
+        event.clear()
 
     async def wait(self, window_id: str, batch_id: str, hedge_at: float | None) -> tuple[Job | None, bool]:
-        """Poll until the batch ends; at ``hedge_at`` cancel it. Return (batch, hedged).
+        """Poll until the batch ends (or :meth:`wake` says it did); at ``hedge_at`` cancel it.
+        Return (batch, hedged).
 
         A status read that keeps failing is retried with backoff and reported (metric, warnings),
         and ``hedge_at`` still applies: a late batch whose status cannot be read is cancelled on a
@@ -62,8 +79,9 @@ class BatchWatch:
                     return batch, late
                 if late:
                     return await self._cancel(window_id, batch), True
-                await asyncio.sleep(until(poll))
+                await self._nap(batch_id, until(poll))
         finally:
+            self._wakeups.pop(batch_id, None)
             self.metrics.unreadable.read(window_id)
 
     async def _cancel_unread(self, window_id: str, batch_id: str) -> None:

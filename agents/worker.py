@@ -13,6 +13,7 @@ from aiokafka.errors import KafkaError
 
 from agents.health import Health
 from agents.pipeline import Pipeline
+from agents.webhooks import WebhookListener
 from providers import make_provider
 from streams.app import create_app
 from streams.config import KafkaSettings, Settings
@@ -77,6 +78,10 @@ async def prepare_topics(settings: Settings) -> dict[str, int]:
                     state, num_partitions=n, replication_factor=settings.kafka.replication_factor,
                     topic_configs={"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"},
                 )  # fmt: skip
+        if settings.webhooks is not None and settings.webhooks.topic not in existing:
+            wanted[settings.webhooks.topic] = NewTopic(
+                settings.webhooks.topic, num_partitions=1, replication_factor=settings.kafka.replication_factor
+            )
         if wanted:
             await admin.create_topics(list(wanted.values()))
             log.info("created topics %s", sorted(wanted))
@@ -123,5 +128,10 @@ def run(settings: Settings, *, loglevel: str = "info") -> None:
             where = f"{settings.metrics_host}:{settings.metrics_port}"
             raise ConfigError(f"metrics_port: cannot serve on {where}: {exc.strerror or exc}") from None
         app.on_before_shutdown.connect(health.stop)
+    if settings.webhooks is not None:
+        listener = WebhookListener(settings.kafka.bootstrap_servers, settings.webhooks.topic,
+                                   [p.watch for p in pipelines], kafka_options(settings.kafka))  # fmt: skip
+        loop.run_until_complete(listener.start())
+        app.on_before_shutdown.connect(listener.stop)
     worker = faust.Worker(app, loglevel=loglevel, loop=loop, quiet=True)
     worker.execute_from_commandline()

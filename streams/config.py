@@ -126,6 +126,9 @@ class PipelineSettings(Frozen):
     window: WindowSettings = WindowSettings()
     retry: RetrySettings = RetrySettings()
     template: TemplateSettings = TemplateSettings()
+    #: The ``task_version`` stamped on results; unset, a hash of endpoint, model, template and
+    #: parameters (``batchstream backfill --task-version`` sets it for a backfill).
+    task_version: str | None = Field(None, min_length=1, max_length=128)
     #: Events larger than this are dead-lettered as ``oversized``.
     max_event_bytes: ByteSize = Field(1_000_000, ge=1)
     #: Check each request body with the provider SDK's request types before it joins a window
@@ -180,6 +183,15 @@ class PipelineSettings(Frozen):
         return self
 
 
+class WebhookSettings(Frozen):
+    """Completion webhooks (OpenAI's ``batch.completed`` and others, signed per Standard Webhooks)."""
+
+    #: The endpoint's signing secret (``whsec_...``), from the provider's dashboard.
+    secret: SecretStr
+    #: The topic ``batchstream webhooks`` publishes verified batch ids to, and workers read.
+    topic: str = "batchstream.webhooks"
+
+
 class Settings(Frozen):
     kafka: KafkaSettings = KafkaSettings()
     #: The default provider (named ``default``): serves every pipeline that names none.
@@ -193,6 +205,9 @@ class Settings(Frozen):
     metrics_host: str = "127.0.0.1"
     #: Prices by model (USD per million tokens, real-time), over the defaults (``streams/pricing.py``).
     pricing: dict[str, ModelPrice] = Field(default_factory=dict)
+    #: Completion webhooks: workers read a batch as soon as its webhook arrives (polling stays
+    #: as the fallback, so ``poll_interval`` can be long).
+    webhooks: WebhookSettings | None = None
 
     @model_validator(mode="before")
     @classmethod

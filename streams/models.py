@@ -180,7 +180,10 @@ class DeadLetter(BaseModel):
 
 
 def task_version(cfg: PipelineSettings) -> str:
-    """A short hash of what determines an output: endpoint, model, template and parameters."""
+    """The pipeline's ``task_version`` when set, else a short hash of what determines an
+    output: endpoint, model, template and parameters."""
+    if cfg.task_version is not None:
+        return cfg.task_version
     what: dict[str, Any] = {
         "endpoint": cfg.endpoint,
         "model": cfg.model,

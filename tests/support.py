@@ -338,3 +338,10 @@ async def wait_log(worker: WorkerProcess, text: str, *, count: int = 1, timeout:
         return worker.log().count(text) >= count
 
     await wait_until(logged, timeout=timeout, interval=0.1, what=f"{text!r} x{count} in {worker.log_path.name}")
+
+
+def run_cli(*args: str, timeout: float = 120, columns: int = 160) -> subprocess.CompletedProcess[str]:
+    """``batchstream ARGS`` as an operator runs it (the tests' key in the environment)."""
+    env = {**os.environ, "OPENAI_API_KEY": "sk-test-secret-key", "COLUMNS": str(columns)}
+    return subprocess.run([sys.executable, "-m", "agents.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=env)  # fmt: skip

@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("streams", "agents", "providers", "sinks")
+PACKAGES = ("streams", "agents", "providers", "sinks", "ops")
 MAX_MODULE_LINES = 400
 MAX_CLASS_LINES = 300
 

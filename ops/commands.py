@@ -1,0 +1,216 @@
+"""The operator commands behind ``batchstream status | dlq | backfill | webhooks`` (argument
+parsing stays in ``agents/cli.py``); each returns the process's exit code."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+from streams.errors import ConfigError
+
+
+def _pipelines(settings: Any, names: list[str]) -> list[Any]:
+    known = {p.name: p for p in settings.pipelines}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ConfigError(f"--pipeline: no pipeline named {unknown[0]!r} (configured: {', '.join(known)})")
+    return [known[n] for n in names] if names else list(settings.pipelines)
+
+
+def status(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import orjson
+    from rich.console import Console
+    from rich.live import Live
+
+    from agents.worker import kafka_options
+    from ops.status import StatusReader, render
+    from streams.config import load_settings
+
+    if args.json and args.watch:
+        raise ConfigError("--json and --watch: choose one (--json prints one document)")
+    settings = load_settings(args.config)
+    pipelines = _pipelines(settings, args.pipeline)
+
+    async def run() -> None:
+        async with StatusReader(settings, pipelines, kafka_options(settings.kafka)) as reader:
+            document = await reader.snapshot()
+            if args.json:
+                sys.stdout.write(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n")
+                return
+            if not args.watch:
+                Console().print(render(document))
+                return
+            with Live(render(document), refresh_per_second=4) as live:
+                while True:
+                    await asyncio.sleep(args.interval)
+                    live.update(render(await reader.snapshot()))
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _moment(option: str, value: str | None) -> int | None:
+    from streams.models import parse_deadline
+
+    try:
+        return None if value is None else int(parse_deadline(value) * 1000)
+    except ValueError as exc:
+        raise ConfigError(f"--{option}: {exc}") from None
+
+
+def backfill(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal as signals
+    import subprocess
+
+    import yaml
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from agents.worker import kafka_options
+    from ops import backfill as filling
+    from ops.topics import TopicReader
+    from streams.config import load_settings
+
+    if args.file is not None and (args.since or args.until or args.offsets):
+        raise ConfigError("--since, --until and --offsets select records of --topic, not of --file")
+    if args.offsets and (args.since or args.until):
+        raise ConfigError("--offsets: choose offsets or --since/--until, not both")
+    settings = load_settings(args.config)
+    [cfg] = _pipelines(settings, [args.pipeline])
+    version, options, console = args.task_version, kafka_options(settings.kafka), Console()
+    started = time.monotonic()
+
+    async def prepare() -> tuple[str, int]:
+        if args.file is not None:
+            source = filling.file_source(args.file)
+        else:
+            async with TopicReader(settings.kafka.bootstrap_servers, options) as reader:
+                source = await filling.topic_source(
+                    reader, args.topic, since_ms=_moment("since", args.since), until_ms=_moment("until", args.until),
+                    offsets=filling.parse_offsets(args.offsets) if args.offsets else None,
+                )  # fmt: skip
+        topic = f"batchstream.backfill.{cfg.name}.{source.name}"
+        return topic, await filling.copy_input(settings, options, topic, source)
+
+    topic, count = asyncio.run(prepare())
+    console.print(f"backfill of {cfg.name} as task version {version!r}: {count} events from {topic} "
+                  f"to {args.output}")  # fmt: skip
+    raw = yaml.safe_load(args.config.read_text())
+    workdir = filling.workdir()
+    worker = filling.start_worker(
+        filling.worker_config(raw, cfg, topic=topic, output=args.output, version=version), workdir
+    )
+    columns = (TextColumn("events with their fate"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    try:
+        with Progress(*columns, console=console) as progress:
+            bar = progress.add_task("fates", total=count)
+
+            def moved(done: int, total: int) -> None:
+                progress.update(bar, completed=done, total=total)
+
+            expected, fates = asyncio.run(filling.follow(
+                settings, options, cfg, topic=topic, output=args.output, version=version, worker=worker,
+                on_progress=moved, timeout=args.timeout,
+            ))  # fmt: skip
+    except ConfigError as exc:
+        console.print(f"[red]{exc}; see {workdir / 'worker.log'}")
+        return 1
+    finally:
+        if worker.poll() is None:
+            worker.send_signal(signals.SIGTERM)
+            try:
+                worker.wait(60)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+    missing = expected - fates.results - fates.dead.keys()
+    reasons: dict[str, int] = {}
+    for letter, reason in fates.dead.items():
+        if letter in expected:
+            reasons[reason] = reasons.get(reason, 0) + 1
+    from rich.table import Table
+
+    table = Table(title=f"backfill {cfg.name} @ {version}", show_header=False)
+    table.add_row("events", str(len(expected)))
+    table.add_row("results", str(len(expected & fates.results)))
+    table.add_row("dead letters", f"{sum(reasons.values())} {reasons if reasons else ''}".strip())
+    table.add_row("missing", str(len(missing)))
+    table.add_row("cost", f"${fates.paid:.4f} paid vs ${fates.realtime:.4f} at real-time prices")
+    table.add_row("duration", f"{time.monotonic() - started:.1f}s")
+    console.print(table)
+    return 0 if not missing else 1
+
+
+def webhooks(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from aiohttp import web
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    from agents.worker import kafka_options
+    from ops.webhooks import WebhookReceiver
+    from streams.config import load_settings
+
+    settings = load_settings(args.config)
+    if settings.webhooks is None:
+        raise ConfigError("webhooks: required (webhooks: {secret: ${OPENAI_WEBHOOK_SECRET}})")
+    hooks, options = settings.webhooks, kafka_options(settings.kafka)
+
+    async def ensure_topic() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers, **options)
+        await admin.start()
+        try:
+            if hooks.topic not in await admin.list_topics():
+                await admin.create_topics([NewTopic(hooks.topic, 1, settings.kafka.replication_factor)])
+        finally:
+            await admin.close()
+
+    asyncio.run(ensure_topic())
+    receiver = WebhookReceiver(hooks, settings.kafka.bootstrap_servers, options)
+    print(f"listening on http://{args.host}:{args.port}/ (publishing to {hooks.topic})", flush=True)  # noqa: T201
+    web.run_app(receiver.app(), host=args.host, port=args.port, print=None)
+    return 0
+
+
+def dlq(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from rich.console import Console
+
+    from agents.worker import kafka_options
+    from ops import dlq as letters
+    from streams.config import load_settings
+    from streams.models import parse_deadline
+
+    settings = load_settings(args.config)
+    [cfg] = _pipelines(settings, [args.pipeline])
+    bootstrap, options, console = settings.kafka.bootstrap_servers, kafka_options(settings.kafka), Console()
+    if args.dlq_command == "inspect":
+        rows = asyncio.run(letters.inspect(bootstrap, options, cfg))
+        console.print(letters.inspect_table(cfg, rows))
+        return 0
+
+    def moment(option: str, value: str | None) -> int | None:
+        try:
+            return None if value is None else int(parse_deadline(value) * 1000)
+        except ValueError as exc:
+            raise ConfigError(f"--{option}: {exc}") from None
+
+    plan = asyncio.run(letters.plan_replay(
+        bootstrap, options, cfg, reasons=args.reason, since_ms=moment("since", args.since),
+        until_ms=moment("until", args.until), ids=args.ids, target=args.to, max_replays=args.max_replays,
+    ))  # fmt: skip
+    if not args.dry_run:
+        asyncio.run(letters.replay(bootstrap, options, plan))
+    console.print(letters.replay_table(plan, dry_run=args.dry_run))
+    verb = "would replay" if args.dry_run else "replayed"
+    console.print(f"{verb} {len(plan.publish)} events to {plan.target}" + (" (dry run: nothing published)"
+                                                                          if args.dry_run else ""))  # fmt: skip
+    return 0

@@ -1,0 +1,128 @@
+"""Reading a topic from outside a worker: to the end it had when the read began, or one record
+at an offset. No consumer group: nothing is committed, nothing changes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from streams.errors import BatchstreamError
+
+
+class TopicMissingError(BatchstreamError):
+    """A topic the command needs does not exist."""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+
+    def header(self, name: str) -> bytes | None:
+        return next((v for k, v in self.headers if k == name), None)
+
+
+def _record(message: Any) -> Record:
+    return Record(message.topic, message.partition, message.offset, message.timestamp, message.key, message.value,
+                  tuple(message.headers or ()))  # fmt: skip
+
+
+class TopicReader:
+    """One consumer (no group) for the reads of a command; ``async with``."""
+
+    def __init__(self, bootstrap: str, options: dict[str, Any]) -> None:
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                          auto_offset_reset="earliest", **options)  # fmt: skip
+        self._admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **options)
+        self._partitions: dict[str, list[TopicPartition]] = {}
+
+    async def __aenter__(self) -> TopicReader:
+        await self._consumer.start()
+        await self._admin.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._admin.close()
+        await self._consumer.stop()
+
+    async def partitions(self, topic: str) -> list[TopicPartition]:
+        if topic not in self._partitions:
+            [described] = await self._admin.describe_topics([topic])
+            if described.get("error_code") or not described.get("partitions"):
+                raise TopicMissingError(f"topic {topic!r} does not exist")
+            numbers = sorted(p["partition"] for p in described["partitions"])
+            self._partitions[topic] = [TopicPartition(topic, p) for p in numbers]
+        return self._partitions[topic]
+
+    async def read(self, topic: str, *, since_ms: int | None = None) -> list[Record]:
+        """Every record of ``topic`` (from ``since_ms`` when given) up to its end at the call."""
+        positions: dict[int, int] = {}
+        if since_ms is not None:
+            partitions = await self.partitions(topic)
+            self._consumer.assign(partitions)
+            found = await self._consumer.offsets_for_times({tp: since_ms for tp in partitions})
+            ends = await self._consumer.end_offsets(partitions)
+            positions = {tp.partition: found[tp].offset if found.get(tp) is not None else ends[tp] for tp in partitions}
+        return await self.read_new(topic, positions)
+
+    async def read_new(self, topic: str, positions: dict[int, int]) -> list[Record]:
+        """The records of ``topic`` after ``positions`` (partition -> next offset; updated to the
+        end at the call), for a view refreshed again and again."""
+        partitions = await self.partitions(topic)
+        consumer = self._consumer
+        consumer.assign(partitions)
+        ends = await consumer.end_offsets(partitions)
+        starts = await consumer.beginning_offsets(partitions)
+        records: list[Record] = []
+        pending = set()
+        for tp in partitions:
+            start = max(positions.get(tp.partition, 0), starts[tp])
+            if start < ends[tp]:
+                consumer.seek(tp, start)
+                pending.add(tp)
+        while pending:
+            batches = await consumer.getmany(*pending, timeout_ms=1000)
+            for tp, messages in batches.items():
+                records.extend(_record(m) for m in messages if m.offset < ends[tp])
+            for tp in list(pending):
+                if await consumer.position(tp) >= ends[tp]:
+                    pending.discard(tp)
+        positions.update({tp.partition: ends[tp] for tp in partitions})
+        return records
+
+    async def end_offsets(self, topic: str) -> dict[int, int]:
+        partitions = await self.partitions(topic)
+        return {tp.partition: offset for tp, offset in (await self._consumer.end_offsets(partitions)).items()}
+
+    async def at(self, coordinates: Iterable[tuple[str, int, int]]) -> dict[tuple[str, int, int], Record]:
+        """The records at these (topic, partition, offset), where they still exist."""
+        consumer, found = self._consumer, {}
+        wanted = sorted(set(coordinates))
+        if not wanted:
+            return {}
+        tps = sorted({TopicPartition(t, p) for t, p, _ in wanted})
+        consumer.assign(tps)
+        starts, ends = await consumer.beginning_offsets(tps), await consumer.end_offsets(tps)
+        for topic, partition, offset in wanted:
+            tp = TopicPartition(topic, partition)
+            if not starts[tp] <= offset < ends[tp]:
+                continue  # deleted by retention, or never written
+            consumer.seek(tp, offset)
+            while True:
+                batch = (await consumer.getmany(tp, timeout_ms=1000, max_records=1)).get(tp, [])
+                if batch:
+                    if batch[0].offset == offset:
+                        found[(topic, partition, offset)] = _record(batch[0])
+                    break
+                if await consumer.position(tp) > offset:
+                    break  # compacted or aborted away
+        return found
