@@ -87,5 +87,7 @@ async def test_dead_letters_are_inspected_and_replayed_after_the_cause_is_fixed(
 
         again = dlq(config, "replay", "--reason", "provider_rejected")
         assert row(again, "provider_rejected")[:3] == ["3", "0", "3"], again
+        capped = dlq(config, "replay", "--reason", "invalid_json", "--max-replays", "0")
+        assert "replayed 0 events" in capped and row(capped, "invalid_json") == ["1", "0", "0", "1"], capped
     assert len(await records_from(bootstrap, topic, before)) == 3, "a second replay publishes nothing"
     assert worker.terminate() == 0, worker.log()
