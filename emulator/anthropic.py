@@ -168,16 +168,10 @@ class AnthropicApi:
             body = orjson.loads(await request.read())
         except orjson.JSONDecodeError:
             return error(400, "the body is not JSON")
-        if faults.create_lag:
-            await asyncio.sleep(faults.create_lag)
-        if faults.create_429 > 0:
-            faults.create_429 -= 1
-            e.stats["create_429"] += 1
-            return error(429, "Too many batches in progress", retry_after=faults.retry_after)
-        if faults.create_fail_500 > 0:
-            faults.create_fail_500 -= 1
-            e.stats["create_fail_500"] += 1
-            return error(500, "Internal server error")
+        refused = await e.refuse_create()
+        if refused is not None:
+            return error(refused, "Too many batches in progress" if refused == 429 else "Internal server error",
+                         retry_after=faults.retry_after if refused == 429 else None)  # fmt: skip
         requests = body.get("requests") if isinstance(body, dict) else None
         if not isinstance(requests, list) or not requests:
             return error(400, "requests: Field required (a non-empty list)")
@@ -205,19 +199,12 @@ class AnthropicApi:
             faults.create_400 -= 1
             e.stats["create_400"] += 1
             return error(400, "Your credit balance is too low to access the Anthropic API (injected).")
-        if faults.unreadable_next > 0:
-            faults.unreadable_next -= 1
-            seconds = faults.unreadable_seconds
-            batch.unreadable_until = float("inf") if seconds is None else time.monotonic() + seconds
+        batch.unreadable_until = e.unreadable_until()
         e.message_batches[batch.id] = batch
         e.stats["batches_created"] += 1
         e.stats["message_batches_created"] += 1
         batch.task = asyncio.create_task(self._process(batch))
-        if faults.create_delay:
-            await asyncio.sleep(faults.create_delay)
-        if faults.create_500 > 0:
-            faults.create_500 -= 1
-            e.stats["create_500"] += 1
+        if await e.lose_create_answer():
             return error(500, "Internal server error")
         return _json(batch.as_json(self._url(request, batch)))
 

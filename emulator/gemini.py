@@ -258,15 +258,10 @@ class GeminiApi:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             return error(400, "Invalid JSON payload received.")
-        if faults.create_lag:
-            await asyncio.sleep(faults.create_lag)
-        if faults.create_429 > 0:
-            faults.create_429 -= 1
-            e.stats["create_429"] += 1
+        refused = await e.refuse_create()
+        if refused == 429:
             return error(429, "Resource has been exhausted (e.g. check quota).", retry_after=faults.retry_after)
-        if faults.create_fail_500 > 0:
-            faults.create_fail_500 -= 1
-            e.stats["create_fail_500"] += 1
+        if refused == 500:
             return error(500, "Internal error encountered.")
         batch_body = body.get("batch") if isinstance(body, dict) else None
         config = batch_body.get("inputConfig") if isinstance(batch_body, dict) else None
@@ -313,21 +308,14 @@ class GeminiApi:
             outcomes = list(faults.batch_outcomes)
             batch.outcome = outcomes.pop(0)
             faults.batch_outcomes = outcomes
-        if faults.unreadable_next > 0:
-            faults.unreadable_next -= 1
-            seconds = faults.unreadable_seconds
-            batch.unreadable_until = float("inf") if seconds is None else time.monotonic() + seconds
+        batch.unreadable_until = e.unreadable_until()
         e.gemini_batches[batch.id] = batch
         e.stats["batches_created"] += 1
         e.stats["gemini_batches_created"] += 1
         if display:
             e.stats[f"tag:{display}"] += 1
         batch.task = asyncio.create_task(self._process(batch))
-        if faults.create_delay:
-            await asyncio.sleep(faults.create_delay)
-        if faults.create_500 > 0:
-            faults.create_500 -= 1
-            e.stats["create_500"] += 1
+        if await e.lose_create_answer():
             return error(500, "Internal error encountered.")
         return _json(self._view(batch))
 

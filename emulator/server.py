@@ -373,21 +373,47 @@ class Emulator:
             return _error(404, "No such File object", param="id")
         return _json({"id": file_id, "object": "file", "deleted": True})
 
-    # -- batches -------------------------------------------------------------------------
-    async def create_batch(self, request: web.Request) -> web.Response:
-        body = orjson.loads(await request.read())
+    # -- create-call faults, shared by every provider's API ------------------------------
+    async def refuse_create(self) -> int | None:
+        """Before a batch exists: ``create_lag``, then the status a refused create answers
+        (429 for ``create_429``, 500 for ``create_fail_500``), or None."""
         if self.faults.create_lag:
             self.stats["creates_lagging"] += 1
             await asyncio.sleep(self.faults.create_lag)
             self.stats["creates_lagged"] += 1
-        if self.faults.create_429 > 0:
-            self.faults.create_429 -= 1
-            self.stats["create_429"] += 1
+        for status, name in ((429, "create_429"), (500, "create_fail_500")):
+            if getattr(self.faults, name) > 0:
+                setattr(self.faults, name, getattr(self.faults, name) - 1)
+                self.stats[name] += 1
+                return status
+        return None
+
+    def unreadable_until(self) -> float:
+        """When a new batch's status reads stop failing (``unreadable_next``): 0 for most."""
+        if self.faults.unreadable_next <= 0:
+            return 0.0
+        self.faults.unreadable_next -= 1
+        seconds = self.faults.unreadable_seconds
+        return float("inf") if seconds is None else time.monotonic() + seconds
+
+    async def lose_create_answer(self) -> bool:
+        """After the batch exists: ``create_delay``, then whether ``create_500`` answers 500 anyway."""
+        if self.faults.create_delay:
+            await asyncio.sleep(self.faults.create_delay)
+        if self.faults.create_500 > 0:
+            self.faults.create_500 -= 1
+            self.stats["create_500"] += 1
+            return True
+        return False
+
+    # -- batches -------------------------------------------------------------------------
+    async def create_batch(self, request: web.Request) -> web.Response:
+        body = orjson.loads(await request.read())
+        refused = await self.refuse_create()
+        if refused == 429:
             return _error(429, "Too many batches in progress", code="rate_limit_exceeded",
                           retry_after=self.faults.retry_after)  # fmt: skip
-        if self.faults.create_fail_500 > 0:
-            self.faults.create_fail_500 -= 1
-            self.stats["create_fail_500"] += 1
+        if refused == 500:
             return _error(500, "The server had an error while processing your request.")
         endpoint = body.get("endpoint")
         azure = request.path.startswith("/openai/")
@@ -422,20 +448,13 @@ class Emulator:
             batch.outcome = outcomes.pop(0)
             self.faults.batch_outcomes = outcomes
         batch.errors = self._validate(batch, stored_file.data)
-        if self.faults.unreadable_next > 0:
-            self.faults.unreadable_next -= 1
-            seconds = self.faults.unreadable_seconds
-            batch.unreadable_until = float("inf") if seconds is None else time.monotonic() + seconds
+        batch.unreadable_until = self.unreadable_until()
         self.batches[batch.id] = batch
         self.stats["batches_created"] += 1
         if metadata and metadata.get("batchstream_window"):
             self.stats[f"tag:{metadata['batchstream_window']}"] += 1
         batch.task = asyncio.create_task(self._process(batch))
-        if self.faults.create_delay:
-            await asyncio.sleep(self.faults.create_delay)
-        if self.faults.create_500 > 0:
-            self.faults.create_500 -= 1
-            self.stats["create_500"] += 1
+        if await self.lose_create_answer():
             return _error(500, "The server had an error while processing your request.")
         return _json(batch.as_json())
 

@@ -35,7 +35,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
-from ops.topics import Record, TopicMissingError, TopicReader
+from ops.topics import Record, TopicMissingError, TopicReader, json_object
 from streams.config import PipelineSettings, Settings
 from streams.errors import ConfigError
 
@@ -171,7 +171,7 @@ async def follow(
         finished = False
         while True:
             for record in await _new(reader, output, positions[output]):
-                body = _loads(record.value)
+                body = json_object(record.value)
                 if body.get("pipeline") == cfg.name and body.get("task_version") == version and "id" in body:
                     if str(body["id"]) not in fates.results:
                         cost = body.get("cost") or {}
@@ -179,7 +179,7 @@ async def follow(
                         fates.realtime += float(cost.get("realtime") or 0.0)
                     fates.results.add(str(body["id"]))
             for record in await _new(reader, f"{output}.dlq", positions[f"{output}.dlq"]):
-                body = _loads(record.value)
+                body = json_object(record.value)
                 if body.get("pipeline") == cfg.name and (body.get("source") or {}).get("topic") == topic:
                     fates.dead.setdefault(str(body.get("id")), str(body.get("reason")))
             on_progress(len(expected & (fates.results | fates.dead.keys())), len(expected))
@@ -216,14 +216,6 @@ async def _committed_all(bootstrap: str, options: dict[str, Any], group: str, to
         await admin.close()
     done = {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
     return all(end == 0 or done.get(p, -1) >= end for p, end in ends.items())
-
-
-def _loads(value: bytes | None) -> dict[str, Any]:
-    try:
-        loaded = orjson.loads(value or b"")
-    except orjson.JSONDecodeError:
-        return {}
-    return loaded if isinstance(loaded, dict) else {}
 
 
 def start_worker(document: dict[str, Any], workdir: Path) -> subprocess.Popen[bytes]:

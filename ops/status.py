@@ -17,12 +17,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from agents.state import WindowRecord
-from ops.topics import TopicReader
+from ops.topics import TopicReader, json_object
 from providers import make_provider
 from providers.base import Provider
 from streams.config import PipelineSettings, Settings
@@ -97,14 +96,14 @@ class StatusReader:
             for p, end in sorted(ends.items())
         }  # fmt: skip
         for record in await self._read(tally, cfg.output_topic):
-            result = _loads(record.value)
+            result = json_object(record.value)
             if result.get("pipeline") == cfg.name:
                 tally.results += 1
                 cost = result.get("cost") or {}
                 tally.paid += float(cost.get("paid") or 0.0)
                 tally.realtime += float(cost.get("realtime") or 0.0)
         for record in await self._read(tally, cfg.dead_letter_topic):
-            letter = _loads(record.value)
+            letter = json_object(record.value)
             if letter.get("pipeline") == cfg.name:
                 tally.dead[str(letter.get("reason"))] += 1
         for record in await self._read(tally, cfg.state_topic_name):
@@ -112,7 +111,7 @@ class StatusReader:
             if record.value is None:
                 tally.windows.pop(window_id, None)
                 continue
-            state = WindowRecord.model_validate(_loads(record.value))
+            state = WindowRecord.model_validate(json_object(record.value))
             mine = state.pipeline == cfg.name and state.input_topic in (None, cfg.input_topic) and state.group_id in (
                 None, self.settings.kafka.group_id)  # fmt: skip
             if mine:
@@ -152,14 +151,6 @@ class StatusReader:
         return {**view, "state": job.status, "requests": job.total or (len(window.offsets or []) or window.count),
                 "completed": job.succeeded, "failed": job.failed,
                 "eta_seconds": round(eta, 1) if eta is not None else None}  # fmt: skip
-
-
-def _loads(value: bytes | None) -> dict[str, Any]:
-    try:
-        loaded = orjson.loads(value or b"")
-    except orjson.JSONDecodeError:
-        return {}
-    return loaded if isinstance(loaded, dict) else {}
 
 
 def _duration(seconds: float | None) -> str:

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -29,6 +30,15 @@ class Record:
 
     def header(self, name: str) -> bytes | None:
         return next((v for k, v in self.headers if k == name), None)
+
+
+def json_object(value: bytes | None) -> dict[str, Any]:
+    """A record's value as a JSON object; ``{}`` when it is not one."""
+    try:
+        loaded = orjson.loads(value or b"")
+    except orjson.JSONDecodeError:
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
 
 
 def _record(message: Any) -> Record:
