@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from ops.topics import Record, TopicReader
+from ops.topics import Record, TopicMissingError, TopicReader
 from streams.config import PipelineSettings
 
 REPLAYS = "batchstream-replays"
@@ -77,7 +77,10 @@ class ReasonRow:
 async def inspect(bootstrap: str, options: dict[str, Any], cfg: PipelineSettings) -> dict[str, ReasonRow]:
     """Dead letters by reason (most frequent first)."""
     async with TopicReader(bootstrap, options) as reader:
-        letters = _letters(await reader.read(cfg.dead_letter_topic))
+        try:
+            letters = _letters(await reader.read(cfg.dead_letter_topic))
+        except TopicMissingError:
+            letters = []  # no worker has run the pipeline yet
     rows: dict[str, ReasonRow] = {}
     for letter in letters:
         row = rows.setdefault(letter.reason, ReasonRow(first_ms=letter.record.timestamp_ms, sample=letter.message))
@@ -141,8 +144,12 @@ async def plan_replay(
 ) -> ReplayPlan:  # fmt: skip
     plan = ReplayPlan(target or cfg.input_topic)
     async with TopicReader(bootstrap, options) as reader:
+        try:
+            written = await reader.read(cfg.dead_letter_topic, since_ms=since_ms)
+        except TopicMissingError:
+            written = []
         letters = [
-            letter for letter in _letters(await reader.read(cfg.dead_letter_topic, since_ms=since_ms))
+            letter for letter in _letters(written)
             if (not reasons or letter.reason in reasons) and (not ids or letter.id in ids)
             and (until_ms is None or letter.record.timestamp_ms <= until_ms)
         ]  # fmt: skip

@@ -21,7 +21,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from agents.state import WindowRecord
-from ops.topics import TopicReader, json_object
+from ops.topics import TopicMissingError, TopicReader, json_object
 from providers import make_provider
 from providers.base import Provider
 from streams.config import PipelineSettings, Settings
@@ -85,11 +85,17 @@ class StatusReader:
 
     async def _read(self, tally: Tally, topic: str) -> list[Any]:
         positions = tally.positions.setdefault(topic, {})
-        return await self.reader.read_new(topic, positions)
+        try:
+            return await self.reader.read_new(topic, positions)
+        except TopicMissingError:
+            return []  # a pipeline that never ran: its worker creates the topic
 
     async def _pipeline(self, cfg: PipelineSettings, committed: dict[tuple[str, int], int]) -> dict[str, Any]:
         tally = self.tallies[cfg.name]
-        ends = await self.reader.end_offsets(cfg.input_topic)
+        try:
+            ends = await self.reader.end_offsets(cfg.input_topic)
+        except TopicMissingError:
+            ends = {}
         lag = {
             str(p): {"committed": committed.get((cfg.input_topic, p), 0), "end": end,
                      "lag": max(0, end - committed.get((cfg.input_topic, p), 0))}
