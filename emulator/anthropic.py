@@ -268,6 +268,7 @@ class AnthropicApi:
         return _json(batch.as_json(self._url(request, batch)))
 
     async def list(self, request: web.Request) -> web.Response:
+        self.e.stats["status_lists"] += 1
         limit = max(1, min(1000, int(request.query.get("limit", "20"))))
         ordered = sorted(self.e.message_batches.values(), key=lambda b: (b.created_at, b.id), reverse=True)
         after = request.query.get("after_id")

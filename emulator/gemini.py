@@ -424,6 +424,7 @@ class GeminiApi:
             faults.list_500 -= 1
             self.e.stats["list_500"] += 1
             return error(500, "Internal error encountered.")
+        self.e.stats["status_lists"] += 1
         size = max(1, min(1000, int(request.query.get("pageSize", "50"))))
         ordered = sorted(self.e.gemini_batches.values(), key=lambda b: (b.created_at, b.id), reverse=True)
         start = int(request.query.get("pageToken") or 0)

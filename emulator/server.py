@@ -625,6 +625,7 @@ class Emulator:
             self.faults.list_500 -= 1
             self.stats["list_500"] += 1
             return _error(500, "The server had an error while processing your request.")
+        self.stats["status_lists"] += 1
         limit = max(1, min(100, int(request.query.get("limit", "20"))))
         after = request.query.get("after")
         visible_before = time.monotonic() - self.faults.list_lag

@@ -273,6 +273,17 @@ class AnthropicProvider(Provider):
         self._marks[job.id] = mark
         return mark
 
+    async def list_jobs(self, created_after: float) -> list[Job] | None:
+        async def call() -> list[Job]:
+            jobs = []
+            async for batch in self._client.messages.batches.list(limit=1000):
+                if batch.created_at.timestamp() < created_after:
+                    break  # listed newest first
+                jobs.append(job_of(batch))
+            return jobs
+
+        return await self.search("list message batches", call, ERRORS)
+
     async def ping(self) -> None:
         await guarded("list message batches", lambda: self._client.messages.batches.list(limit=1), ERRORS)
 

@@ -228,6 +228,11 @@ class Provider(ABC):
         """The job created under ``tag`` (a round of ``count`` requests, whose create call started
         at ``create_started``), looking back to ``created_after``."""
 
+    async def list_jobs(self, created_after: float) -> list[Job] | None:
+        """Jobs created since ``created_after``, with their status, in as few listing calls as the
+        API allows: one status read for many batches. None where jobs cannot be listed."""
+        return None
+
     @abstractmethod
     async def discard_staged(self, staged: str | None) -> None:
         """Delete a round's input file once no job needs it (``delete_files``); failures are only logged."""

@@ -331,6 +331,26 @@ class GeminiProvider(Provider):
         found = await self.search("list batches", call, ERRORS)
         return Lookup(job_of(found) if found is not None else None)
 
+    async def list_jobs(self, created_after: float) -> list[Job] | None:
+        async def call() -> list[Job]:
+            # The order of the listing is not documented: stop after a whole page older than
+            # ``created_after`` (or _FIND_SCAN batches), not at the first older one.
+            jobs, seen, older_run = [], 0, 0
+            pager = await self._aio.batches.list(config=types.ListBatchJobsConfig(page_size=100))
+            async for batch in pager:
+                seen += 1
+                created = batch.create_time.timestamp() if batch.create_time else 0.0
+                if created >= created_after:
+                    jobs.append(job_of(batch))
+                    older_run = 0
+                else:
+                    older_run += 1
+                if seen >= _FIND_SCAN or older_run >= 100:
+                    break
+            return jobs
+
+        return await self.search("list batches", call, ERRORS)
+
     async def ping(self) -> None:
         await self._call("list batches", lambda: self._aio.batches.list(config=types.ListBatchJobsConfig(page_size=1)))
 

@@ -187,6 +187,17 @@ class OpenAIProvider(Provider):
         found = await self.search("list batches", call)
         return Lookup(job_of(found) if found is not None else None)
 
+    async def list_jobs(self, created_after: float) -> list[Job] | None:
+        async def call() -> list[Job]:
+            jobs = []
+            async for batch in self._client.batches.list(limit=100):
+                if batch.created_at < created_after:
+                    break  # listed newest first
+                jobs.append(job_of(batch))
+            return jobs
+
+        return await self.search("list batches", call)
+
     async def ping(self) -> None:
         await guarded("list batches", lambda: self._client.batches.list(limit=1))
 
