@@ -164,7 +164,10 @@ class BatchWatch:
             if not created:
                 continue
             try:
-                jobs = await self.client.list_jobs(min(created) - LISTING_MARGIN)
+                # Never more pages than reading each batch would cost: batches created since by
+                # others beyond that are not looked at, and the windows not listed read their own.
+                scan = max(100, 2 * len(self._watched))
+                jobs = await self.client.list_jobs(min(created) - LISTING_MARGIN, scan=scan)
             except Exception as exc:  # noqa: BLE001 - whatever it is, the windows poll on their own
                 log.info("listing batches failed (%s); each window reads its own batch meanwhile", exc)
                 jobs = None

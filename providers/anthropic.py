@@ -273,11 +273,11 @@ class AnthropicProvider(Provider):
         self._marks[job.id] = mark
         return mark
 
-    async def list_jobs(self, created_after: float) -> list[Job] | None:
+    async def list_jobs(self, created_after: float, *, scan: int) -> list[Job] | None:
         async def call() -> list[Job]:
-            jobs = []
-            async for batch in self._client.messages.batches.list(limit=1000):
-                if batch.created_at.timestamp() < created_after:
+            jobs: list[Job] = []
+            async for batch in self._client.messages.batches.list(limit=min(1000, scan)):
+                if batch.created_at.timestamp() < created_after or len(jobs) >= scan:
                     break  # listed newest first
                 jobs.append(job_of(batch))
             return jobs

@@ -228,9 +228,10 @@ class Provider(ABC):
         """The job created under ``tag`` (a round of ``count`` requests, whose create call started
         at ``create_started``), looking back to ``created_after``."""
 
-    async def list_jobs(self, created_after: float) -> list[Job] | None:
+    async def list_jobs(self, created_after: float, *, scan: int) -> list[Job] | None:
         """Jobs created since ``created_after``, with their status, in as few listing calls as the
-        API allows: one status read for many batches. None where jobs cannot be listed."""
+        API allows (looking at ``scan`` jobs at most): one status read for many batches. None
+        where jobs cannot be listed."""
         return None
 
     @abstractmethod

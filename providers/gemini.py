@@ -331,7 +331,7 @@ class GeminiProvider(Provider):
         found = await self.search("list batches", call, ERRORS)
         return Lookup(job_of(found) if found is not None else None)
 
-    async def list_jobs(self, created_after: float) -> list[Job] | None:
+    async def list_jobs(self, created_after: float, *, scan: int) -> list[Job] | None:
         async def call() -> list[Job]:
             # The order of the listing is not documented: stop after a whole page older than
             # ``created_after`` (or _FIND_SCAN batches), not at the first older one.
@@ -345,7 +345,7 @@ class GeminiProvider(Provider):
                     older_run = 0
                 else:
                     older_run += 1
-                if seen >= _FIND_SCAN or older_run >= 100:
+                if seen >= min(scan, _FIND_SCAN) or older_run >= 100:
                     break
             return jobs
 

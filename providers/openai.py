@@ -187,11 +187,11 @@ class OpenAIProvider(Provider):
         found = await self.search("list batches", call)
         return Lookup(job_of(found) if found is not None else None)
 
-    async def list_jobs(self, created_after: float) -> list[Job] | None:
+    async def list_jobs(self, created_after: float, *, scan: int) -> list[Job] | None:
         async def call() -> list[Job]:
-            jobs = []
+            jobs: list[Job] = []
             async for batch in self._client.batches.list(limit=100):
-                if batch.created_at < created_after:
+                if batch.created_at < created_after or len(jobs) >= scan:
                     break  # listed newest first
                 jobs.append(job_of(batch))
             return jobs
