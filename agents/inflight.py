@@ -49,7 +49,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,9 @@ from agents.metrics import PipelineMetrics
 from agents.outbox import Outbox, stamps
 from agents.outcomes import FailedBatch, ToBatch, plan_failed_batch
 from agents.polling import BatchWatch
+from agents.quota import Quotas, RoundQuota, TokenEstimate
 from agents.retry import backoff, retry_forever
+from agents.rounds import reread_round
 from agents.state import InputReader, Ledger, WindowRecord
 from agents.tasks import PartitionTasks
 from providers import Job, LineOutcome, Provider
@@ -66,7 +68,7 @@ from providers.base import MISSING, BatchRefused, Lookup
 from providers.openai import META_PIPELINE
 from streams.config import PipelineSettings
 from streams.errors import ProviderBackpressure, ProviderRejected
-from streams.models import Request, Source, decode_event
+from streams.models import Request
 from streams.provider_config import ProviderSettings
 
 log = logging.getLogger(__name__)
@@ -90,6 +92,9 @@ class WindowServices:
     workdir: Path
     metrics: PipelineMetrics
     watch: BatchWatch
+    #: The provider's enqueued-token quotas (shared by its pipelines) and this pipeline's estimate.
+    quotas: Quotas = field(default_factory=lambda: Quotas(None))
+    estimate: TokenEstimate = field(default_factory=TokenEstimate)
 
 
 class InFlightWindow:
@@ -105,10 +110,14 @@ class InFlightWindow:
         self.cfg = services.cfg
         #: Whether a batch may exist that this worker does not know of (restored, or a step failed).
         self._look_first = requests is None
+        self._quota = RoundQuota(services.quotas.of(record.model), services.estimate, record.window_id)
 
     async def run(self) -> None:
-        while self.record.status != "done":
-            await retry_forever(self._step, what=self.record.window_id, on_failure=self._lost_track)
+        try:
+            while self.record.status != "done":
+                await retry_forever(self._step, what=self.record.window_id, on_failure=self._lost_track)
+        finally:
+            await self._quota.release()
 
     def _lost_track(self, _exc: BaseException) -> None:
         self._look_first = True  # we may not know whether the last call took effect
@@ -142,48 +151,29 @@ class InFlightWindow:
 
     # -- submit or adopt ---------------------------------------------------------------------
     async def _reread(self) -> list[Request]:
-        """The current round's requests, read again from the input topic by offset.
-
-        They were accepted when the window was sealed, so they are decoded without local
-        validation (a newer version or SDK may judge differently). An owed offset that no longer
-        decodes as a request (the pipeline's template changed meanwhile) ends as a dead letter.
-        """
-        record = self.record
-        rows = await self.s.reader.read(record.partition, record.first_offset, record.last_offset)
-        belongs = record.round_filter()
-        owed = frozenset(record.offsets or ())
-        cfg = self.cfg.model_copy(update={"validate_requests": False})
-        requests, rejected = [], 0
-        for offset, ts, key, value in rows:
-            source = Source(self.cfg.input_topic, record.partition, offset, ts)
-            decoded = decode_event(cfg, source, key, value)
-            if isinstance(decoded, Request) and belongs(decoded):
-                requests.append(decoded)
-            elif not isinstance(decoded, Request) and offset in owed:
-                self.s.outbox.rejected(source, key, value, decoded)
-                rejected += 1
-        if rejected:
-            await self.s.outbox.flush()
-        expected = len(owed) if record.offsets is not None else record.count
-        if len(requests) + rejected != expected:
-            log.warning("%s: %d of the round's %d events read back from the input topic (the rest are gone)",
-                        record.window_id, len(requests) + rejected, expected)  # fmt: skip
-        return requests
+        return await reread_round(self.record, self.cfg, self.s.reader, self.s.outbox)
 
     async def _submit(self) -> None:
+        assert self.requests is not None
         job: Job | None = None
         if self._look_first:
             job = await self._find_created()
             if job is not None:
                 log.info("%s: adopted batch %s created before a restart", self.record.window_id, job.id)
-        if job is None:
+        if job is not None:
+            self._quota.hold(self.requests)
+        else:
+            if await self._quota.acquire(self.requests) > 0.5:
+                self.s.metrics.backpressure.inc()
             try:
                 job = await self._create()
             except BatchRefused as exc:  # the requests were refused at create: a failed batch
+                await self._quota.release()
                 refused = Job(id="", status="refused", state="failed", created_at=time.time(), errors=exc.errors)
                 hedge_at = self._hedge_at()
                 await self._failed(refused, late=hedge_at is not None and time.time() >= hedge_at)
                 return
+        self._quota.created()
         await self._save(self.record.submitted(job.id, time.time()))
         self.s.metrics.batches_submitted.inc()
 
@@ -246,6 +236,7 @@ class InFlightWindow:
                 log.info("%s: provider refused the batch (%s); waiting %.1fs", record.window_id, exc, delay)
                 await asyncio.sleep(delay)
             except ProviderRejected:
+                await self._quota.release()
                 # Refused outright: no batch exists and none uses the file. Upload afresh next time.
                 await self._save(self.record.model_copy(update={"input_file_id": None, "create_started_at": None}))
                 await self.s.client.discard_staged(staged)
@@ -282,6 +273,7 @@ class InFlightWindow:
         assert self.record.batch_id is not None
         # The round's input file, where the provider's job does not name it (Gemini's).
         staged = self.record.input_file_id
+        self._quota.hold(self.requests)  # resumed after a restart: its round is enqueued
         batch, hedged = await self.s.watch.wait(self.record.window_id, self.record.batch_id, self._hedge_at())
         if batch is None:  # late, and its status unreadable: all of it goes flex
             await self._save(self.record.hedged(r.source.offset for r in self.requests))
@@ -291,6 +283,9 @@ class InFlightWindow:
             return
         # A batch still cancelling after cancel_wait gives nothing: all of it goes flex.
         outcomes = await self.s.client.results(batch, self.s.workdir) if batch.terminal else {}
+        if batch.terminal:
+            self._quota.learn(self.requests, outcomes)
+            await self._quota.release()
         attempts = self.record.attempts
         await self.s.tasks.shield(self.record.partition, self._settle(batch, outcomes, hedged))
         if batch.terminal:
@@ -321,6 +316,9 @@ class InFlightWindow:
         self.s.metrics.batch_failed(plan.action)
         log.info("%s: batch %s of %d requests failed (%s): %s", record.window_id, batch.id or "(refused at create)",
                  len(self.requests), plan.summary, plan.action.replace("_", " "))  # fmt: skip
+        if plan.action == "token_limit":
+            self._quota.refused()
+        await self._quota.release()
         if plan.action == "token_limit" and not late:
             delay = self._backoff(record.round)
             self.s.metrics.backpressure.inc()

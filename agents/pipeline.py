@@ -37,6 +37,7 @@ from agents.inflight import WindowServices
 from agents.metrics import PipelineMetrics
 from agents.outbox import Outbox
 from agents.polling import BatchWatch
+from agents.quota import Quotas
 from agents.routing import route
 from agents.state import InputReader, Ledger, StateStore
 from agents.tasks import PartitionTasks
@@ -56,7 +57,7 @@ class Pipeline:
 
     def __init__(
         self, app: faust.App, settings: Settings, cfg: PipelineSettings, client: Provider, *,
-        partitions: int, kafka_options: dict[str, Any],
+        partitions: int, kafka_options: dict[str, Any], quotas: Quotas | None = None,
     ) -> None:  # fmt: skip
         self.app = app
         self.cfg = cfg
@@ -102,7 +103,7 @@ class Pipeline:
             cfg=cfg, provider=provider, client=client, ledger=self.ledger, outbox=self.outbox,
             flex=runner, tasks=self.tasks, reader=InputReader(bootstrap, cfg.input_topic, **kafka_options),
             workdir=Path(tempfile.mkdtemp(prefix=f"batchstream-{cfg.name}-")), metrics=self.metrics,
-            watch=self.watch,
+            watch=self.watch, quotas=quotas or Quotas(provider.max_enqueued_tokens),
         )  # fmt: skip
         self.batches = BatchLane(services, self.policy)
         self.flex = FlexLane(runner, self.outbox, self.tasks, to_batch=self.batches.add)

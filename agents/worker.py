@@ -13,6 +13,7 @@ from aiokafka.errors import KafkaError
 
 from agents.health import Health
 from agents.pipeline import Pipeline
+from agents.quota import Quotas
 from agents.webhooks import WebhookListener
 from providers import make_provider
 from streams.app import create_app
@@ -102,10 +103,13 @@ def build(settings: Settings, partitions: dict[str, int]) -> tuple[faust.App, li
     app = create_app(settings.kafka, partitions=max(partitions.values()))
     options = kafka_options(settings.kafka)
     pipelines = []
+    # A provider's enqueued-token quotas are shared by every pipeline it serves in this worker.
+    quotas = {name: Quotas(p.max_enqueued_tokens) for name, p in settings.named_providers().items()}
     for cfg in settings.pipelines:
+        name, provider = settings.provider_of(cfg)
         pipeline = Pipeline(
-            app, settings, cfg, make_provider(*settings.provider_of(cfg)),
-            partitions=partitions[cfg.name], kafka_options=options,
+            app, settings, cfg, make_provider(name, provider),
+            partitions=partitions[cfg.name], kafka_options=options, quotas=quotas[name],
         )  # fmt: skip
         pipeline.register()
         pipelines.append(pipeline)

@@ -83,6 +83,9 @@ class ProviderSettings(Frozen):
     #: user data; ``false`` keeps them (the provider's own retention then applies).
     delete_files: bool = True
     limits: ProviderLimits = ProviderLimits()
+    #: The provider's limit of tokens enqueued in running batches, per model (OpenAI's "batch
+    #: queue limit"); unset, no gate. A window round waits until its estimated input tokens fit.
+    max_enqueued_tokens: int | None = Field(None, ge=1)
 
     @property
     def batch_limits(self) -> tuple[int, int]:

@@ -16,6 +16,7 @@ from agents.inflight import InFlightWindow, WindowServices
 from agents.metrics import PipelineMetrics
 from agents.outbox import Outbox
 from agents.polling import BatchWatch
+from agents.quota import Quotas
 from agents.state import InputReader, Ledger, PartitionState, WindowRecord
 from agents.tasks import PartitionTasks
 from providers import make_provider
@@ -63,6 +64,7 @@ class Lane:
             flex=FlexRunner(self.cfg, client, metrics),
             tasks=PartitionTasks(), reader=InputReader("127.0.0.1:9", self.cfg.input_topic), workdir=tmp_path,
             metrics=metrics, watch=BatchWatch(client, client.settings, self.cfg.retry, metrics),
+            quotas=Quotas(client.settings.max_enqueued_tokens),
         )  # fmt: skip
 
     def requests(self, n: int, partition: int = 0, poison: Iterable[int] = ()) -> list[Request]:
