@@ -71,10 +71,12 @@ class BatchWatch:
             watched.read_now = True
             watched.news.set()
 
-    def _take(self, watched: _Watched, latest: Job) -> Job | None:
+    def _take(self, batch_id: str, watched: _Watched, latest: Job) -> Job | None:
         """What the listing last said of the batch (``latest`` when it said nothing new since),
         if it listed the batch recently; None when the batch must be read."""
         job, watched.listed = watched.listed, None
+        if self._watched.get(batch_id) is not watched:
+            return None  # another wait for the same batch took over: this one reads for itself
         if watched.read_now:
             watched.read_now = False
             return None
@@ -95,7 +97,7 @@ class BatchWatch:
         poll = self.provider.poll_interval
         ceiling = max(poll, self.retry.backoff_max)
         failures = 0
-        watched = self._watched.setdefault(batch_id, _Watched())
+        watched = self._watched[batch_id] = _Watched()
         self._start_board()
         latest: Job | None = None
 
@@ -104,7 +106,7 @@ class BatchWatch:
 
         try:
             while True:
-                batch = self._take(watched, latest) if latest is not None else None
+                batch = self._take(batch_id, watched, latest) if latest is not None else None
                 if batch is None:
                     try:
                         batch = await self.client.retrieve(batch_id)
@@ -131,7 +133,8 @@ class BatchWatch:
                 # Listed: the listing brings news; else poll it as before.
                 await self._nap(watched, until(4 * poll if watched.seen and self._listing_alive() else poll))
         finally:
-            self._watched.pop(batch_id, None)
+            if self._watched.get(batch_id) is watched:
+                del self._watched[batch_id]
             self.metrics.unreadable.read(window_id)
             if not self._watched and self._board is not None:
                 self._board.cancel()
