@@ -11,7 +11,8 @@ counts what happened, so tests can assert, for example, that no window was submi
 Strict where the real servers are strict (``emulator/strict.py``): every line of a batch file
 is checked for its endpoint when the batch is created, and a file with bad lines fails as a
 whole (``failed``, ``errors.data`` naming the lines), as OpenAI's does; the 50,000-request and
-200 MB limits apply; 429s carry ``Retry-After``.
+200 MB limits apply; 429s carry ``Retry-After``; ``enqueued_token_limit`` enforces a per-model
+limit of prompt tokens in running batches (``token_limit_exceeded``), as OpenAI's queue limit does.
 
 Synchronous calls with ``service_tier="flex"`` take ``flex_latency`` seconds and are refused
 with HTTP 429 at ``flex_429_rate`` (re-rolled on every attempt of the same request body);
@@ -71,6 +72,9 @@ class Faults(BaseModel):
     create_429: int = Field(0, ge=0)
     #: The next N created batches fail validation with ``token_limit_exceeded``.
     token_limit: int = Field(0, ge=0)
+    #: A real enqueued-token limit per model: a batch whose prompt tokens, with those of the
+    #: model's running batches, pass it fails validation with ``token_limit_exceeded``.
+    enqueued_token_limit: int | None = Field(None, ge=1)
     #: Outcomes forced on the next created batches, one each, in order.
     batch_outcomes: list[Outcome] = Field(default_factory=list)
     #: Share of requests finished before a forced expiry or cancellation.
@@ -170,6 +174,9 @@ class StoredBatch:
     azure: bool = False
     line_url: str | None = None
     created_monotonic: float = field(default_factory=time.monotonic)
+    model: str | None = None
+    #: Prompt tokens of its requests (counted as the responses' usage counts them).
+    tokens: int = 0
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -497,6 +504,18 @@ class Emulator:
         if len(batch.lines) > MAX_BATCH_REQUESTS:
             errors.append({"code": "too_many_tasks", "line": None, "param": None,
                            "message": f"A batch may hold at most {MAX_BATCH_REQUESTS} requests."})  # fmt: skip
+        batch.model = first_model
+        batch.tokens = sum(count_tokens((line.get("body") or {}).get("messages") or (line.get("body") or {}).get(
+            "input") or "") for line in batch.lines)  # fmt: skip
+        limit = self.faults.enqueued_token_limit
+        running = ("validating", "in_progress", "finalizing")
+        enqueued = sum(b.tokens for b in self.batches.values() if b.model == first_model and b.status in running
+                       and not b.errors)  # fmt: skip
+        if limit is not None and not errors and enqueued + batch.tokens > limit:
+            self.stats["token_limit_exceeded"] += 1
+            errors.append({"code": "token_limit_exceeded", "line": None, "param": None,
+                           "message": f"Enqueued token limit reached for {first_model}: {enqueued} enqueued, "
+                                      f"limit {limit}."})  # fmt: skip
         if self.faults.token_limit > 0 and not errors:
             self.faults.token_limit -= 1
             self.stats["token_limit_exceeded"] += 1

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from agents.inflight import InFlightWindow
 from agents.quota import TokenEstimate, TokenQuota
 from agents.state import WindowRecord
@@ -85,3 +87,27 @@ async def test_windows_beyond_the_quota_wait_for_running_batches_instead_of_fail
     assert emu.stats["batches_failed"] == 1 and len(running_at_create) == 4, "one token-limit refusal, resubmitted"
     quota = lane.services.quotas.of(lane.cfg.model)
     assert quota is not None and quota.enqueued == 0, "every round released what it held"
+
+
+@pytest.mark.parametrize("gated", [True, False], ids=["with-max_enqueued_tokens", "without"])
+async def test_a_backlog_beyond_the_providers_token_limit_drains_without_refusals_when_gated(
+    emulator, make_lane, gated
+):
+    emu = emulator.emulator
+    emu.faults.batch_seconds = 0.3
+    emu.faults.enqueued_token_limit = 1_000  # about two windows' prompt tokens, of six
+    lane = make_lane(provider={"max_enqueued_tokens": 1_000} if gated else {})
+    await lane.services.ledger.load(range(6))
+    windows = []
+    for partition in range(6):
+        requests = lane.requests(30, partition=partition)
+        record = await lane.services.ledger.save(_record(f"unit.p{partition}.0-29", partition, 30, lane.cfg.model))
+        windows.append(InFlightWindow(record, requests, lane.services))
+    await asyncio.gather(*(w.run() for w in windows))
+    await lane.client.close()
+    results, dead = lane.fates()
+    assert (len(results), dead) == (180, []), "every event once, gated or not"
+    if gated:
+        assert emu.stats["token_limit_exceeded"] == 0, "rounds waited for room instead of being refused"
+    else:
+        assert emu.stats["token_limit_exceeded"] > 0, "without the gate the provider refuses rounds"
