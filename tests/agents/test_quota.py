@@ -59,6 +59,19 @@ def _record(window_id: str, partition: int, n: int, model: str) -> WindowRecord:
                         status="sealed", sealed_at=1.0)  # fmt: skip
 
 
+async def _run_windows(lane, count: int) -> list[InFlightWindow]:
+    """``count`` windows of 30 requests, one per partition, run together to ``done``."""
+    await lane.services.ledger.load(range(count))
+    windows = []
+    for partition in range(count):
+        requests = lane.requests(30, partition=partition)
+        record = await lane.services.ledger.save(_record(f"unit.p{partition}.0-29", partition, 30, lane.cfg.model))
+        windows.append(InFlightWindow(record, requests, lane.services))
+    await asyncio.gather(*(w.run() for w in windows))
+    await lane.client.close()
+    return windows
+
+
 async def test_windows_beyond_the_quota_wait_for_running_batches_instead_of_failing(emulator, make_lane):
     emu = emulator.emulator
     emu.faults.batch_seconds = 0.4
@@ -72,14 +85,7 @@ async def test_windows_beyond_the_quota_wait_for_running_batches_instead_of_fail
         return await create(*args, **kwargs)
 
     client.create = counting_create  # type: ignore[method-assign]
-    await lane.services.ledger.load([0, 1, 2])
-    windows = []
-    for partition in range(3):
-        requests = lane.requests(30, partition=partition)
-        record = await lane.services.ledger.save(_record(f"unit.p{partition}.0-29", partition, 30, lane.cfg.model))
-        windows.append(InFlightWindow(record, requests, lane.services))
-    await asyncio.gather(*(w.run() for w in windows))
-    await client.close()
+    windows = await _run_windows(lane, 3)
     results, dead = lane.fates()
     assert (len(results), dead) == (90, [])
     assert all(w.record.status == "done" for w in windows)
@@ -97,14 +103,7 @@ async def test_a_backlog_beyond_the_providers_token_limit_drains_without_refusal
     emu.faults.batch_seconds = 0.3
     emu.faults.enqueued_token_limit = 1_000  # about two windows' prompt tokens, of six
     lane = make_lane(provider={"max_enqueued_tokens": 1_000} if gated else {})
-    await lane.services.ledger.load(range(6))
-    windows = []
-    for partition in range(6):
-        requests = lane.requests(30, partition=partition)
-        record = await lane.services.ledger.save(_record(f"unit.p{partition}.0-29", partition, 30, lane.cfg.model))
-        windows.append(InFlightWindow(record, requests, lane.services))
-    await asyncio.gather(*(w.run() for w in windows))
-    await lane.client.close()
+    await _run_windows(lane, 6)
     results, dead = lane.fates()
     assert (len(results), dead) == (180, []), "every event once, gated or not"
     if gated:
