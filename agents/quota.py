@@ -141,6 +141,8 @@ class RoundQuota:
 
     def learn(self, requests: Iterable[Request], outcomes: Mapping[str, LineOutcome]) -> None:
         """Real input tokens of the round's results sharpen the pipeline's tokens-per-byte estimate."""
+        if self.quota is None:
+            return  # no quota: nothing uses the estimate
         nbytes = tokens = 0
         for request in requests:
             outcome = outcomes.get(request.custom_id)

@@ -187,7 +187,6 @@ def dlq(args: argparse.Namespace) -> int:
     from agents.worker import kafka_options
     from ops import dlq as letters
     from streams.config import load_settings
-    from streams.models import parse_deadline
 
     settings = load_settings(args.config)
     [cfg] = _pipelines(settings, [args.pipeline])
@@ -197,15 +196,9 @@ def dlq(args: argparse.Namespace) -> int:
         console.print(letters.inspect_table(cfg, rows))
         return 0
 
-    def moment(option: str, value: str | None) -> int | None:
-        try:
-            return None if value is None else int(parse_deadline(value) * 1000)
-        except ValueError as exc:
-            raise ConfigError(f"--{option}: {exc}") from None
-
     plan = asyncio.run(letters.plan_replay(
-        bootstrap, options, cfg, reasons=args.reason, since_ms=moment("since", args.since),
-        until_ms=moment("until", args.until), ids=args.ids, target=args.to, max_replays=args.max_replays,
+        bootstrap, options, cfg, reasons=args.reason, since_ms=_moment("since", args.since),
+        until_ms=_moment("until", args.until), ids=args.ids, target=args.to, max_replays=args.max_replays,
     ))  # fmt: skip
     if not args.dry_run:
         asyncio.run(letters.replay(bootstrap, options, plan))

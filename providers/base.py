@@ -254,7 +254,8 @@ class Provider(ABC):
     async def search(
         self, what: str, call: Callable[[], Awaitable[T]], errors: tuple[type[Exception], ...] = OPENAI_ERRORS
     ) -> T | None:
-        """A listing made to adopt jobs after a crash; None when jobs cannot be looked up.
+        """A listing (to adopt jobs after a crash, or to poll many at once); None when jobs
+        cannot be looked up.
 
         A server that refuses to list (404/405, a compatible server without the route) turns
         adoption off: windows are then submitted again after a crash, since the rare duplicate

@@ -68,14 +68,14 @@ class Pricing:
         self.prices = {**DEFAULT_PRICES, **(overrides or {})}
         #: Longest names first, so ``gpt-5-mini-2025-08-07`` is ``gpt-5-mini``, not ``gpt-5``.
         self._names = sorted(self.prices, key=len, reverse=True)
+        self._resolved: dict[str, ModelPrice | None] = {}
 
     def price(self, model: str) -> ModelPrice | None:
-        found = self.prices.get(model)
-        if found is not None:
-            return found
-        name = next((n for n in self._names if model.startswith(f"{n}-") and model[len(n) + 1 : len(n) + 2].isdigit()),
-                    None)  # fmt: skip
-        return self.prices[name] if name is not None else None
+        if model not in self._resolved:  # once per model name, not once per result
+            snapshot_of = (n for n in self._names if model.startswith(f"{n}-") and model[len(n) + 1 :][:1].isdigit())
+            name = model if model in self.prices else next(snapshot_of, None)
+            self._resolved[model] = self.prices[name] if name is not None else None
+        return self._resolved[model]
 
     def cost(self, model: str, input_tokens: int, output_tokens: int, path: Path) -> Cost | None:
         price = self.price(model)
