@@ -33,7 +33,6 @@ import orjson
 import yaml
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError
 
 from ops.topics import Record, TopicMissingError, TopicReader, json_object
 from streams.config import PipelineSettings, Settings
@@ -187,8 +186,8 @@ async def follow(
                 return expected, fates
             # Offsets are committed once a window is recorded, before its results: done when
             # every event has its fate and the group has committed the whole input.
-            finished = expected <= (fates.results | fates.dead.keys()) and await _committed_all(
-                bootstrap, options, group, topic, ends)  # fmt: skip
+            finished = expected <= (fates.results | fates.dead.keys()) and _committed_all(
+                await reader.committed(group), topic, ends)  # fmt: skip
             if finished:
                 continue
             if worker.poll() is not None:
@@ -205,17 +204,8 @@ async def _new(reader: TopicReader, topic: str, positions: dict[int, int]) -> li
         return []  # not created yet by the worker
 
 
-async def _committed_all(bootstrap: str, options: dict[str, Any], group: str, topic: str, ends: dict[int, int]) -> bool:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **options)
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(group)
-    except KafkaError:
-        return False  # the group has no coordinator yet: its worker has not joined
-    finally:
-        await admin.close()
-    done = {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
-    return all(end == 0 or done.get(p, -1) >= end for p, end in ends.items())
+def _committed_all(committed: dict[tuple[str, int], int], topic: str, ends: dict[int, int]) -> bool:
+    return all(end == 0 or committed.get((topic, p), -1) >= end for p, end in ends.items())
 
 
 def start_worker(document: dict[str, Any], workdir: Path) -> subprocess.Popen[bytes]:

@@ -17,9 +17,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
-
 from agents.state import WindowRecord
 from ops.topics import TopicMissingError, TopicReader, json_object
 from providers import make_provider
@@ -66,22 +63,11 @@ class StatusReader:
 
     async def snapshot(self) -> dict[str, Any]:
         """One JSON-able document: ``{"generated_at", "pipelines": {name: {...}}}``."""
-        committed = await self._committed()
+        committed = await self.reader.committed(self.settings.kafka.group_id)
         out = {}
         for cfg in self.pipelines:
             out[cfg.name] = await self._pipeline(cfg, committed)
         return {"generated_at": time.time(), "pipelines": out}
-
-    async def _committed(self) -> dict[tuple[str, int], int]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **self.options)
-        await admin.start()
-        try:
-            offsets = await admin.list_consumer_group_offsets(self.settings.kafka.group_id)
-        except KafkaError:
-            return {}  # no coordinator for the group yet: nothing committed
-        finally:
-            await admin.close()
-        return {(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
 
     async def _read(self, tally: Tally, topic: str) -> list[Any]:
         positions = tally.positions.setdefault(topic, {})

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from streams.errors import BatchstreamError
 
@@ -108,6 +109,14 @@ class TopicReader:
                     pending.discard(tp)
         positions.update({tp.partition: ends[tp] for tp in partitions})
         return records
+
+    async def committed(self, group: str) -> dict[tuple[str, int], int]:
+        """The group's committed offsets by (topic, partition); none before the group has a coordinator."""
+        try:
+            offsets = await self._admin.list_consumer_group_offsets(group)
+        except KafkaError:
+            return {}
+        return {(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
 
     async def end_offsets(self, topic: str) -> dict[int, int]:
         partitions = await self.partitions(topic)
