@@ -101,6 +101,7 @@ class PipelineMetrics:
         self.flex_refused = FLEX_REFUSED.labels(pipeline=pipeline)
         self.flex_in_flight = FLEX_IN_FLIGHT.labels(pipeline=pipeline)
         self.unreadable = UnreadableBatches(pipeline)
+        self._cost: dict[str, tuple[Counter, Counter]] = {}
 
     def dead_letter(self, reason: str) -> None:
         DEAD_LETTERS.labels(pipeline=self.pipeline, reason=reason).inc()
@@ -112,8 +113,12 @@ class PipelineMetrics:
         FLEX_CALLS.labels(pipeline=self.pipeline, tier=tier).inc()
 
     def cost(self, tier: str, paid: float, realtime: float) -> None:
-        COST.labels(pipeline=self.pipeline, tier=tier).inc(paid)
-        COST_REALTIME.labels(pipeline=self.pipeline, tier=tier).inc(realtime)
+        counters = self._cost.get(tier)
+        if counters is None:
+            labels = {"pipeline": self.pipeline, "tier": tier}
+            counters = self._cost[tier] = (COST.labels(**labels), COST_REALTIME.labels(**labels))
+        counters[0].inc(paid)
+        counters[1].inc(realtime)
 
     def flex_fallback(self, fallback: str) -> None:
         FLEX_FALLBACKS.labels(pipeline=self.pipeline, fallback=fallback).inc()

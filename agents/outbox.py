@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import orjson
+from pydantic import BaseModel
+
 from agents.metrics import PipelineMetrics
 from agents.outcomes import Failed, Served, extract_output
 from agents.retry import retry_forever
@@ -20,13 +23,11 @@ from streams.models import (
     ReasonCode,
     Rejection,
     Request,
-    Result,
     Source,
     SourceRecord,
-    Timestamps,
-    Tokens,
     dead_letter_for,
     task_version,
+    token_counts,
 )
 from streams.pricing import Pricing
 
@@ -35,9 +36,14 @@ WRITE_RETRY_INITIAL = 0.5
 WRITE_RETRY_MAX = 30.0
 
 
-def stamps(request: Request, *, submitted: float | None, completed: float | None) -> Timestamps:
+def stamps(request: Request, *, submitted: float | None, completed: float | None) -> dict[str, float | None]:
+    """A result's ``timestamps`` (``streams.models.Timestamps``)."""
     received = request.source.timestamp_ms / 1000 if request.source.timestamp_ms else None
-    return Timestamps(received=received, submitted=submitted, completed=completed)
+    return {"received": received, "submitted": submitted, "completed": completed}
+
+
+def _dumps(record: BaseModel) -> bytes:
+    return orjson.dumps(record.model_dump(mode="json"))
 
 
 class Outbox:
@@ -58,8 +64,9 @@ class Outbox:
         self.metrics = metrics
 
     def result(
-        self, request: Request, body: dict[str, Any], *, attempts: int, batch_id: str | None, timestamps: Timestamps,
-        mode: Literal["batch", "flex", "standard"] = "batch", tier: str | None = "batch",
+        self, request: Request, body: dict[str, Any], *, attempts: int, batch_id: str | None,
+        timestamps: dict[str, float | None], mode: Literal["batch", "flex", "standard"] = "batch",
+        tier: str | None = "batch",
     ) -> None:  # fmt: skip
         """A result; an ``invalid_output`` dead letter when the output is not what the request asked for."""
         try:
@@ -68,26 +75,32 @@ class Outbox:
             self.dead_letter(request, "invalid_output", str(exc), attempts=attempts, batch_id=batch_id,
                              error={"response": body})  # fmt: skip
             return
-        result = Result(
-            id=request.id,
-            pipeline=self.cfg.name,
-            task_version=self.task_version,
-            provider=self.provider,
-            mode=mode,
-            batch_id=batch_id,
-            service_tier=tier,
-            output=output,
-            response=body,
-            usage=(usage := body.get("usage", body.get("usageMetadata"))),
-            tokens=(tokens := Tokens.of(usage)),
-            cost=(cost := self.pricing.cost(request.model, tokens.input, tokens.output, mode) if tokens else None),
-            source=SourceRecord.of(request.source),
-            timestamps=timestamps,
-        )
-        self.results.add(result, key=request.key)
+        usage = body.get("usage", body.get("usageMetadata"))
+        usage = usage if isinstance(usage, dict) else None
+        counts = token_counts(usage)
+        amounts = None if counts is None else self.pricing.amounts(request.model, counts[0], counts[1], mode)
+        source = request.source
+        # The schema is streams.models.Result; built as plain data and serialized once (the hot path).
+        record = {
+            "id": request.id,
+            "pipeline": self.cfg.name,
+            "task_version": self.task_version,
+            "provider": self.provider,
+            "mode": mode,
+            "batch_id": batch_id,
+            "service_tier": tier,
+            "output": output,
+            "response": body,
+            "usage": usage,
+            "tokens": None if counts is None else {"input": counts[0], "output": counts[1]},
+            "cost": None if amounts is None else {"paid": amounts[0], "realtime": amounts[1]},
+            "source": {"topic": source.topic, "partition": source.partition, "offset": source.offset},
+            "timestamps": timestamps,
+        }
+        self.results.add(orjson.dumps(record), key=request.key)
         self.metrics.results.inc()
-        if cost is not None:
-            self.metrics.cost(mode, cost.paid, cost.realtime)
+        if amounts is not None:
+            self.metrics.cost(mode, *amounts)
 
     def served(
         self, request: Request, outcome: Served | Failed, *, batch_id: str | None, submitted: float | None, rounds: int
@@ -117,12 +130,12 @@ class Outbox:
             event=request.event,
             source=SourceRecord.of(request.source),
         )
-        self.dead_letters.add(letter, key=request.key)
+        self.dead_letters.add(_dumps(letter), key=request.key)
         self.metrics.dead_letter(reason)
 
     def rejected(self, source: Source, key: bytes | None, value: bytes | None, rejection: Rejection) -> None:
         """A dead letter for input that never became a request, with its original bytes."""
-        self.dead_letters.add(dead_letter_for(self.cfg, source, value, rejection), key=key)
+        self.dead_letters.add(_dumps(dead_letter_for(self.cfg, source, value, rejection)), key=key)
         self.metrics.dead_letter(rejection.reason)
 
     async def flush(self) -> None:

@@ -42,7 +42,7 @@ from agents.routing import route
 from agents.state import InputReader, Ledger, StateStore
 from agents.tasks import PartitionTasks
 from providers import Provider
-from sinks import TopicSink
+from sinks import KafkaWriter, TopicSink
 from streams.config import PipelineSettings, Settings
 from streams.models import Rejection, Request, Source, decode_event
 from streams.offsets import Pending
@@ -81,15 +81,16 @@ class Pipeline:
         # can ever move its committed offsets.
         self.input = app.topic(cfg.input_topic, partitions=partitions, acks=False)
         self.metrics = PipelineMetrics(cfg.name)
+        bootstrap = settings.kafka.bootstrap_servers
+        self.writer = KafkaWriter(bootstrap, **kafka_options)
         self.outbox = Outbox(
             cfg,
-            TopicSink(app.topic(cfg.output_topic, value_serializer="orjson")),
-            TopicSink(app.topic(cfg.dead_letter_topic, value_serializer="orjson")),
+            TopicSink(self.writer, cfg.output_topic),
+            TopicSink(self.writer, cfg.dead_letter_topic),
             self.metrics,
             provider=client.name,
             pricing=Pricing(settings.pricing),
         )
-        bootstrap = settings.kafka.bootstrap_servers
         store = StateStore(
             app.topic(cfg.state_topic_name, partitions=partitions), input_topic=cfg.input_topic,
             bootstrap=bootstrap, group_id=settings.kafka.group_id, **kafka_options,
@@ -206,3 +207,4 @@ class Pipeline:
         await self.commits.close()
         await self.tasks.close()
         await self.client.close()
+        await self.writer.stop()

@@ -52,7 +52,6 @@ from providers.base import (
     Reply,
     download_checked,
     guarded,
-    iter_jsonl,
     quietly,
 )
 from streams.errors import ProviderError, ProviderRejected, ProviderUnavailable
@@ -170,11 +169,11 @@ class AnthropicProvider(Provider):
             return self._open_results(job.id)
 
         try:
-            await download_checked(f"results of {job.id}", stream, path, attempts=self.settings.download_attempts,
-                                   errors=ERRORS)  # fmt: skip
+            parsed = await download_checked(f"results of {job.id}", stream, path,
+                                            attempts=self.settings.download_attempts, errors=ERRORS)  # fmt: skip
             return {
                 _unmarked(str(line["custom_id"])): classify(line)
-                for line in iter_jsonl(path)
+                for line in parsed
                 if isinstance(line, dict) and "custom_id" in line
             }
         finally:

@@ -286,8 +286,8 @@ def iter_jsonl(path: Path) -> Iterator[Any]:
 async def download_checked(
     what: str, stream: Callable[[], Any], dest: Path, *, attempts: int,
     errors: tuple[type[Exception], ...] = OPENAI_ERRORS,
-) -> Path:  # fmt: skip
-    """Stream a result file to ``dest``; retried when cut off.
+) -> list[Any]:  # fmt: skip
+    """Stream a result file to ``dest`` and return its parsed lines; retried when cut off.
 
     ``stream()`` opens the SDK's streaming response: an async context manager giving the
     response headers and its body's chunks. A download counts as complete only when every line
@@ -301,16 +301,14 @@ async def download_checked(
 async def fetch_checked(
     what: str, fetch: Callable[[], Awaitable[None]], dest: Path, *, attempts: int,
     errors: tuple[type[Exception], ...] = OPENAI_ERRORS,
-) -> Path:  # fmt: skip
-    """Fetch a JSONL file to ``dest`` with ``fetch()``; retried while it is cut off (a line that
-    does not parse) or fails transiently."""
+) -> list[Any]:  # fmt: skip
+    """Fetch a JSONL file to ``dest`` with ``fetch()`` and return its parsed lines; retried while it
+    is cut off (a line that does not parse) or fails transiently."""
     last: ProviderError | None = None
     for attempt in range(1, attempts + 1):
         try:
             await guarded(what, fetch, errors)
-            for _ in iter_jsonl(dest):
-                pass
-            return dest
+            return list(iter_jsonl(dest))
         except orjson.JSONDecodeError as exc:
             last = ProviderUnavailable(f"{what} is truncated: {exc}")
         except ProviderError as exc:

@@ -59,7 +59,6 @@ from providers.base import (
     Reply,
     fetch_checked,
     guarded,
-    iter_jsonl,
     quietly,
 )
 from streams.errors import ProviderRejected, ProviderUnavailable
@@ -276,13 +275,9 @@ class GeminiProvider(Provider):
             await self._aio.files.download(file=name, destination=path)
 
         try:
-            await fetch_checked(f"download of {name}", download, path, attempts=self.settings.download_attempts,
-                                errors=ERRORS)  # fmt: skip
-            return {
-                str(line["key"]): classify(line)
-                for line in iter_jsonl(path)
-                if isinstance(line, dict) and "key" in line
-            }
+            parsed = await fetch_checked(f"download of {name}", download, path,
+                                         attempts=self.settings.download_attempts, errors=ERRORS)  # fmt: skip
+            return {str(line["key"]): classify(line) for line in parsed if isinstance(line, dict) and "key" in line}
         finally:
             path.unlink(missing_ok=True)
 

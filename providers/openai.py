@@ -30,7 +30,6 @@ from providers.base import (
     Reply,
     download_checked,
     guarded,
-    iter_jsonl,
     quietly,
 )
 from streams.errors import ProviderUnavailable
@@ -111,6 +110,9 @@ class OpenAIProvider(Provider):
     def __init__(self, name: str, settings: ProviderSettings) -> None:
         super().__init__(name, settings)
         self._client = self._make_client(settings)
+        # The SDK imports its resource modules on first use (about half a second of CPU): at
+        # start-up, rather than in the middle of the first window's upload.
+        _ = (self._client.files, self._client.batches)
 
     def _make_client(self, settings: ProviderSettings) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(
@@ -164,9 +166,9 @@ class OpenAIProvider(Provider):
                     yield response.headers, response.iter_bytes()
 
             try:
-                await download_checked(f"download of {file_id}", stream, path,
-                                       attempts=self.settings.download_attempts)  # fmt: skip
-                for line in iter_jsonl(path):
+                parsed = await download_checked(f"download of {file_id}", stream, path,
+                                                attempts=self.settings.download_attempts)  # fmt: skip
+                for line in parsed:
                     if isinstance(line, dict) and "custom_id" in line:
                         lines[str(line["custom_id"])] = line
             finally:

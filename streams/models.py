@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
@@ -79,6 +79,8 @@ class Request:
     event: Any
     #: Epoch seconds by which the event wants its result (``mode: auto`` only).
     deadline: float | None = None
+    #: The JSONL line for the endpoint as is, once built (it is sized at intake and uploaded later).
+    _line: bytes | None = field(default=None, init=False, compare=False, repr=False)
 
     @property
     def custom_id(self) -> str:
@@ -88,8 +90,16 @@ class Request:
 
     def jsonl_line(self, url: str | None = None) -> bytes:
         """The request as a line of an OpenAI-format batch file (``url``: the endpoint as the provider names it)."""
-        line = {"custom_id": self.custom_id, "method": "POST", "url": url or self.endpoint, "body": self.body}
-        return orjson.dumps(line) + b"\n"
+        if url is not None and url != self.endpoint:
+            return _line(self.custom_id, url, self.body)
+        if self._line is None:
+            object.__setattr__(self, "_line", _line(self.custom_id, self.endpoint, self.body))  # a cache, not state
+        assert self._line is not None
+        return self._line
+
+
+def _line(custom_id: str, url: str, body: dict[str, Any]) -> bytes:
+    return orjson.dumps({"custom_id": custom_id, "method": "POST", "url": url, "body": body}) + b"\n"
 
 
 class SourceRecord(BaseModel):
@@ -126,16 +136,24 @@ class Tokens(BaseModel):
         input/output tokens (cache writes and reads count as input), Gemini's ``usageMetadata``
         (the prompt, cached part included, and tool-use prompts are input; candidates and
         thoughts, billed as output, are output)."""
-        if not isinstance(usage, dict):
-            return None
+        counts = token_counts(usage)
+        return None if counts is None else cls(input=counts[0], output=counts[1])
 
-        def count(*names: str) -> int:
-            return sum(v for n in names if isinstance(v := usage.get(n), int) and not isinstance(v, bool))
 
-        spent = count("prompt_tokens", "input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
-                      "promptTokenCount", "toolUsePromptTokenCount")  # fmt: skip
-        made = count("completion_tokens", "output_tokens", "candidatesTokenCount", "thoughtsTokenCount")
-        return cls(input=spent, output=made)
+_INPUT_TOKENS = ("prompt_tokens", "input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
+                 "promptTokenCount", "toolUsePromptTokenCount")  # fmt: skip
+_OUTPUT_TOKENS = ("completion_tokens", "output_tokens", "candidatesTokenCount", "thoughtsTokenCount")
+
+
+def token_counts(usage: Any) -> tuple[int, int] | None:
+    """(input, output) tokens of any provider's ``usage``, as :meth:`Tokens.of` counts them."""
+    if not isinstance(usage, dict):
+        return None
+
+    def count(names: tuple[str, ...]) -> int:
+        return sum(v for n in names if type(v := usage.get(n)) is int)
+
+    return count(_INPUT_TOKENS), count(_OUTPUT_TOKENS)
 
 
 class Result(BaseModel):

@@ -78,9 +78,14 @@ class Pricing:
         return self._resolved[model]
 
     def cost(self, model: str, input_tokens: int, output_tokens: int, path: Path) -> Cost | None:
+        amounts = self.amounts(model, input_tokens, output_tokens, path)
+        return None if amounts is None else Cost(paid=amounts[0], realtime=amounts[1])
+
+    def amounts(self, model: str, input_tokens: int, output_tokens: int, path: Path) -> tuple[float, float] | None:
+        """(paid, realtime) in USD, as :meth:`cost` gives them; None when the model has no price."""
         price = self.price(model)
         if price is None:
             return None
         realtime = (input_tokens * price.input + output_tokens * price.output) / 1_000_000
-        share = {"batch": price.batch, "flex": price.flex, "standard": 1.0}[path]
-        return Cost(paid=round(realtime * share, 9), realtime=round(realtime, 9))
+        share = price.batch if path == "batch" else price.flex if path == "flex" else 1.0
+        return round(realtime * share, 9), round(realtime, 9)

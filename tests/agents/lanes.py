@@ -54,7 +54,7 @@ class Lane:
     def __init__(self, settings: Settings, tmp_path: Any) -> None:
         self.cfg: PipelineSettings = settings.pipelines[0]
         self.backend = MemoryBackend()
-        self.results, self.dead = MemorySink(), MemorySink()
+        self.results, self.dead = MemorySink(Result), MemorySink(DeadLetter)
         metrics = PipelineMetrics(f"unit-{id(self)}")
         client = make_provider(*settings.provider_of(self.cfg))
         self.client = client

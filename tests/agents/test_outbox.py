@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import orjson
+
 from agents.metrics import PipelineMetrics
 from agents.outbox import Outbox, stamps
 from agents.outcomes import Failed, Served
@@ -14,7 +16,7 @@ from tests.support import settings_document
 def _outbox() -> tuple[Outbox, MemorySink, MemorySink, Request]:
     cfg = parse_settings(settings_document(template={"user": "{text}", "response_format": {"type": "json_object"}}),
                          env={"OPENAI_API_KEY": "sk"}).pipelines[0]  # fmt: skip
-    results, dead = MemorySink(), MemorySink()
+    results, dead = MemorySink(Result), MemorySink(DeadLetter)
     request = decode_event(cfg, Source("in", 0, 7, 1_700_000_000_000), b"k", b'{"id": "a", "text": "hi"}')
     assert isinstance(request, Request)
     return Outbox(cfg, results, dead, PipelineMetrics("outbox-test")), results, dead, request
@@ -75,3 +77,19 @@ async def test_every_result_carries_its_cost_at_the_path_that_served_it():
     costs = [(r.mode, r.cost.paid, r.cost.realtime) for r in results.values if isinstance(r, Result) and r.cost]
     # gpt-5-mini: 1M input tokens at $0.25, 100k output tokens at $2.00 per million
     assert costs == [("batch", 0.225, 0.45), ("standard", 0.45, 0.45)]
+
+
+async def test_a_result_record_is_the_result_schema_field_for_field():
+    outbox, results, _, request = _outbox()
+    usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+    outbox.result(request, {"choices": [{"message": {"content": '{"x": 1}'}}], "usage": usage}, attempts=1,
+                  batch_id="b", timestamps=stamps(request, submitted=1.5, completed=2.5))  # fmt: skip
+    outbox.result(request, {"choices": [{"message": {"content": "[]"}}], "usage": ["not", "a", "dict"]}, attempts=1,
+                  batch_id=None, timestamps=stamps(request, submitted=None, completed=None))  # fmt: skip
+    await outbox.flush()
+    for _, raw in results.records:
+        written = orjson.loads(raw)
+        assert Result.model_validate_json(raw).model_dump(mode="json") == written, "no field missing, none extra"
+    first, second = (orjson.loads(raw) for _, raw in results.records)
+    assert first["tokens"] == {"input": 10, "output": 5} and first["cost"]["paid"] > 0
+    assert (second["usage"], second["tokens"], second["cost"]) == (None, None, None), "a usage that is not an object"
