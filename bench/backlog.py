@@ -1,0 +1,202 @@
+"""Draining a backlog: the batch path against faust's own floor and a raw Kafka copy, in one run.
+
+A backlog of N events is written to a fresh topic before each scenario starts, so only
+consumption is timed:
+
+- ``copy``: a plain aiokafka consumer copying every event to another topic (acks=all), its
+  partitions assigned by hand (no group join); timed from start to the last record sent;
+- ``floor``: a bare faust agent on the worker's own app settings that consumes and acks
+  (``bench/floor.py``); timed from its partitions' assignment to its N-th event;
+- ``batch``: a batchstream worker, ``mode: batch``, windows of ``--window`` requests, the
+  emulator finishing batches at once; timed from its partitions' state being loaded to the
+  N-th record on the output topic (read from the topic's end offsets, not by consuming it).
+
+Usage: ``.venv/bin/python -m bench.backlog [--events 100000] [--window 5000] [--write bench/RESULTS.md]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from bench.run import PARTITIONS, ROOT, create_topics, events, peak_rss_mb, start_worker
+from devkafka import KafkaBroker
+from emulator import EmulatorThread, Faults
+
+#: How often markers and end offsets are looked at (the timing resolution).
+TICK = 0.02
+#: Where to write a py-spy profile of the worker (raw folded stacks), from ``BENCH_PROFILE``.
+PROFILE = os.environ.get("BENCH_PROFILE")
+
+
+async def backlog(bootstrap: str, n: int) -> str:
+    """A fresh topic holding ``n`` events."""
+    topic = f"backlog-{uuid.uuid4().hex[:8]}"
+    await create_topics(bootstrap, topic)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, max_batch_size=1 << 20)
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, value, key=f"k{i}".encode()) for i, value in enumerate(events(n))]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return topic
+
+
+async def end_total(consumer: AIOKafkaConsumer, topic: str) -> int:
+    partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+    return sum((await consumer.end_offsets(partitions)).values())
+
+
+async def copy(bootstrap: str, n: int) -> float:
+    src = await backlog(bootstrap, n)
+    dst = f"{src}.copy"
+    await create_topics(bootstrap, dst)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest")
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await consumer.start()
+    await producer.start()
+    try:
+        consumer.assign([TopicPartition(src, p) for p in range(PARTITIONS)])
+        started, done = time.perf_counter(), 0
+        while done < n:
+            batch = await consumer.getmany(timeout_ms=200, max_records=2000)
+            futures = [await producer.send(dst, m.value, key=m.key) for ms in batch.values() for m in ms]
+            await asyncio.gather(*futures)
+            done += len(futures)
+        return time.perf_counter() - started
+    finally:
+        await producer.stop()
+        await consumer.stop()
+
+
+def spawn(args: list[str], log: Path | None = None) -> subprocess.Popen[bytes]:
+    if log is None:
+        return subprocess.Popen(args, cwd=ROOT)
+    with log.open("wb") as out:
+        return subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+
+
+def has_line(log: Path, marker: str) -> bool:
+    return marker in log.read_text(errors="replace")
+
+
+async def wait_for_line(log: Path, marker: str, process: subprocess.Popen[bytes], timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not has_line(log, marker):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"no {marker!r} in {log}")
+        await asyncio.sleep(TICK)
+
+
+async def floor(bootstrap: str, n: int, workdir: Path) -> float:
+    topic = await backlog(bootstrap, n)
+    log = workdir / f"{topic}.floor.log"
+    process = spawn([sys.executable, "-m", "bench.floor", bootstrap, topic, str(n)], log)
+    try:
+        await wait_for_line(log, "assigned", process)
+        started = time.perf_counter()
+        await wait_for_line(log, "done", process, timeout=600)
+        return time.perf_counter() - started
+    finally:
+        process.terminate()
+        process.wait(60)
+
+
+async def batch(bootstrap: str, base_url: str, n: int, window: int, workdir: Path) -> tuple[float, float | None]:
+    topic = await backlog(bootstrap, n)
+    config = workdir / f"{topic}.yaml"
+    config.write_text(yaml.safe_dump({
+        "kafka": {"bootstrap_servers": bootstrap, "group_id": topic, "commit_interval": 1},
+        "provider": {"base_url": base_url, "api_key": "sk-bench", "poll_interval": "200ms"},
+        "pipelines": [{
+            "name": "bench", "input_topic": topic, "output_topic": f"{topic}.results",
+            "dead_letter_topic": f"{topic}.dlq", "mode": "batch", "model": "gpt-5-mini",
+            "window": {"max_requests": window, "max_bytes": "100MB", "max_wait": "1s"},
+            "template": {"user": "{text}"},
+        }],
+    }))  # fmt: skip
+    log = workdir / f"{topic}.log"
+    worker = start_worker(config, log)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        await wait_for_line(log, "loaded state of partitions", worker)
+        if PROFILE:
+            py_spy = str(Path(sys.executable).parent / "py-spy")
+            spawn([py_spy, "record", "--pid", str(worker.pid), "-r", "200", "-f", "raw", "-o", PROFILE,
+                   "--nonblocking"])  # fmt: skip
+        started, deadline = time.perf_counter(), time.monotonic() + 900
+        while await end_total(consumer, f"{topic}.results") < n:
+            if worker.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the worker did not finish; see {log}")
+            await asyncio.sleep(TICK)
+        return time.perf_counter() - started, peak_rss_mb(worker.pid)
+    finally:
+        await consumer.stop()
+        worker.terminate()
+        worker.wait(60)
+
+
+async def measure(bootstrap: str, base_url: str, n: int, window: int) -> dict[str, float]:
+    workdir = Path(tempfile.mkdtemp(prefix="bench-backlog-"))
+    await copy(bootstrap, 2000)  # warm the broker up
+    took = {"copy": await copy(bootstrap, n), "floor": await floor(bootstrap, n, workdir)}
+    took["batch"], rss = await batch(bootstrap, base_url, n, window, workdir)
+    for name, seconds in took.items():
+        print(f"{name:6s} {n / seconds:9.0f} ev/s ({seconds:.1f} s)", flush=True)
+    print(f"batch  {took['floor'] / took['batch']:.3f}x the faust floor, {took['copy'] / took['batch']:.3f}x the copy;"
+          f" worker peak RSS {rss or 0:.0f} MB")  # fmt: skip
+    return {**{f"{k}_s": v for k, v in took.items()}, "rss_mb": rss or 0.0}
+
+
+def render(n: int, window: int, r: dict[str, float]) -> str:
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    rate = {k: n / r[f"{k}_s"] for k in ("copy", "floor", "batch")}
+    return "\n".join([
+        f"### Backlog drain, {stamp}: {n} events, windows of {window}",
+        "",
+        "| scenario | ev/s | batch path as a ratio of it |",
+        "|---|---:|---:|",
+        f"| raw aiokafka copy | {rate['copy']:.0f} | {rate['batch'] / rate['copy']:.3f} |",
+        f"| bare faust agent (the floor) | {rate['floor']:.0f} | {rate['batch'] / rate['floor']:.3f} |",
+        f"| batchstream batch path | {rate['batch']:.0f} | 1 |",
+        "",
+        f"Worker peak RSS: {r['rss_mb']:.0f} MB.",
+        "",
+    ])  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--window", type=int, default=5000)
+    parser.add_argument("--write", type=Path, default=None, help="append the results to this markdown file")
+    args = parser.parse_args()
+    broker = KafkaBroker()
+    emulator = EmulatorThread(Faults(batch_seconds=0.0))
+    try:
+        result = asyncio.run(measure(broker.start(), emulator.start(), args.events, args.window))
+    finally:
+        emulator.stop()
+        broker.stop()
+    table = render(args.events, args.window, result)
+    print(table)
+    if args.write:
+        with args.write.open("a") as fh:
+            fh.write("\n" + table)
+
+
+if __name__ == "__main__":
+    main()
