@@ -18,8 +18,9 @@ import logging
 import time
 from collections.abc import Iterable
 
-from agents.inflight import InFlightWindow, WindowServices
+from agents.inflight import InFlightWindow
 from agents.retry import retry_forever
+from agents.services import WindowServices
 from agents.state import WindowRecord, runs
 from streams.models import Request
 from streams.offsets import Frontier, Pending
@@ -93,6 +94,7 @@ class BatchLane:
             members=None if last - first + 1 == len(offsets) else runs(offsets),
             status="sealed",
             sealed_at=time.time(),
+            nbytes=sum(p.nbytes for p in window.items),
         )
 
     async def _seal(self, window: Window[Pending]) -> None:

@@ -49,27 +49,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from agents.flex import FlexRunner
-from agents.metrics import PipelineMetrics
-from agents.outbox import Outbox, stamps
+from agents.outbox import stamps
 from agents.outcomes import FailedBatch, ToBatch, plan_failed_batch
-from agents.polling import BatchWatch
-from agents.quota import Quotas, RoundQuota, TokenEstimate
+from agents.quota import RoundQuota
 from agents.retry import backoff, retry_forever
-from agents.rounds import reread_round
-from agents.state import InputReader, Ledger, WindowRecord
-from agents.tasks import PartitionTasks
-from providers import Job, LineOutcome, Provider
+from agents.rounds import RoundRequests, reread_round
+from agents.services import WindowServices
+from agents.state import WindowRecord
+from providers import Job, LineOutcome
 from providers.base import MISSING, BatchRefused, Lookup
 from providers.openai import META_PIPELINE
-from streams.config import PipelineSettings
 from streams.errors import ProviderBackpressure, ProviderRejected
 from streams.models import Request
-from streams.provider_config import ProviderSettings
 
 log = logging.getLogger(__name__)
 
@@ -77,58 +70,40 @@ log = logging.getLogger(__name__)
 ADOPTION_LOOKBACK = 300.0
 
 
-@dataclass(frozen=True, slots=True)
-class WindowServices:
-    """What every in-flight window of one pipeline works with."""
-
-    cfg: PipelineSettings
-    provider: ProviderSettings
-    client: Provider
-    ledger: Ledger
-    outbox: Outbox
-    flex: FlexRunner
-    tasks: PartitionTasks
-    reader: InputReader
-    workdir: Path
-    metrics: PipelineMetrics
-    watch: BatchWatch
-    #: The provider's enqueued-token quotas (shared by its pipelines) and this pipeline's estimate.
-    quotas: Quotas = field(default_factory=lambda: Quotas(None))
-    estimate: TokenEstimate = field(default_factory=TokenEstimate)
-
-
 class InFlightWindow:
     """Drives one window from its record to ``done``; ``run`` returns only then (or when cancelled)."""
 
     def __init__(self, record: WindowRecord, requests: list[Request] | None, services: WindowServices) -> None:
         self.record = record
-        #: The current round's requests; None for a window restored from state (re-read on first use).
-        self.requests = requests
-        #: Every request of the window met so far, by offset (a later round picks its own from here).
-        self._known: dict[int, Request] = {r.source.offset: r for r in requests or ()}
         self.s = services
         self.cfg = services.cfg
         #: Whether a batch may exist that this worker does not know of (restored, or a step failed).
         self._look_first = requests is None
         self._quota = RoundQuota(services.quotas.of(record.model), services.estimate, record.window_id)
+        #: The window's requests in memory, read back from the input topic when let go.
+        self.memory = RoundRequests(requests, services.held, self._reread)
 
     async def run(self) -> None:
         try:
             while self.record.status != "done":
                 await retry_forever(self._step, what=self.record.window_id, on_failure=self._lost_track)
         finally:
+            self.memory.let_go()
             await self._quota.release()
+
+    @property
+    def requests(self) -> list[Request] | None:
+        """The current round's requests; None when not in memory (restored, or let go while waiting)."""
+        return self.memory.current
 
     def _lost_track(self, _exc: BaseException) -> None:
         self._look_first = True  # we may not know whether the last call took effect
 
     async def _step(self) -> None:
-        if self.requests is None:
-            self.requests = await self._reread()
-            self._known.update((r.source.offset, r) for r in self.requests)
         if self.record.status == "sealed":
             await self._submit()
         elif self.record.status == "hedged":
+            await self.memory.ensure()
             await self._hedge()
         else:
             await self._finish()
@@ -138,13 +113,10 @@ class InFlightWindow:
         """Write the window's next record; the current requests follow the record's offsets."""
         self.record = await self.s.ledger.save(record)
         if record.status == "done":
-            self.requests = []
+            self.memory.let_go()
             self.s.metrics.batches_done.inc()
-        elif record.offsets is not None and self.requests is not None:
-            wanted = record.offsets
-            if [r.source.offset for r in self.requests] != wanted:
-                known = [self._known.get(o) for o in wanted]
-                self.requests = None if None in known else [r for r in known if r is not None]
+        elif record.offsets is not None:
+            self.memory.follow(record.offsets)
 
     def _backoff(self, attempt: int) -> float:
         return backoff(attempt, initial=self.cfg.retry.backoff_initial, maximum=self.cfg.retry.backoff_max)
@@ -154,17 +126,21 @@ class InFlightWindow:
         return await reread_round(self.record, self.cfg, self.s.reader, self.s.outbox)
 
     async def _submit(self) -> None:
-        assert self.requests is not None
         job: Job | None = None
         if self._look_first:
+            await self.memory.ensure()
             job = await self._find_created()
             if job is not None:
                 log.info("%s: adopted batch %s created before a restart", self.record.window_id, job.id)
         if job is not None:
-            self._quota.hold(self.requests)
+            self._quota.hold(await self.memory.round_bytes(self.record))
         else:
-            if await self._quota.acquire(self.requests) > 0.5:
+            nbytes = await self.memory.round_bytes(self.record)
+            if self._quota.gated:
+                self.memory.park()  # the quota may keep it waiting
+            if await self._quota.acquire(nbytes) > 0.5:
                 self.s.metrics.backpressure.inc()
+            await self.memory.ensure()
             try:
                 job = await self._create()
             except BatchRefused as exc:  # the requests were refused at create: a failed batch
@@ -234,7 +210,9 @@ class InFlightWindow:
                 delay = exc.retry_after or self._backoff(attempt)
                 self.s.metrics.backpressure.inc()
                 log.info("%s: provider refused the batch (%s); waiting %.1fs", record.window_id, exc, delay)
+                self.memory.park()
                 await asyncio.sleep(delay)
+                await self.memory.ensure()
             except ProviderRejected:
                 await self._quota.release()
                 # Refused outright: no batch exists and none uses the file. Upload afresh next time.
@@ -269,23 +247,26 @@ class InFlightWindow:
 
     # -- settle ---------------------------------------------------------------------------------
     async def _finish(self) -> None:
-        assert self.requests is not None
         assert self.record.batch_id is not None
         # The round's input file, where the provider's job does not name it (Gemini's).
         staged = self.record.input_file_id
-        self._quota.hold(self.requests)  # resumed after a restart: its round is enqueued
+        self._quota.hold(await self.memory.round_bytes(self.record))  # resumed after a restart: its round is enqueued
+        self.memory.park()  # the provider may take hours
         batch, hedged = await self.s.watch.wait(self.record.window_id, self.record.batch_id, self._hedge_at())
+        # A batch still cancelling after cancel_wait gives nothing: all of it goes flex.
+        terminal = batch is not None and batch.state != "failed" and batch.terminal
+        outcomes = await self.s.client.results(batch, self.s.workdir) if batch is not None and terminal else {}
+        if terminal:
+            await self._quota.release()  # before reading the requests back: others may wait for it
+        requests = await self.memory.ensure()
         if batch is None:  # late, and its status unreadable: all of it goes flex
-            await self._save(self.record.hedged(r.source.offset for r in self.requests))
+            await self._save(self.record.hedged(r.source.offset for r in requests))
             return
         if batch.state == "failed":
             await self._failed(batch, late=hedged)
             return
-        # A batch still cancelling after cancel_wait gives nothing: all of it goes flex.
-        outcomes = await self.s.client.results(batch, self.s.workdir) if batch.terminal else {}
-        if batch.terminal:
-            self._quota.learn(self.requests, outcomes)
-            await self._quota.release()
+        if terminal:
+            self._quota.learn(requests, outcomes)
         attempts = self.record.attempts
         await self.s.tasks.shield(self.record.partition, self._settle(batch, outcomes, hedged))
         if batch.terminal:
@@ -298,6 +279,8 @@ class InFlightWindow:
             delay = self._backoff(attempts) if self.record.attempts > attempts else 0.0
             log.info("%s: %d requests to submit again (round %d) in %.1fs",
                      self.record.window_id, len(self.record.offsets or ()), self.record.round, delay)  # fmt: skip
+            if delay:
+                self.memory.park()
             await asyncio.sleep(delay)
 
     async def _failed(self, batch: Job, *, late: bool) -> None:
@@ -322,8 +305,9 @@ class InFlightWindow:
         if plan.action == "token_limit" and not late:
             delay = self._backoff(record.round)
             self.s.metrics.backpressure.inc()
+            offsets = [r.source.offset for r in self.requests]
+            self.memory.park()
             await asyncio.sleep(delay)
-            offsets = (r.source.offset for r in self.requests)
             await self._save(record.next_round(offsets, time.time(), attempts=record.attempts, same_round=True))
         else:
             await self.s.tasks.shield(record.partition, self._isolate(batch, plan, errors, late=late))

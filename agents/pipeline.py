@@ -33,13 +33,14 @@ from faust.types import TP, EventT, StreamT
 from agents.batches import BatchLane
 from agents.commits import Commits
 from agents.flex import FlexLane, FlexRunner
-from agents.inflight import WindowServices
 from agents.metrics import PipelineMetrics
 from agents.outbox import Outbox
 from agents.polling import BatchWatch
 from agents.quota import Quotas
+from agents.rounds import HeldRequests, InputReader
 from agents.routing import route
-from agents.state import InputReader, Ledger, StateStore
+from agents.services import WindowServices
+from agents.state import Ledger, StateStore
 from agents.tasks import PartitionTasks
 from providers import Provider
 from sinks import KafkaWriter, TopicSink
@@ -105,6 +106,7 @@ class Pipeline:
             flex=runner, tasks=self.tasks, reader=InputReader(bootstrap, cfg.input_topic, **kafka_options),
             workdir=Path(tempfile.mkdtemp(prefix=f"batchstream-{cfg.name}-")), metrics=self.metrics,
             watch=self.watch, quotas=quotas or Quotas(provider.max_enqueued_tokens),
+            held=HeldRequests(cfg.max_held_requests, self.policy.max_requests),
         )  # fmt: skip
         self.batches = BatchLane(services, self.policy)
         self.flex = FlexLane(runner, self.outbox, self.tasks, to_batch=self.batches.add)

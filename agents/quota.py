@@ -111,21 +111,26 @@ class TokenEstimate:
 
 
 class RoundQuota:
-    """One window's use of its model's quota: the tokens its current round holds (by window id)."""
+    """One window's use of its model's quota: the tokens its current round holds (by window id).
+
+    A round is sized by the bytes of its request lines, so it can wait for the quota without
+    its requests in memory.
+    """
 
     def __init__(self, quota: TokenQuota | None, estimate: TokenEstimate, holder: str) -> None:
         self.quota, self.estimate, self.holder = quota, estimate, holder
 
-    def _tokens(self, requests: Iterable[Request]) -> int:
-        return self.estimate.of(sum(len(r.jsonl_line()) for r in requests))
+    @property
+    def gated(self) -> bool:
+        return self.quota is not None
 
-    async def acquire(self, requests: Iterable[Request]) -> float:
+    async def acquire(self, nbytes: int) -> float:
         """Wait until the round fits (no quota: at once); the seconds waited."""
-        return 0.0 if self.quota is None else await self.quota.acquire(self.holder, self._tokens(requests))
+        return 0.0 if self.quota is None else await self.quota.acquire(self.holder, self.estimate.of(nbytes))
 
-    def hold(self, requests: Iterable[Request]) -> None:
+    def hold(self, nbytes: int) -> None:
         if self.quota is not None:
-            self.quota.hold(self.holder, self._tokens(requests))
+            self.quota.hold(self.holder, self.estimate.of(nbytes))
 
     def created(self) -> None:
         if self.quota is not None:

@@ -3,14 +3,49 @@ restart or a rebalance, or a round whose offsets the window no longer holds in m
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable, Callable
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from agents.outbox import Outbox
-from agents.state import InputReader, WindowRecord
+from agents.state import WindowRecord
 from streams.config import PipelineSettings
 from streams.models import Request, Source, decode_event
 
 log = logging.getLogger(__name__)
+
+
+class InputReader:
+    """Re-reads a window's events from the input topic by offset (after a restart)."""
+
+    def __init__(self, bootstrap: str, topic: str, **kafka: object) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.kafka = kafka
+
+    async def read(
+        self, partition: int, first: int, last: int
+    ) -> list[tuple[int, int | None, bytes | None, bytes | None]]:
+        """(offset, timestamp_ms, key, value) of every record in [first, last]."""
+        tp = TopicPartition(self.topic, partition)
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, **self.kafka)
+        await consumer.start()
+        out: list[tuple[int, int | None, bytes | None, bytes | None]] = []
+        try:
+            consumer.assign([tp])
+            consumer.seek(tp, first)
+            end = (await consumer.end_offsets([tp]))[tp]
+            stop = min(last + 1, end)
+            while await consumer.position(tp) < stop:
+                batch = await consumer.getmany(tp, timeout_ms=500, max_records=5000)
+                for message in batch.get(tp, []):
+                    if first <= message.offset <= last:
+                        out.append((message.offset, message.timestamp, message.key, message.value))
+        finally:
+            await consumer.stop()
+        return out
 
 
 async def reread_round(
@@ -42,3 +77,96 @@ async def reread_round(
         log.warning("%s: %d of the round's %d events read back from the input topic (the rest are gone)",
                     record.window_id, len(requests) + rejected, expected)  # fmt: skip
     return requests
+
+
+class HeldRequests:
+    """How many events of waiting windows a pipeline keeps in memory (``max_held_requests``).
+
+    A window waiting on something slow (the provider running its batch, the token quota, a
+    backoff) keeps its requests only while they fit this budget; otherwise it lets them go and
+    reads them back from the input topic when it needs them again, as a restart does. Reading
+    back takes a slot: windows hold one from the read until they wait again or finish, so a burst
+    of batches ending together (or a restart resuming many windows) never brings all their
+    events into memory at once.
+    """
+
+    def __init__(self, limit: int, window_size: int) -> None:
+        self.limit = limit
+        self.held = 0
+        #: Windows allowed to hold read-back requests at once: as many as fit the budget, at least one.
+        self.slots = asyncio.Semaphore(max(1, limit // max(1, window_size)))
+
+    def keep(self, count: int) -> bool:
+        """Count ``count`` more events as held, if they fit."""
+        if self.held + count > self.limit:
+            return False
+        self.held += count
+        return True
+
+    def release(self, count: int) -> None:
+        self.held -= count
+
+
+class RoundRequests:
+    """One window's requests in memory: the current round's, let go while the window waits on
+    something slow (beyond the pipeline's :class:`HeldRequests` budget) and read back when needed."""
+
+    def __init__(
+        self, requests: list[Request] | None, budget: HeldRequests, read: Callable[[], Awaitable[list[Request]]]
+    ) -> None:
+        #: The current round's requests; None when not in memory.
+        self.current = requests
+        #: Every request of the window met so far, by offset (a later round picks its own from here).
+        self._known: dict[int, Request] = {r.source.offset: r for r in requests or ()}
+        self._budget = budget
+        self._read = read
+        #: Events counted in the budget (0: not counted).
+        self._held = 0
+        #: Whether a read-back slot is held (the requests were read back and are in use).
+        self._slot = False
+
+    async def ensure(self) -> list[Request]:
+        """The current round's requests, read back from the input topic (in a slot) if let go."""
+        if self.current is None:
+            if not self._slot:
+                await self._budget.slots.acquire()
+                self._slot = True
+            self.current = await self._read()
+            self._known.update((r.source.offset, r) for r in self.current)
+        return self.current
+
+    async def round_bytes(self, record: WindowRecord) -> int:
+        """The current round's size for the token quota: from the record, else from its requests."""
+        if record.round_bytes is not None:
+            return record.round_bytes
+        return sum(len(r.jsonl_line()) for r in await self.ensure())
+
+    def follow(self, offsets: list[int]) -> None:
+        """A new round of ``offsets``: its requests from those met so far, or None (read back later)."""
+        if self.current is not None and [r.source.offset for r in self.current] != offsets:
+            known = [self._known.get(o) for o in offsets]
+            self.current = None if None in known else [r for r in known if r is not None]
+
+    def park(self) -> None:
+        """About to wait on something slow: keep the requests only while they fit the budget."""
+        if self.current is not None and not self._held:
+            count = len(self._known)
+            if self._budget.keep(count):
+                self._held = count
+            else:
+                self.let_go()
+        self._free_slot()
+
+    def let_go(self) -> None:
+        """Drop the requests from memory (the input topic keeps them)."""
+        self.current = None
+        self._known = {}
+        if self._held:
+            self._budget.release(self._held)
+            self._held = 0
+        self._free_slot()
+
+    def _free_slot(self) -> None:
+        if self._slot:
+            self._slot = False
+            self._budget.slots.release()

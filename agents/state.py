@@ -87,6 +87,9 @@ class WindowRecord(BaseModel):
     #: Groups of offsets waiting for a round of their own, in order, each with the attempt
     #: number it will run as: halves of a bisected batch, and retries of failed requests.
     deferred: list[tuple[list[int], int]] = []
+    #: Bytes of the window's request lines when it was sealed (sizes a round for the token quota
+    #: without its requests in memory); None in records written before it was kept.
+    nbytes: int | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -103,6 +106,15 @@ class WindowRecord(BaseModel):
             return self.offsets
         current = self.offsets or []
         return sorted([*current, *(o for group, _ in self.deferred for o in group)])
+
+    @property
+    def round_bytes(self) -> int | None:
+        """The current round's share of the window's request bytes (None when not recorded)."""
+        if self.nbytes is None:
+            return None
+        if self.offsets is None or self.count == 0:
+            return self.nbytes
+        return self.nbytes * len(self.offsets) // self.count
 
     @property
     def tag(self) -> str:
@@ -366,34 +378,3 @@ class StateStore:
             for tp, meta in offsets.items()
             if tp.topic == self.input_topic and tp.partition in wanted and meta.offset >= 0
         }
-
-
-class InputReader:
-    """Re-reads a window's events from the input topic by offset (after a restart)."""
-
-    def __init__(self, bootstrap: str, topic: str, **kafka: object) -> None:
-        self.bootstrap = bootstrap
-        self.topic = topic
-        self.kafka = kafka
-
-    async def read(
-        self, partition: int, first: int, last: int
-    ) -> list[tuple[int, int | None, bytes | None, bytes | None]]:
-        """(offset, timestamp_ms, key, value) of every record in [first, last]."""
-        tp = TopicPartition(self.topic, partition)
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, **self.kafka)
-        await consumer.start()
-        out: list[tuple[int, int | None, bytes | None, bytes | None]] = []
-        try:
-            consumer.assign([tp])
-            consumer.seek(tp, first)
-            end = (await consumer.end_offsets([tp]))[tp]
-            stop = min(last + 1, end)
-            while await consumer.position(tp) < stop:
-                batch = await consumer.getmany(tp, timeout_ms=500, max_records=5000)
-                for message in batch.get(tp, []):
-                    if first <= message.offset <= last:
-                        out.append((message.offset, message.timestamp, message.key, message.value))
-        finally:
-            await consumer.stop()
-        return out

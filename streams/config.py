@@ -135,8 +135,13 @@ class PipelineSettings(Frozen):
     #: (one invalid line fails a whole batch at the provider); a failure is an ``invalid_request``
     #: dead letter at once. ``false`` leaves every judgement to the provider.
     validate_requests: bool = True
-    #: Windows sealed but not finished; when full, consumption pauses.
-    max_open_batches: int = Field(50, ge=1)
+    #: Windows sealed but not finished; when full, consumption pauses. A safety cap: what gates
+    #: submissions is the provider's quota (``max_enqueued_tokens``), and a batch may take hours.
+    max_open_batches: int = Field(1000, ge=1)
+    #: Events of windows waiting on the provider (or the quota, or a backoff) kept in memory; the
+    #: rest are read back from the input topic when their batch ends, so memory does not grow
+    #: with the events in flight.
+    max_held_requests: int = Field(50_000, ge=0)
     #: Metadata added to every batch (at most 14 pairs: two are batchstream's).
     metadata: dict[str, str] = Field(default_factory=dict, max_length=14)
     flex: FlexSettings = FlexSettings()

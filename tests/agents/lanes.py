@@ -12,12 +12,14 @@ from collections.abc import Iterable
 from typing import Any
 
 from agents.flex import FlexRunner
-from agents.inflight import InFlightWindow, WindowServices
+from agents.inflight import InFlightWindow
 from agents.metrics import PipelineMetrics
 from agents.outbox import Outbox
 from agents.polling import BatchWatch
 from agents.quota import Quotas
-from agents.state import InputReader, Ledger, PartitionState, WindowRecord
+from agents.rounds import InputReader
+from agents.services import WindowServices
+from agents.state import Ledger, PartitionState, WindowRecord
 from agents.tasks import PartitionTasks
 from providers import make_provider
 from sinks import MemorySink

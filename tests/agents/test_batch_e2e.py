@@ -11,10 +11,14 @@ pytestmark = pytest.mark.kafka
 N = 10_000
 
 
-async def test_ten_thousand_events_over_four_partitions(bootstrap, make_topic, configure, start_worker):
+@pytest.mark.parametrize("held", [None, 0], ids=["requests-kept", "requests-read-back"])
+async def test_ten_thousand_events_over_four_partitions(bootstrap, make_topic, configure, start_worker, held):
+    """With ``max_held_requests: 0`` every window lets its requests go once submitted and reads
+    them back from the input topic (key, value, offset) when its batch ends."""
     topic = await make_topic("tickets", partitions=4)
+    memory = {} if held is None else {"max_held_requests": held}
     config, group = configure(
-        pipeline("tickets", topic, window={"max_requests": 500, "max_bytes": "10MB", "max_wait": "1s"})
+        pipeline("tickets", topic, window={"max_requests": 500, "max_bytes": "10MB", "max_wait": "1s"}, **memory)
     )
     events = [{"id": f"t{i}", "subject": f"s{i}", "text": f"ticket {i}"} for i in range(N)]
     await produce(bootstrap, topic, events, keys=[f"k{i}".encode() for i in range(N)])

@@ -1,0 +1,81 @@
+"""Requests in memory: a window waiting on the provider keeps its requests only within the
+pipeline's budget (``max_held_requests``) and otherwise reads them back when its batch ends.
+
+Provider calls go through the openai SDK to the in-process emulator; the input topic is a list
+read by offset, so each test counts the read-backs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import pytest
+
+from agents.inflight import InFlightWindow
+from agents.rounds import HeldRequests
+from emulator import Faults
+from tests.agents.lanes import Lane, ListReader
+
+N = 20
+
+
+class CountingReader(ListReader):
+    def __init__(self, values: list[bytes]) -> None:
+        super().__init__(values)
+        self.reads = 0
+
+    async def read(self, partition: int, first: int, last: int) -> list[tuple[int, int | None, None, bytes]]:
+        self.reads += 1
+        return await super().read(partition, first, last)
+
+
+def _values(n: int) -> list[bytes]:
+    return [f'{{"id": "e{o}", "text": "event {o}"}}'.encode() for o in range(n)]
+
+
+def _with(lane: Lane, held: HeldRequests) -> CountingReader:
+    reader = CountingReader(_values(N))
+    lane.services = dataclasses.replace(lane.services, reader=reader, held=held)
+    return reader
+
+
+@pytest.mark.parametrize(("budget", "reads"), [(0, 1), (N, 0)], ids=["beyond-the-budget", "within-it"])
+async def test_a_window_beyond_the_budget_reads_its_requests_back_when_its_batch_ends(
+    emulator, make_lane, budget: int, reads: int
+):
+    lane = make_lane()
+    held = HeldRequests(budget, window_size=N)
+    reader = _with(lane, held)
+    record, requests = await lane.run(N)
+    results, dead = lane.fates()
+    assert record.status == "done" and dead == []
+    assert sorted(r.id for r in results) == sorted(r.id for r in requests), "every event has its result"
+    assert [r.source.offset for r in results] == sorted(r.source.offset for r in results)
+    assert reader.reads == reads
+    assert held.held == 0, "a finished window counts nothing in the budget"
+
+
+async def test_windows_waiting_on_the_provider_hold_no_more_than_the_budget(emulator, make_lane):
+    """Three windows of N events, a budget of one window: while their batches run, one window
+    keeps its requests and the other two let theirs go; all three end with every result."""
+    emulator.emulator.clear(Faults(batch_seconds=0.5))
+    lane = make_lane()
+    held = HeldRequests(N, window_size=N)
+    reader = _with(lane, held)
+    await lane.services.ledger.load([0])
+    windows = []
+    for w in range(3):
+        record = lane.sealed(N).model_copy(update={"window_id": f"unit.p0.w{w}"})
+        windows.append(InFlightWindow(await lane.services.ledger.save(record), lane.requests(N), lane.services))
+    runs = [asyncio.create_task(w.run()) for w in windows]
+    while sum(1 for w in windows if w.record.status == "submitted") < 3:  # until every batch is submitted
+        done, _ = await asyncio.wait(runs, timeout=0.01)
+        assert not done, "no window ends before all three batches are submitted (0.5 s each)"
+    in_memory = [w.requests is not None for w in windows]
+    await asyncio.gather(*runs)
+    await lane.client.close()
+    assert sorted(in_memory) == [False, False, True] and held.held == 0
+    assert reader.reads == 2, "the two windows beyond the budget read their requests back"
+    results, dead = lane.fates()
+    assert len(results) == 3 * N and dead == []
