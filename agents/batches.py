@@ -39,7 +39,8 @@ class BatchLane:
         self.windower: Windower[Pending] = Windower(policy)
         #: Windows in flight (sealed, not done); a full lane holds back sealing and intake.
         self.slots = asyncio.Semaphore(self.cfg.max_open_batches)
-        self._lock = asyncio.Lock()
+        # The windower is only touched between awaits (add, tick and revoke call it without
+        # awaiting), so no other task can see it half-updated: it needs no lock.
         # The digest keeps window ids (the state topic's keys) distinct across input topics
         # and groups sharing a state topic, so compaction never merges two owners' records.
         self._owner = f"{self.cfg.input_topic}|{services.ledger.group_id}"
@@ -48,19 +49,17 @@ class BatchLane:
         """Put a request in its window; seal the windows it closed."""
         request = pending.request
         key = WindowKey(request.source.partition, request.endpoint, request.model)
-        async with self._lock:
-            if pending.frontier.closed:
-                # revoked (a flex fallback arriving late): a window must only hold events of
-                # the current assignment, or sealing would judge it by the wrong frontier
-                return
-            sealed = self.windower.add(key, pending, request.custom_id, pending.nbytes, time.monotonic())
+        if pending.frontier.closed:
+            # revoked (a flex fallback arriving late): a window must only hold events of
+            # the current assignment, or sealing would judge it by the wrong frontier
+            return
+        sealed = self.windower.add(key, pending, request.custom_id, pending.nbytes, time.monotonic())
         for window in sealed:
             await self._seal(window)
 
     async def tick(self) -> None:
         """Seal the windows whose ``max_wait`` has passed."""
-        async with self._lock:
-            due = self.windower.due(time.monotonic())
+        due = self.windower.due(time.monotonic())
         for window in due:
             await self._seal(window)
 
@@ -71,9 +70,8 @@ class BatchLane:
 
     async def revoke(self, partitions: Iterable[int]) -> None:
         """Forget the open windows of revoked partitions: their events were never finished."""
-        async with self._lock:
-            for partition in partitions:
-                self.windower.drop_partition(partition)
+        for partition in partitions:
+            self.windower.drop_partition(partition)
 
     def _record_for(self, window: Window[Pending]) -> WindowRecord:
         key = window.key

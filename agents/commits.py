@@ -55,6 +55,14 @@ class Commits:
         for partition in list(self._waiting):
             self._wake(partition)
 
+    def ready(self, event: EventT[Any]) -> Frontier | None:
+        """The event's frontier at once when its partition is loaded and the event current (the
+        common case); None otherwise, and then :meth:`frontier_of` says whether to wait or skip."""
+        message = event.message
+        if self._stale(message):
+            return None
+        return self.frontiers.get(message.partition)
+
     async def frontier_of(self, event: EventT[Any]) -> Frontier | None:
         """The frontier of the event's partition, once its assignment is loaded.
 

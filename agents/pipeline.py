@@ -169,7 +169,7 @@ class Pipeline:
     # -- intake ---------------------------------------------------------------------------
     async def handle(self, event: EventT[Any]) -> None:
         message = event.message
-        frontier = await self.commits.frontier_of(event)
+        frontier = self.commits.ready(event) or await self.commits.frontier_of(event)
         if frontier is None or not frontier.received(message.offset):
             return
         source = Source(message.topic, message.partition, message.offset, int(message.timestamp * 1000))

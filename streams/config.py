@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, ValidationError, model_validator
 
 from streams.errors import ConfigError
 from streams.pricing import ModelPrice
@@ -151,6 +151,18 @@ class PipelineSettings(Frozen):
     #: ``auto`` mode: the deadline of an event that carries none, counted from its Kafka
     #: timestamp. Unset: an event without a deadline goes batch.
     latency_objective: Duration | None = Field(None, gt=0)
+    #: Whether a body rendered from this pipeline's template passed the checks against the SDK's
+    #: request types: the template fixes every type, so later renderings skip those checks.
+    _rendered_types_checked: bool = PrivateAttr(False)
+
+    @property
+    def rendered_types_checked(self) -> bool:
+        # Read from pydantic's store of private attributes directly: asked once per event.
+        private = self.__pydantic_private__
+        return bool(private and private.get("_rendered_types_checked"))
+
+    def rendered_types_passed(self) -> None:
+        self._rendered_types_checked = True
 
     @property
     def batch_latency_bound(self) -> float:

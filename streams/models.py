@@ -261,7 +261,8 @@ def decode_event(
     event_id = event.get("id", source.default_id)
     if not isinstance(event_id, str | int) or isinstance(event_id, bool) or event_id == "":
         return Rejection("wrong_shape", "'id' must be a non-empty string or an integer")
-    if isinstance(event.get("body"), dict):
+    rendered = not isinstance(event.get("body"), dict)
+    if not rendered:
         body = dict(event["body"])
         body.setdefault("model", cfg.model)
         if cfg.endpoint == MESSAGES:
@@ -275,8 +276,12 @@ def decode_event(
             return Rejection("template_error", f"template field {exc.args[0]!r} is missing from the event")
         except (ValueError, IndexError, AttributeError) as exc:
             return Rejection("template_error", f"template cannot render this event: {exc}")
-    if cfg.validate_requests and (problem := check_body(cfg.endpoint, body)) is not None:
-        return Rejection("invalid_request", f"the request would be refused: {problem}")
+    if cfg.validate_requests:
+        types_known = rendered and cfg.rendered_types_checked
+        if (problem := check_body(cfg.endpoint, body, types=not types_known)) is not None:
+            return Rejection("invalid_request", f"the request would be refused: {problem}")
+        if rendered:
+            cfg.rendered_types_passed()
     deadline: float | None = None
     if cfg.mode == "auto":
         given = event.get("deadline", _header(headers, "deadline"))

@@ -63,7 +63,7 @@ def _gemini_content() -> TypeAdapter[Any]:
 _GEMINI_OBJECTS = ("systemInstruction", "generationConfig", "toolConfig")
 
 
-def _check_contents(body: dict[str, Any]) -> str | None:
+def _check_contents(body: dict[str, Any], types: bool = True) -> str | None:
     contents = body.get("contents")
     if not isinstance(contents, list) or not contents:
         return "'contents' must be a non-empty list"
@@ -73,6 +73,8 @@ def _check_contents(body: dict[str, Any]) -> str | None:
         parts = content.get("parts")
         if not isinstance(parts, list) or not parts or not all(isinstance(p, dict) for p in parts):
             return f"'contents.{index}.parts' must be a non-empty list of objects"
+        if not types:
+            continue
         try:
             _gemini_content().validate_python(content)
         except ValidationError as exc:
@@ -129,7 +131,7 @@ def _check_input(endpoint: str, body: dict[str, Any]) -> str | None:
     return None
 
 
-def _check_messages(body: dict[str, Any], anthropic: bool = False) -> str | None:
+def _check_messages(body: dict[str, Any], anthropic: bool = False, types: bool = True) -> str | None:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         return "'messages' must be a non-empty list"
@@ -141,6 +143,8 @@ def _check_messages(body: dict[str, Any], anthropic: bool = False) -> str | None
         adapter = roles.get(role) if isinstance(role, str) else None
         if adapter is None:
             return f"'messages.{index}.role' must be one of {', '.join(roles)}; got {role!r}"
+        if not types:
+            continue
         try:
             adapter.validate_python(message)
         except ValidationError as exc:
@@ -150,18 +154,23 @@ def _check_messages(body: dict[str, Any], anthropic: bool = False) -> str | None
     return None
 
 
-def check_body(endpoint: str, body: dict[str, Any]) -> str | None:
-    """Why the provider would refuse this request body, or None when it looks valid."""
+def check_body(endpoint: str, body: dict[str, Any], *, types: bool = True) -> str | None:
+    """Why the provider would refuse this request body, or None when it looks valid.
+
+    ``types=False`` skips the checks against the SDK's request types (the costly part) and
+    keeps the others: for bodies rendered from a template whose rendering already passed them,
+    since a template fixes every type and only fills in strings.
+    """
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         return "'model' must be a non-empty string"
     if endpoint == "generateContent":
-        return _check_contents(body)
+        return _check_contents(body, types)
     if endpoint in ("/v1/chat/completions", "/v1/messages"):
-        problem = _check_messages(body, anthropic=endpoint == "/v1/messages")
+        problem = _check_messages(body, anthropic=endpoint == "/v1/messages", types=types)
     else:
         problem = _check_input(endpoint, body)
-    if problem is not None:
+    if problem is not None or not types:
         return problem
     adapter = _anthropic()[0] if endpoint == "/v1/messages" else _PARAMS.get(endpoint)
     if adapter is None:

@@ -75,3 +75,25 @@ def test_an_invalid_request_event_is_rejected_at_once_unless_validation_is_off()
     assert isinstance(got, Rejection) and got.reason == "invalid_request"
     assert got.message == "the request would be refused: 'messages' must be a non-empty list"
     assert isinstance(decode_event(_cfg(validate_requests=False), Source("i", 0, 0, None), None, value), Request)
+
+
+def test_a_template_is_checked_against_the_sdk_types_once_and_every_event_for_the_rest() -> None:
+    """The types of a rendered body are the template's: checked on its first rendering only.
+    What depends on the event (an empty embeddings input) is judged for every event, and request
+    events (whose bodies the events carry) are always checked in full."""
+    embeddings = _cfg(endpoint="/v1/embeddings", model="text-embedding-3-small", template={"user": "{text}"})
+    assert not embeddings.rendered_types_checked
+    assert isinstance(decode_event(embeddings, Source("i", 0, 0, None), None, b'{"text": "a"}'), Request)
+    assert embeddings.rendered_types_checked
+    empty = decode_event(embeddings, Source("i", 0, 1, None), None, b'{"text": ""}')
+    assert isinstance(empty, Rejection) and empty.message.endswith("'input' must not be empty")
+    bad_types = _cfg(template={"user": "{text}", "parameters": {"temperature": "hot"}})
+    for offset in range(2):
+        got = decode_event(bad_types, Source("i", 0, offset, None), None, b'{"text": "a"}')
+        assert isinstance(got, Rejection) and "'temperature'" in got.message, "a template that fails stays checked"
+    assert not bad_types.rendered_types_checked
+    chat = _cfg(template={"user": "{text}"})
+    assert isinstance(decode_event(chat, Source("i", 0, 0, None), None, b'{"text": "a"}'), Request)
+    event_body = b'{"body": {"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}}'
+    got = decode_event(chat, Source("i", 0, 1, None), None, event_body)
+    assert isinstance(got, Rejection) and "'temperature'" in got.message
