@@ -88,6 +88,12 @@ def spawn(args: list[str], log: Path | None = None) -> subprocess.Popen[bytes]:
         return subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def has_line(log: Path, marker: str) -> bool:
     return marker in log.read_text(errors="replace")
 
@@ -138,11 +144,18 @@ async def batch(bootstrap: str, base_url: str, n: int, window: int, workdir: Pat
             spawn([py_spy, "record", "--pid", str(worker.pid), "-r", "200", "-f", "raw", "-o", PROFILE,
                    "--nonblocking"])  # fmt: skip
         started, deadline = time.perf_counter(), time.monotonic() + 900
+        cpu, own = cpu_seconds(worker.pid), time.process_time()
         while await end_total(consumer, f"{topic}.results") < n:
             if worker.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the worker did not finish; see {log}")
             await asyncio.sleep(TICK)
-        return time.perf_counter() - started, peak_rss_mb(worker.pid)
+        took = time.perf_counter() - started
+        print(
+            f"batch: worker CPU {cpu_seconds(worker.pid) - cpu:.1f} s, benchmark process (emulator) CPU "
+            f"{time.process_time() - own:.1f} s, over {took:.1f} s",
+            flush=True,
+        )
+        return took, peak_rss_mb(worker.pid)
     finally:
         await consumer.stop()
         worker.terminate()

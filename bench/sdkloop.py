@@ -1,7 +1,8 @@
 """A bare openai SDK loop: N chat completions with ``service_tier="flex"``, C in flight at once.
 
 Run by ``bench.flex`` as its own process (the worker is one too): ``python -m bench.sdkloop
-BASE_URL N C``. Prints the seconds from the first call to the last answer.
+BASE_URL N C``. Prints the seconds from the first call to the last answer and the process's CPU
+seconds over the same span.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 import openai
 
 
-async def main(base_url: str, n: int, concurrency: int) -> float:
+async def main(base_url: str, n: int, concurrency: int) -> tuple[float, float]:
     client = openai.AsyncOpenAI(base_url=base_url, api_key="sk-bench", max_retries=0)
     limit = asyncio.Semaphore(concurrency)
 
@@ -23,13 +24,13 @@ async def main(base_url: str, n: int, concurrency: int) -> float:
                 model="gpt-5-mini", service_tier="flex", messages=[{"role": "user", "content": f"benchmark event {i}"}]
             )
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     try:
         await asyncio.gather(*(call(i) for i in range(n)))
     finally:
         await client.close()
-    return time.perf_counter() - started
+    return time.perf_counter() - started, time.process_time() - cpu
 
 
 if __name__ == "__main__":
-    print(asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))), flush=True)
+    print(*asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))), flush=True)
