@@ -257,6 +257,8 @@ class InFlightWindow:
         terminal = batch is not None and batch.state != "failed" and batch.terminal
         outcomes = await self.s.client.results(batch, self.s.workdir) if batch is not None and terminal else {}
         if terminal:
+            count = len(self.record.offsets) if self.record.offsets is not None else self.record.count
+            self._quota.learn(outcomes, await self.memory.round_bytes(self.record), count)
             await self._quota.release()  # before reading the requests back: others may wait for it
         requests = await self.memory.ensure()
         if batch is None:  # late, and its status unreadable: all of it goes flex
@@ -265,8 +267,6 @@ class InFlightWindow:
         if batch.state == "failed":
             await self._failed(batch, late=hedged)
             return
-        if terminal:
-            self._quota.learn(requests, outcomes)
         attempts = self.record.attempts
         await self.s.tasks.shield(self.record.partition, self._settle(batch, outcomes, hedged))
         if batch.terminal:

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Mapping
 
 from providers.base import LineOutcome
-from streams.models import Request, Tokens
+from streams.models import token_counts
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +47,20 @@ class TokenQuota:
         others = self.enqueued - self.held.get(holder, 0)
         return others == 0 or others + tokens <= self.fits
 
-    async def acquire(self, holder: str, tokens: int) -> float:
-        """Wait until ``tokens`` fit beside the others, then hold them; the seconds waited."""
+    async def acquire(self, holder: str, tokens: int | Callable[[], int]) -> float:
+        """Wait until ``tokens`` fit beside the others, then hold them; the seconds waited.
+
+        ``tokens`` may be an estimate to evaluate afresh each time room is looked for: results
+        that arrive meanwhile (and release what they held) also sharpen it.
+        """
+        size = tokens if callable(tokens) else lambda: tokens
         started = asyncio.get_running_loop().time()
         async with self._changed:
-            if not self._room_for(holder, tokens):
-                log.info("%s: waiting for %d tokens to fit beside %d enqueued (quota %d)", holder, tokens,
+            if not self._room_for(holder, size()):
+                log.info("%s: waiting for %d tokens to fit beside %d enqueued (quota %d)", holder, size(),
                          self.enqueued - self.held.get(holder, 0), self.fits)  # fmt: skip
-            await self._changed.wait_for(lambda: self._room_for(holder, tokens))
-            self.held[holder] = tokens
+            await self._changed.wait_for(lambda: self._room_for(holder, size()))
+            self.held[holder] = size()
         return asyncio.get_running_loop().time() - started
 
     def hold(self, holder: str, tokens: int) -> None:
@@ -126,7 +131,9 @@ class RoundQuota:
 
     async def acquire(self, nbytes: int) -> float:
         """Wait until the round fits (no quota: at once); the seconds waited."""
-        return 0.0 if self.quota is None else await self.quota.acquire(self.holder, self.estimate.of(nbytes))
+        if self.quota is None:
+            return 0.0
+        return await self.quota.acquire(self.holder, lambda: self.estimate.of(nbytes))
 
     def hold(self, nbytes: int) -> None:
         if self.quota is not None:
@@ -144,15 +151,15 @@ class RoundQuota:
         if self.quota is not None:
             await self.quota.release(self.holder)
 
-    def learn(self, requests: Iterable[Request], outcomes: Mapping[str, LineOutcome]) -> None:
-        """Real input tokens of the round's results sharpen the pipeline's tokens-per-byte estimate."""
-        if self.quota is None:
+    def learn(self, outcomes: Mapping[str, LineOutcome], nbytes: int, count: int) -> None:
+        """Real input tokens of a round's results sharpen the pipeline's tokens-per-byte estimate
+        (``nbytes``: the round's request bytes, over its ``count`` requests)."""
+        if self.quota is None or count <= 0:
             return  # no quota: nothing uses the estimate
-        nbytes = tokens = 0
-        for request in requests:
-            outcome = outcomes.get(request.custom_id)
-            if outcome is not None and outcome.kind == "ok" and outcome.body is not None:
-                used = Tokens.of(outcome.body.get("usage", outcome.body.get("usageMetadata")))
-                if used is not None and used.input > 0:
-                    nbytes, tokens = nbytes + len(request.jsonl_line()), tokens + used.input
-        self.estimate.learn(nbytes, tokens)
+        served = tokens = 0
+        for outcome in outcomes.values():
+            if outcome.kind == "ok" and outcome.body is not None:
+                used = token_counts(outcome.body.get("usage", outcome.body.get("usageMetadata")))
+                if used is not None and used[0] > 0:
+                    served, tokens = served + 1, tokens + used[0]
+        self.estimate.learn(nbytes * served // count, tokens)

@@ -26,6 +26,20 @@ async def test_a_round_waits_until_it_fits_and_a_round_alone_always_goes():
     assert quota.enqueued == 1_000
 
 
+async def test_a_waiting_round_is_sized_afresh_by_an_estimate_sharpened_meanwhile():
+    quota = TokenQuota(100)
+    await quota.acquire("a", 60)
+    await quota.acquire("c", 10)
+    estimate = {"b": 45}
+    waiting = asyncio.create_task(quota.acquire("b", lambda: estimate["b"]))
+    await asyncio.sleep(0)
+    assert not waiting.done(), "45 beside 70 does not fit in 100"
+    estimate["b"] = 30  # results of another round showed fewer tokens per byte
+    await quota.release("c")
+    await asyncio.wait_for(waiting, 1)  # 30 beside 60 fits; the first estimate (45) would not
+    assert quota.held == {"a": 60, "b": 30}
+
+
 async def test_a_token_limit_refusal_shrinks_what_fits_and_creates_let_it_grow_back():
     quota = TokenQuota(1_000)
     await quota.acquire("a", 300)
