@@ -47,15 +47,21 @@ class BatchLane:
 
     async def add(self, pending: Pending) -> None:
         """Put a request in its window; seal the windows it closed."""
+        for window in self.put(pending):
+            await self._seal(window)
+
+    def put(self, pending: Pending) -> list[Window[Pending]]:
+        """Put a request in its window; return the windows it closed, for :meth:`seal` (in order)."""
         request = pending.request
-        key = WindowKey(request.source.partition, request.endpoint, request.model)
         if pending.frontier.closed:
             # revoked (a flex fallback arriving late): a window must only hold events of
             # the current assignment, or sealing would judge it by the wrong frontier
-            return
-        sealed = self.windower.add(key, pending, request.custom_id, pending.nbytes, time.monotonic())
-        for window in sealed:
-            await self._seal(window)
+            return []
+        key = WindowKey(request.source.partition, request.endpoint, request.model)
+        return self.windower.add(key, pending, request.custom_id, pending.nbytes, time.monotonic())
+
+    async def seal(self, window: Window[Pending]) -> None:
+        await self._seal(window)
 
     async def tick(self) -> None:
         """Seal the windows whose ``max_wait`` has passed."""

@@ -125,7 +125,10 @@ class Pipeline:
 
     async def _agent(self, stream: StreamT[Any]) -> None:
         # Nothing is acked to faust: offsets are committed from the frontiers (agents/commits.py).
-        async for event in cast("faust.Stream[Any]", stream).noack().events():
+        events = cast("faust.Stream[Any]", stream).noack()
+        async for _ in events:  # values; the event is the stream's current one
+            event = events.current_event
+            assert event is not None
             await self.handle(event)
 
     async def _tick(self) -> None:
@@ -192,7 +195,8 @@ class Pipeline:
         if route(self.cfg, decoded, now=time.time()) == "flex":
             await self.flex.add(pending)
         else:
-            await self.batches.add(pending)
+            for window in self.batches.put(pending):  # the common case seals nothing: no await
+                await self.batches.seal(window)
 
     async def stop(self, *_: Any, **__: Any) -> None:
         """Stop every task (idempotent); the state they left says where to resume.

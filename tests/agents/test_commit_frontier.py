@@ -251,7 +251,9 @@ async def test_random_kills_lose_nothing(bootstrap, emulator, make_topic, config
     topic = await make_topic("soak", partitions=3)
     flex = {"concurrency": 8, "attempts": 3, "budget": "30s", "backoff_initial": "50ms", "backoff_max": "200ms",
             "fallback": "batch"}  # fmt: skip
-    config, group = configure(pipeline("soak", topic, mode=mode, flex=flex,
+    # A memory budget of about one window: while batches run, one window keeps its requests and
+    # the others let theirs go and read them back by offset; kills land on both paths.
+    config, group = configure(pipeline("soak", topic, mode=mode, flex=flex, max_held_requests=60,
                                        window={"max_requests": 50, "max_wait": "1s"}))  # fmt: skip
     values, keys = soak_inputs(rng, SOAK_EVENTS, mode)
     waves = SOAK_KILLS + 1
