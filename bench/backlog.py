@@ -30,6 +30,7 @@ from pathlib import Path
 import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from bench.chart import bars
 from bench.run import PARTITIONS, ROOT, create_topics, events, peak_rss_mb, start_worker
 from devkafka import KafkaBroker
 from emulator import EmulatorThread, Faults
@@ -196,6 +197,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--window", type=int, default=5000)
     parser.add_argument("--write", type=Path, default=None, help="append the results to this markdown file")
+    parser.add_argument("--chart", type=Path, default=None, help="draw the rates into this PNG")
     args = parser.parse_args()
     broker = KafkaBroker()
     emulator = EmulatorThread(Faults(batch_seconds=0.0))
@@ -206,9 +208,14 @@ def main() -> None:
         broker.stop()
     table = render(args.events, args.window, result)
     print(table)
+    if args.chart:
+        rates = {"aiokafka copy": "copy", "bare faust agent": "floor", "batchstream batch path": "batch"}
+        bars(args.chart, f"Draining a backlog of {args.events:,} events (events/s, one run)", "events/s",
+             {label: args.events / result[f"{key}_s"] for label, key in rates.items()},
+             line=0.8 * args.events / result["floor_s"])  # fmt: skip
     if args.write:
         with args.write.open("a") as fh:
-            fh.write("\n" + table)
+            fh.write("\n" + table + (f"\n![backlog]({args.chart.name})\n" if args.chart else ""))
 
 
 if __name__ == "__main__":

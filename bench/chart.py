@@ -58,3 +58,24 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def bars(path: Path, title: str, ylabel: str, values: dict[str, float], *, line: float | None = None) -> None:
+    """One bar per named value (a scenario's own chart); ``line``: a target drawn across."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    names = list(values)
+    ax.bar(names, [values[n] for n in names], color=["#9aa5b1"] * (len(names) - 1) + ["#2b6cb0"])
+    for x, name in enumerate(names):
+        ax.annotate(f"{values[name]:,.0f}", (x, values[name]), ha="center", va="bottom", fontsize=8)
+    if line is not None:
+        ax.axhline(line, color="grey", linestyle=":")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.tick_params(axis="x", labelsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)

@@ -29,6 +29,7 @@ import yaml
 from aiokafka import AIOKafkaConsumer
 
 from bench.backlog import TICK, backlog, cpu_seconds, end_total, wait_for_line
+from bench.chart import bars
 from bench.run import ROOT, start_worker
 from devkafka import KafkaBroker
 from emulator import EmulatorThread, Faults
@@ -91,6 +92,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--write", type=Path, default=None, help="append the results to this markdown file")
+    parser.add_argument("--chart", type=Path, default=None, help="draw the rates into this PNG")
     args = parser.parse_args()
     broker = KafkaBroker()
     emulator = EmulatorThread(Faults())
@@ -108,9 +110,13 @@ def main() -> None:
           f"{ours[1] * 1000 / args.events:.2f} ms")  # fmt: skip
     table = render(args.events, args.concurrency, sdk, ours)
     print(table)
+    if args.chart:
+        bars(args.chart, f"{args.events:,} flex calls, {args.concurrency} in flight (calls/s, one run)", "calls/s",
+             {"bare openai SDK loop": args.events / sdk[0], "batchstream flex path": args.events / ours[0]},
+             line=0.8 * args.events / sdk[0])  # fmt: skip
     if args.write:
         with args.write.open("a") as fh:
-            fh.write("\n" + table)
+            fh.write("\n" + table + (f"\n![flex]({args.chart.name})\n" if args.chart else ""))
 
 
 if __name__ == "__main__":

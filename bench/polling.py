@@ -87,7 +87,7 @@ def main() -> int:
         emulator.stop()
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
-        f"## Polling, {stamp}: status calls per {POLL} s interval, over {args.seconds:g} s",
+        f"### Polling, {stamp}: status calls per {POLL} s interval, over {args.seconds:g} s",
         "",
         "| batches in flight | reading each batch (baseline) | one listing | ratio to baseline |",
         "|---:|---:|---:|---:|",

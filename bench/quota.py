@@ -22,6 +22,7 @@ import yaml
 from aiokafka import AIOKafkaConsumer
 
 from bench.backlog import TICK, backlog, end_total, wait_for_line
+from bench.chart import bars
 from bench.run import start_worker
 from devkafka import KafkaBroker
 from emulator import EmulatorThread, Faults
@@ -89,6 +90,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=30_000, help="the emulator's enqueued-token limit")
     parser.add_argument("--batch-seconds", type=float, default=1.0)
     parser.add_argument("--write", type=Path, default=None, help="append the results to this markdown file")
+    parser.add_argument("--chart", type=Path, default=None, help="draw the refusals into this PNG")
     args = parser.parse_args()
     broker = KafkaBroker()
     emulator = EmulatorThread(Faults(batch_seconds=args.batch_seconds, enqueued_token_limit=args.limit))
@@ -106,9 +108,12 @@ def main() -> None:
         broker.stop()
     table = render(args.events, args.window, args.limit, runs)
     print(table)
+    if args.chart:
+        bars(args.chart, f"token_limit_exceeded refusals draining {args.events:,} events, ~9x the quota",
+             "refusals", {name: float(refused) for name, (_, refused, _) in reversed(runs.items())})  # fmt: skip
     if args.write:
         with args.write.open("a") as fh:
-            fh.write("\n" + table)
+            fh.write("\n" + table + (f"\n![quota]({args.chart.name})\n" if args.chart else ""))
 
 
 if __name__ == "__main__":

@@ -16,17 +16,17 @@ import openai
 
 async def main(base_url: str, n: int, concurrency: int) -> tuple[float, float]:
     client = openai.AsyncOpenAI(base_url=base_url, api_key="sk-bench", max_retries=0)
-    limit = asyncio.Semaphore(concurrency)
+    calls = iter(range(n))
 
-    async def call(i: int) -> None:
-        async with limit:
+    async def caller() -> None:  # C of these, each making calls one after another until N are made
+        for i in calls:
             await client.chat.completions.create(
                 model="gpt-5-mini", service_tier="flex", messages=[{"role": "user", "content": f"benchmark event {i}"}]
             )
 
     started, cpu = time.perf_counter(), time.process_time()
     try:
-        await asyncio.gather(*(call(i) for i in range(n)))
+        await asyncio.gather(*(caller() for _ in range(concurrency)))
     finally:
         await client.close()
     return time.perf_counter() - started, time.process_time() - cpu
