@@ -24,8 +24,10 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -121,18 +123,29 @@ async def floor(bootstrap: str, n: int, workdir: Path) -> float:
         process.wait(60)
 
 
-async def batch(bootstrap: str, base_url: str, n: int, window: int, workdir: Path) -> tuple[float, float | None]:
-    topic = await backlog(bootstrap, n)
+@dataclass(frozen=True)
+class Drained:
+    """A worker's run over a backlog: seconds to the N-th result, its CPU seconds, the
+    benchmark process's (the emulator's) CPU seconds, and its peak RSS."""
+
+    seconds: float
+    worker_cpu: float
+    emulator_cpu: float
+    rss_mb: float | None
+
+
+async def drain(
+    bootstrap: str, workdir: Path, topic: str, n: int, provider: dict[str, Any], pipeline: dict[str, Any]
+) -> Drained:
+    """Run a worker with one pipeline over ``topic`` (its results to ``<topic>.results``) until N
+    results are written; timed from its partitions' state being loaded."""
     config = workdir / f"{topic}.yaml"
     config.write_text(yaml.safe_dump({
         "kafka": {"bootstrap_servers": bootstrap, "group_id": topic, "commit_interval": 1},
-        "provider": {"base_url": base_url, "api_key": "sk-bench", "poll_interval": "200ms"},
-        "pipelines": [{
-            "name": "bench", "input_topic": topic, "output_topic": f"{topic}.results",
-            "dead_letter_topic": f"{topic}.dlq", "mode": "batch", "model": "gpt-5-mini",
-            "window": {"max_requests": window, "max_bytes": "100MB", "max_wait": "1s"},
-            "template": {"user": "{text}"},
-        }],
+        "provider": {"api_key": "sk-bench", **provider},
+        "pipelines": [{"name": "bench", "input_topic": topic, "output_topic": f"{topic}.results",
+                       "dead_letter_topic": f"{topic}.dlq", "model": "gpt-5-mini",
+                       "template": {"user": "{text}"}, **pipeline}],
     }))  # fmt: skip
     log = workdir / f"{topic}.log"
     worker = start_worker(config, log)
@@ -144,23 +157,28 @@ async def batch(bootstrap: str, base_url: str, n: int, window: int, workdir: Pat
             py_spy = str(Path(sys.executable).parent / "py-spy")
             spawn([py_spy, "record", "--pid", str(worker.pid), "-r", "200", "-f", "raw", "-o", PROFILE,
                    "--nonblocking"])  # fmt: skip
-        started, deadline = time.perf_counter(), time.monotonic() + 900
+        started, deadline = time.perf_counter(), time.monotonic() + 1800
         cpu, own = cpu_seconds(worker.pid), time.process_time()
         while await end_total(consumer, f"{topic}.results") < n:
             if worker.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the worker did not finish; see {log}")
             await asyncio.sleep(TICK)
-        took = time.perf_counter() - started
-        print(
-            f"batch: worker CPU {cpu_seconds(worker.pid) - cpu:.1f} s, benchmark process (emulator) CPU "
-            f"{time.process_time() - own:.1f} s, over {took:.1f} s",
-            flush=True,
-        )
-        return took, peak_rss_mb(worker.pid)
+        return Drained(time.perf_counter() - started, cpu_seconds(worker.pid) - cpu, time.process_time() - own,
+                       peak_rss_mb(worker.pid))  # fmt: skip
     finally:
         await consumer.stop()
         worker.terminate()
         worker.wait(60)
+
+
+async def batch(bootstrap: str, base_url: str, n: int, window: int, workdir: Path) -> tuple[float, float | None]:
+    topic = await backlog(bootstrap, n)
+    run = await drain(bootstrap, workdir, topic, n, {"base_url": base_url, "poll_interval": "200ms"}, {
+        "mode": "batch", "window": {"max_requests": window, "max_bytes": "100MB", "max_wait": "1s"},
+    })  # fmt: skip
+    print(f"batch: worker CPU {run.worker_cpu:.1f} s, benchmark process (emulator) CPU {run.emulator_cpu:.1f} s, "
+          f"over {run.seconds:.1f} s", flush=True)  # fmt: skip
+    return run.seconds, run.rss_mb
 
 
 async def measure(bootstrap: str, base_url: str, n: int, window: int) -> dict[str, float]:

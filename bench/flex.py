@@ -21,16 +21,12 @@ import asyncio
 import subprocess
 import sys
 import tempfile
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import yaml
-from aiokafka import AIOKafkaConsumer
-
-from bench.backlog import TICK, backlog, cpu_seconds, end_total, wait_for_line
+from bench.backlog import backlog, drain
 from bench.chart import bars
-from bench.run import ROOT, start_worker
+from bench.run import ROOT
 from devkafka import KafkaBroker
 from emulator import EmulatorThread, Faults
 
@@ -46,32 +42,10 @@ def sdk_loop(base_url: str, n: int, concurrency: int) -> Timing:
 
 async def flex(bootstrap: str, base_url: str, n: int, concurrency: int, workdir: Path) -> Timing:
     topic = await backlog(bootstrap, n)
-    config = workdir / f"{topic}.yaml"
-    config.write_text(yaml.safe_dump({
-        "kafka": {"bootstrap_servers": bootstrap, "group_id": topic, "commit_interval": 1},
-        "provider": {"base_url": base_url, "api_key": "sk-bench"},
-        "pipelines": [{
-            "name": "bench", "input_topic": topic, "output_topic": f"{topic}.results",
-            "dead_letter_topic": f"{topic}.dlq", "mode": "flex", "model": "gpt-5-mini",
-            "flex": {"concurrency": concurrency, "fallback": "dead_letter"}, "template": {"user": "{text}"},
-        }],
-    }))  # fmt: skip
-    log = workdir / f"{topic}.log"
-    worker = start_worker(config, log)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-    await consumer.start()
-    try:
-        await wait_for_line(log, "loaded state of partitions", worker)
-        started, cpu, deadline = time.perf_counter(), cpu_seconds(worker.pid), time.monotonic() + 900
-        while await end_total(consumer, f"{topic}.results") < n:
-            if worker.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the worker did not finish; see {log}")
-            await asyncio.sleep(TICK)
-        return time.perf_counter() - started, cpu_seconds(worker.pid) - cpu
-    finally:
-        await consumer.stop()
-        worker.terminate()
-        worker.wait(60)
+    run = await drain(bootstrap, workdir, topic, n, {"base_url": base_url}, {
+        "mode": "flex", "flex": {"concurrency": concurrency, "fallback": "dead_letter"},
+    })  # fmt: skip
+    return run.seconds, run.worker_cpu
 
 
 def render(n: int, concurrency: int, sdk: Timing, ours: Timing) -> str:

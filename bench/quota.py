@@ -14,60 +14,33 @@ from __future__ import annotations
 import argparse
 import asyncio
 import tempfile
-import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-import yaml
-from aiokafka import AIOKafkaConsumer
-
-from bench.backlog import TICK, backlog, end_total, wait_for_line
+from bench.backlog import backlog, drain
 from bench.chart import bars
-from bench.run import start_worker
 from devkafka import KafkaBroker
 from emulator import EmulatorThread, Faults
 
 
-async def drain(
+async def drain_backlog(
     bootstrap: str, emulator: EmulatorThread, n: int, window: int, limit: int, *, gated: bool, workdir: Path
 ) -> tuple[float, int, int]:
     """(seconds to the N-th result, token-limit refusals, batches created)."""
     topic = await backlog(bootstrap, n)
-    provider = {"base_url": emulator.base_url, "api_key": "sk-bench", "poll_interval": "200ms"}
+    provider: dict[str, Any] = {"base_url": emulator.base_url, "poll_interval": "200ms"}
     if gated:
         provider["max_enqueued_tokens"] = limit
-    config = workdir / f"{topic}.yaml"
-    config.write_text(yaml.safe_dump({
-        "kafka": {"bootstrap_servers": bootstrap, "group_id": topic, "commit_interval": 1},
-        "provider": provider,
-        "pipelines": [{
-            "name": "quota", "input_topic": topic, "output_topic": f"{topic}.results",
-            "dead_letter_topic": f"{topic}.dlq", "mode": "batch", "model": "gpt-5-mini",
-            "window": {"max_requests": window, "max_bytes": "10MB", "max_wait": "1s"},
-            "retry": {"backoff_initial": "200ms", "backoff_max": "5s"}, "template": {"user": "{text}"},
-        }],
-    }))  # fmt: skip
-    log = workdir / f"{topic}.log"
     before = dict(emulator.emulator.stats)
-    worker = start_worker(config, log)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-    await consumer.start()
-    try:
-        await wait_for_line(log, "loaded state of partitions", worker)
-        started, deadline = time.perf_counter(), time.monotonic() + 1800
-        while await end_total(consumer, f"{topic}.results") < n:
-            if worker.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the worker did not finish; see {log}")
-            await asyncio.sleep(TICK)
-        took = time.perf_counter() - started
-    finally:
-        await consumer.stop()
-        worker.terminate()
-        worker.wait(60)
+    run = await drain(bootstrap, workdir, topic, n, provider, {
+        "mode": "batch", "window": {"max_requests": window, "max_bytes": "10MB", "max_wait": "1s"},
+        "retry": {"backoff_initial": "200ms", "backoff_max": "5s"},
+    })  # fmt: skip
     stats = emulator.emulator.stats
     refused = stats.get("token_limit_exceeded", 0) - before.get("token_limit_exceeded", 0)
     created = stats.get("batches_created", 0) - before.get("batches_created", 0)
-    return took, refused, created
+    return run.seconds, refused, created
 
 
 def render(n: int, window: int, limit: int, runs: dict[str, tuple[float, int, int]]) -> str:
@@ -100,8 +73,8 @@ def main() -> None:
         bootstrap = broker.start()
         emulator.start()
         for name, gated in (("gated by max_enqueued_tokens", True), ("without the gate", False)):
-            runs[name] = asyncio.run(drain(bootstrap, emulator, args.events, args.window, args.limit, gated=gated,
-                                           workdir=workdir))  # fmt: skip
+            run = drain_backlog(bootstrap, emulator, args.events, args.window, args.limit, gated=gated, workdir=workdir)
+            runs[name] = asyncio.run(run)
             print(f"{name}: {runs[name][0]:.1f} s, {runs[name][1]} refusals, {runs[name][2]} batches", flush=True)
     finally:
         emulator.stop()
