@@ -123,7 +123,7 @@ class InFlightWindow:
 
     # -- submit or adopt ---------------------------------------------------------------------
     async def _reread(self) -> list[Request]:
-        return await reread_round(self.record, self.cfg, self.s.reader, self.s.outbox)
+        return await reread_round(self.record, self.cfg, self.s.reader, self.s.outbox, self.memory.ended)
 
     async def _submit(self) -> None:
         job: Job | None = None
@@ -253,14 +253,14 @@ class InFlightWindow:
         self._quota.hold(await self.memory.round_bytes(self.record))  # resumed after a restart: its round is enqueued
         self.memory.park()  # the provider may take hours
         batch, hedged = await self.s.watch.wait(self.record.window_id, self.record.batch_id, self._hedge_at())
+        # Requests first (a read-back slot bounds how many windows hold theirs, and their results, at once).
+        requests = await self.memory.ensure()
         # A batch still cancelling after cancel_wait gives nothing: all of it goes flex.
         terminal = batch is not None and batch.state != "failed" and batch.terminal
         outcomes = await self.s.client.results(batch, self.s.workdir) if batch is not None and terminal else {}
         if terminal:
-            count = len(self.record.offsets) if self.record.offsets is not None else self.record.count
-            self._quota.learn(outcomes, await self.memory.round_bytes(self.record), count)
-            await self._quota.release()  # before reading the requests back: others may wait for it
-        requests = await self.memory.ensure()
+            self._quota.learn(outcomes, await self.memory.round_bytes(self.record), len(self.record.owed_now))
+            await self._quota.release()
         if batch is None:  # late, and its status unreadable: all of it goes flex
             await self._save(self.record.hedged(r.source.offset for r in requests))
             return

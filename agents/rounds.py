@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from agents.outbox import Outbox
 from agents.state import WindowRecord
 from streams.config import PipelineSettings
-from streams.models import Request, Source, decode_event
+from streams.models import Rejection, Request, Source, decode_event
 
 log = logging.getLogger(__name__)
 
@@ -49,33 +49,55 @@ class InputReader:
 
 
 async def reread_round(
-    record: WindowRecord, cfg: PipelineSettings, reader: InputReader, outbox: Outbox
+    record: WindowRecord, cfg: PipelineSettings, reader: InputReader, outbox: Outbox, ended: set[int]
 ) -> list[Request]:
     """The current round's requests, read again from the input topic by offset.
 
     They were accepted when the window was sealed, so they are decoded without local
     validation (a newer version or SDK may judge differently). An owed offset that no longer
-    decodes as a request (the pipeline's template changed meanwhile) ends as a dead letter.
+    decodes as a request (the pipeline's template changed meanwhile) ends as a dead letter; so
+    does one no longer in the topic (``input_gone``: retention or compaction removed it), whose
+    request cannot be rebuilt to match a result. ``ended`` holds the offsets a read-back of this
+    window already gave a fate (they get theirs once, however often the window reads back).
     """
     rows = await reader.read(record.partition, record.first_offset, record.last_offset)
     belongs = record.round_filter()
-    owed = frozenset(record.offsets or ())
+    owed = set(record.owed_now)
     accepted = cfg.model_copy(update={"validate_requests": False})
-    requests, rejected = [], 0
+    requests: list[Request] = []
+    letters = 0
     for offset, ts, key, value in rows:
         source = Source(cfg.input_topic, record.partition, offset, ts)
         decoded = decode_event(accepted, source, key, value)
         if isinstance(decoded, Request) and belongs(decoded):
             requests.append(decoded)
-        elif not isinstance(decoded, Request) and offset in owed:
-            outbox.rejected(source, key, value, decoded)
-            rejected += 1
-    if rejected:
+            owed.discard(offset)
+        elif offset in owed:  # the window's, but no longer a request of its endpoint and model
+            owed.discard(offset)
+            if isinstance(decoded, Request):
+                decoded = Rejection("template_error", f"the event now renders to {decoded.endpoint} with model "
+                                    f"{decoded.model}, not its window's {record.endpoint} with {record.model}: the "
+                                    "pipeline's configuration changed while its batch ran")  # fmt: skip
+            if offset not in ended:
+                outbox.rejected(source, key, value, decoded)
+                ended.add(offset)
+                letters += 1
+    gone = sorted(owed)
+    for offset in gone:
+        if offset not in ended:
+            source = Source(cfg.input_topic, record.partition, offset, None)
+            outbox.rejected(source, None, None, Rejection(
+                "input_gone", f"offset {offset} of {cfg.input_topic}[{record.partition}] was no longer in the topic "
+                f"when window {record.window_id} read its events back (retention or compaction removed it); its "
+                "request cannot be matched to a result",
+            ))  # fmt: skip
+            ended.add(offset)
+            letters += 1
+    if letters:
         await outbox.flush()
-    expected = len(owed) if record.offsets is not None else record.count
-    if len(requests) + rejected != expected:
-        log.warning("%s: %d of the round's %d events read back from the input topic (the rest are gone)",
-                    record.window_id, len(requests) + rejected, expected)  # fmt: skip
+    if gone:
+        log.warning("%s: %d of the round's events are no longer in the input topic: dead-lettered as input_gone "
+                    "(the topic's retention must outlast a batch)", record.window_id, len(gone))  # fmt: skip
     return requests
 
 
@@ -124,6 +146,8 @@ class RoundRequests:
         self._held = 0
         #: Whether a read-back slot is held (the requests were read back and are in use).
         self._slot = False
+        #: Offsets a read-back gave a fate (dead letters): never given another.
+        self.ended: set[int] = set()
 
     async def ensure(self) -> list[Request]:
         """The current round's requests, read back from the input topic (in a slot) if let go."""

@@ -108,6 +108,14 @@ class WindowRecord(BaseModel):
         return sorted([*current, *(o for group, _ in self.deferred for o in group)])
 
     @property
+    def owed_now(self) -> list[int]:
+        """The current round's offsets: ``offsets``, or every offset of the window."""
+        if self.offsets is not None:
+            return self.offsets
+        spans = self.members or [(self.first_offset, self.last_offset)]
+        return [offset for first, last in spans for offset in range(first, last + 1)]
+
+    @property
     def round_bytes(self) -> int | None:
         """The current round's share of the window's request bytes (None when not recorded)."""
         if self.nbytes is None:

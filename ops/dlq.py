@@ -112,6 +112,8 @@ class ReplayPlan:
     publish: list[tuple[Letter, Record]] = field(default_factory=list)
     skipped_max: Counter[str] = field(default_factory=Counter)
     skipped_done: Counter[str] = field(default_factory=Counter)
+    #: ``input_gone`` dead letters whose event is not in the input topic any more: nothing to replay.
+    skipped_gone: int = 0
     chosen: Counter[str] = field(default_factory=Counter)
 
     def rows(self) -> list[tuple[str, int, int, int, int]]:
@@ -164,6 +166,9 @@ async def plan_replay(
         done = {mark.decode() for mark in marks if mark is not None}
     for coordinate, letter in unique.items():
         plan.chosen[letter.reason] += 1
+        if letter.reason == "input_gone" and coordinate not in originals:
+            plan.skipped_gone += 1  # the dead letter carries no event, and the topic no longer has it
+            continue
         original = originals.get(coordinate) or _original(letter)
         if "/".join(map(str, coordinate)) in done:
             plan.skipped_done[letter.reason] += 1

@@ -50,7 +50,11 @@ class KafkaWriter:
             if self._producer is None:
                 producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, acks="all",
                                             max_batch_size=BATCH_BYTES, **self._options)  # fmt: skip
-                await producer.start()
+                try:
+                    await producer.start()
+                except BaseException:
+                    await producer.stop()  # the next write starts another
+                    raise
                 self._producer = producer
             return self._producer
 

@@ -39,6 +39,7 @@ ReasonCode = Literal[
     "batch_failed",
     "invalid_output",
     "flex_unavailable",
+    "input_gone",
 ]
 
 #: Raw Kafka headers as faust and aiokafka hand them over.

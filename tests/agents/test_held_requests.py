@@ -79,3 +79,35 @@ async def test_windows_waiting_on_the_provider_hold_no_more_than_the_budget(emul
     assert reader.reads == 2, "the two windows beyond the budget read their requests back"
     results, dead = lane.fates()
     assert len(results) == 3 * N and dead == []
+
+
+class GappyReader(CountingReader):
+    """The input topic after retention or compaction removed some of a window's records."""
+
+    def __init__(self, values: list[bytes], gone: set[int]) -> None:
+        super().__init__(values)
+        self.gone = gone
+
+    async def read(self, partition: int, first: int, last: int) -> list[tuple[int, int | None, None, bytes]]:
+        return [row for row in await super().read(partition, first, last) if row[0] not in self.gone]
+
+
+async def test_events_gone_from_the_input_topic_at_read_back_are_dead_lettered_once(emulator, make_lane):
+    """A window restored from state reads its events back to submit them and again when its batch
+    ends (a budget of 0 lets them go while it waits): the events no longer in the topic are
+    ``input_gone`` dead letters, once each; every other event has its result."""
+    lane = make_lane()
+    held = HeldRequests(0, window_size=N)
+    reader = GappyReader(_values(N), gone={3, 11})
+    lane.services = dataclasses.replace(lane.services, reader=reader, held=held)
+    await lane.services.ledger.load([0])
+    record = await lane.services.ledger.save(lane.sealed(N))
+    window = InFlightWindow(record, None, lane.services)
+    await window.run()
+    await lane.client.close()
+    results, dead = lane.fates()
+    assert reader.reads == 2, "read back to submit, and again when the batch ended"
+    assert sorted(d.source.offset for d in dead) == [3, 11] and {d.reason for d in dead} == {"input_gone"}
+    assert "retention or compaction" in dead[0].message
+    assert sorted(r.source.offset for r in results) == [o for o in range(N) if o not in (3, 11)]
+    assert window.record.status == "done"

@@ -89,5 +89,14 @@ async def test_dead_letters_are_inspected_and_replayed_after_the_cause_is_fixed(
         assert row(again, "provider_rejected")[:3] == ["3", "0", "3"], again
         capped = dlq(config, "replay", "--reason", "invalid_json", "--max-replays", "0")
         assert "replayed 0 events" in capped and row(capped, "invalid_json") == ["1", "0", "0", "1"], capped
+
+        # an event whose window read it back after retention removed it: its dead letter carries no event
+        gone = {"id": f"{topic}/0/10000", "pipeline": "p", "reason": "input_gone", "message": "no longer in the topic",
+                "attempts": 0, "event": None, "original_base64": "",
+                "source": {"topic": topic, "partition": 0, "offset": 10_000}}  # fmt: skip
+        await produce(bootstrap, f"{topic}.dlq", [gone])
+        skipped = dlq(config, "replay", "--reason", "input_gone")
+        assert "skipped 1 input_gone dead letters" in " ".join(skipped.split()), skipped
+        assert "replayed 0 events" in skipped, "nothing to replay: the event is gone"
     assert len(await records_from(bootstrap, topic, before)) == 3, "a second replay publishes nothing"
     assert worker.terminate() == 0, worker.log()
