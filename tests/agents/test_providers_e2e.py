@@ -32,14 +32,15 @@ async def test_anthropic_gemini_and_openai_pipelines_in_one_worker_survive_fault
     claude_topic = await make_topic("claude", partitions=4)
     gpt_topic = await make_topic("gpt", partitions=4)
     gemini_topic = await make_topic("gemini", partitions=4)
-    window = {"max_requests": 250, "max_wait": "1s"}
+    # About one window kept in memory per pipeline: the others read their events back when their batch ends.
+    window, held = {"max_requests": 250, "max_wait": "1s"}, 300
     config, group = configure(
         pipeline("claude", claude_topic, provider="claude", model="claude-haiku-4-5", window=window, retry=RETRY,
-                 template={"system": "Triage.", "user": "{text}"}, validate_requests=False),
-        pipeline("gpt", gpt_topic, window=window, retry=RETRY, validate_requests=False),
+                 template={"system": "Triage.", "user": "{text}"}, validate_requests=False, max_held_requests=held),
+        pipeline("gpt", gpt_topic, window=window, retry=RETRY, validate_requests=False, max_held_requests=held),
         # Full windows go up as files (over inline_bytes), smaller rounds inline.
         pipeline("gemini", gemini_topic, provider="gem", model="gemini-2.5-flash", window=window, retry=RETRY,
-                 template={"system": "Triage.", "user": "{text}"}, validate_requests=False),
+                 template={"system": "Triage.", "user": "{text}"}, validate_requests=False, max_held_requests=held),
         providers={"claude": {"kind": "anthropic", "base_url": emulator.root_url, "api_key": "sk-ant-test",
                               "poll_interval": 0.2, "max_retries": 0, "create_timeout": 5},
                    "gem": {"kind": "gemini", "base_url": emulator.root_url, "api_key": "AIza-test",
