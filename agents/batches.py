@@ -7,7 +7,9 @@ the state topic, and only then are its events finished in their frontier. Each s
 window then lives as an :class:`~agents.inflight.InFlightWindow` task until ``done``.
 
 ``max_open_batches`` bounds the windows in flight: sealing waits for a slot, and so does
-consumption, which keeps memory bounded however slow the provider is.
+consumption (a safety cap: the token quota gates submissions). Memory does not grow with the
+windows in flight: beyond ``max_held_requests`` their requests wait in the input topic, not in
+memory (``agents/rounds.py``).
 """
 
 from __future__ import annotations
