@@ -1,4 +1,4 @@
-"""What flows in: settings, the event contract, codecs, windows and the faust app."""
+"""What flows in: settings, the event contract, windows and the faust app."""
 
 from streams.app import create_app
 from streams.config import PipelineSettings, Settings, load_settings

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import faust
 
-from streams.codecs import register as register_codecs
 from streams.config import KafkaSettings
 
 
@@ -38,7 +37,6 @@ def create_app(kafka: KafkaSettings, *, partitions: int = 1) -> faust.App:
       durable state is in Kafka, so nothing in it needs to survive (and the working
       directory may be read-only in a container).
     """
-    register_codecs()
     servers = ";".join(f"kafka://{s.strip()}" for s in kafka.bootstrap_servers.split(","))
     return faust.App(
         kafka.group_id,
