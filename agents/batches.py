@@ -50,7 +50,7 @@ class BatchLane:
     async def add(self, pending: Pending) -> None:
         """Put a request in its window; seal the windows it closed."""
         for window in self.put(pending):
-            await self._seal(window)
+            await self.seal(window)
 
     def put(self, pending: Pending) -> list[Window[Pending]]:
         """Put a request in its window; return the windows it closed, for :meth:`seal` (in order)."""
@@ -62,14 +62,11 @@ class BatchLane:
         key = WindowKey(request.source.partition, request.endpoint, request.model)
         return self.windower.add(key, pending, request.custom_id, pending.nbytes, time.monotonic())
 
-    async def seal(self, window: Window[Pending]) -> None:
-        await self._seal(window)
-
     async def tick(self) -> None:
         """Seal the windows whose ``max_wait`` has passed."""
         due = self.windower.due(time.monotonic())
         for window in due:
-            await self._seal(window)
+            await self.seal(window)
 
     def resume(self, records: Iterable[WindowRecord]) -> None:
         """Carry on with windows restored from state (their events are re-read by offset)."""
@@ -103,7 +100,7 @@ class BatchLane:
             nbytes=sum(p.nbytes for p in window.items),
         )
 
-    async def _seal(self, window: Window[Pending]) -> None:
+    async def seal(self, window: Window[Pending]) -> None:
         """Record the window durably, then finish its events and start it.
 
         The record is written as a shielded step, retried until it is written or the

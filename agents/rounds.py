@@ -66,6 +66,14 @@ async def reread_round(
     accepted = cfg.model_copy(update={"validate_requests": False})
     requests: list[Request] = []
     letters = 0
+
+    def dead_letter(source: Source, key: bytes | None, value: bytes | None, rejection: Rejection) -> None:
+        nonlocal letters
+        if source.offset not in ended:  # once per event, however often the window reads back
+            outbox.rejected(source, key, value, rejection)
+            ended.add(source.offset)
+            letters += 1
+
     for offset, ts, key, value in rows:
         source = Source(cfg.input_topic, record.partition, offset, ts)
         decoded = decode_event(accepted, source, key, value)
@@ -78,21 +86,14 @@ async def reread_round(
                 decoded = Rejection("template_error", f"the event now renders to {decoded.endpoint} with model "
                                     f"{decoded.model}, not its window's {record.endpoint} with {record.model}: the "
                                     "pipeline's configuration changed while its batch ran")  # fmt: skip
-            if offset not in ended:
-                outbox.rejected(source, key, value, decoded)
-                ended.add(offset)
-                letters += 1
+            dead_letter(source, key, value, decoded)
     gone = sorted(owed)
     for offset in gone:
-        if offset not in ended:
-            source = Source(cfg.input_topic, record.partition, offset, None)
-            outbox.rejected(source, None, None, Rejection(
-                "input_gone", f"offset {offset} of {cfg.input_topic}[{record.partition}] was no longer in the topic "
-                f"when window {record.window_id} read its events back (retention or compaction removed it); its "
-                "request cannot be matched to a result",
-            ))  # fmt: skip
-            ended.add(offset)
-            letters += 1
+        dead_letter(Source(cfg.input_topic, record.partition, offset, None), None, None, Rejection(
+            "input_gone", f"offset {offset} of {cfg.input_topic}[{record.partition}] was no longer in the topic when "
+            f"window {record.window_id} read its events back (retention or compaction removed it); its request "
+            "cannot be matched to a result",
+        ))  # fmt: skip
     if letters:
         await outbox.flush()
     if gone:
