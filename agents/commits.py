@@ -93,6 +93,11 @@ class Commits:
         return generation is not None and generation != self.app.consumer_generation_id
 
     @property
+    def committed(self) -> dict[int, int]:
+        """The offsets this worker last committed, by owned partition."""
+        return dict(self._committed)
+
+    @property
     def unfinished(self) -> int:
         """Events received whose fate is not durable yet, over every owned partition."""
         return sum(frontier.pending for frontier in self.frontiers.values())

@@ -39,6 +39,7 @@ from agents.metrics import PipelineMetrics
 from agents.outbox import Outbox
 from agents.outcomes import Failed, FlexOutcome, Served, ToBatch
 from agents.retry import backoff, retry_forever
+from agents.state import Ledger
 from agents.tasks import PartitionTasks
 from providers import Provider
 from streams.config import PipelineSettings
@@ -151,12 +152,14 @@ class FlexLane:
         self,
         runner: FlexRunner,
         outbox: Outbox,
+        ledger: Ledger,
         tasks: PartitionTasks,
         *,
         to_batch: Callable[[Pending], Awaitable[None]],
     ) -> None:
         self.runner = runner
         self.outbox = outbox
+        self.ledger = ledger
         self.tasks = tasks
         self.metrics = runner.metrics
         #: Where an event goes when flex has no capacity and the fallback is ``batch``.
@@ -188,8 +191,9 @@ class FlexLane:
         if isinstance(outcome, ToBatch):
             await self.to_batch(pending)  # finished when its window is sealed
             return
-        self.outbox.served(request, outcome, batch_id=None, submitted=None, rounds=0)
-        await self.outbox.flush_until_written(request.id)
+        unit = self.outbox.unit()
+        unit.served(request, outcome, batch_id=None, submitted=None, rounds=0)
+        await self.ledger.mark_until_written(request.source.partition, [request.source.offset], unit, request.id)
         pending.frontier.finished(request.source.offset)
 
 

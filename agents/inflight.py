@@ -51,7 +51,7 @@ import logging
 import time
 from typing import Any
 
-from agents.outbox import stamps
+from agents.outbox import Outbox, stamps
 from agents.outcomes import FailedBatch, ToBatch, plan_failed_batch
 from agents.quota import RoundQuota
 from agents.retry import backoff, retry_forever
@@ -109,9 +109,9 @@ class InFlightWindow:
             await self._finish()
         self._look_first = False
 
-    async def _save(self, record: WindowRecord) -> None:
-        """Write the window's next record; the current requests follow the record's offsets."""
-        self.record = await self.s.ledger.save(record)
+    async def _save(self, record: WindowRecord, unit: Outbox | None = None) -> None:
+        """Write the window's next record with the unit's records (one transaction under ``exactly_once``)."""
+        self.record = await self.s.ledger.save(record, unit)
         if record.status == "done":
             self.memory.let_go()
             self.s.metrics.batches_done.inc()
@@ -123,7 +123,8 @@ class InFlightWindow:
 
     # -- submit or adopt ---------------------------------------------------------------------
     async def _reread(self) -> list[Request]:
-        return await reread_round(self.record, self.cfg, self.s.reader, self.s.outbox, self.memory.ended)
+        return await reread_round(self.record, self.cfg, self.s.reader, self.s.outbox, self.s.ledger,
+                                  self.memory.ended)  # fmt: skip
 
     async def _submit(self) -> None:
         job: Job | None = None
@@ -232,17 +233,18 @@ class InFlightWindow:
         record, flex = self.record, self.s.flex
         deadline = time.time() + self.cfg.flex.budget
 
+        unit = self.s.outbox.unit()
+
         async def serve(request: Request) -> None:
             async with flex.slots:
                 outcome = await flex.serve(request, deadline=deadline, allow_batch=False)
             assert not isinstance(outcome, ToBatch)
-            self.s.outbox.served(request, outcome, batch_id=record.batch_id, submitted=record.first_submitted_at,
-                                 rounds=record.attempts)  # fmt: skip
+            unit.served(request, outcome, batch_id=record.batch_id, submitted=record.first_submitted_at,
+                        rounds=record.attempts)  # fmt: skip
 
         log.info("%s: serving %d unfinished requests through flex", record.window_id, len(self.requests))
         await asyncio.gather(*(serve(r) for r in self.requests))
-        await self.s.outbox.flush()
-        await self._save(record.done())
+        await self._save(record.done(), unit)
         await self.s.client.discard_staged(record.input_file_id)
 
     # -- settle ---------------------------------------------------------------------------------
@@ -317,7 +319,7 @@ class InFlightWindow:
 
     async def _isolate(self, batch: Job, plan: FailedBatch, errors: list[dict[str, Any]], *, late: bool) -> None:
         assert self.requests is not None
-        requests, record, outbox, now = self.requests, self.record, self.s.outbox, time.time()
+        requests, record, outbox, now = self.requests, self.record, self.s.outbox.unit(), time.time()
         batch_id, name = batch.id or None, batch.id or "refused at create"
         if plan.action in ("bisect", "token_limit") and late:
             await self._save(record.hedged(r.source.offset for r in requests))
@@ -337,17 +339,16 @@ class InFlightWindow:
             reason = plan.reason if error is None else "provider_rejected"
             outbox.dead_letter(requests[index], reason, message, attempts=record.attempts, batch_id=batch_id,
                                error=detail)  # fmt: skip
-        await outbox.flush()
         rest = [r.source.offset for i, r in enumerate(requests) if i not in rejected]
         if late and (rest or record.deferred):
-            await self._save(record.hedged(rest))
+            await self._save(record.hedged(rest), outbox)
             return
-        await self._save(record.resubmitted(rest, now))
+        await self._save(record.resubmitted(rest, now), outbox)
 
     async def _settle(self, batch: Job, outcomes: dict[str, LineOutcome], hedged: bool) -> None:
         """Emit a finished batch's records, then record what comes next: done, a next round, or hedged."""
         assert self.requests is not None
-        record, outbox = self.record, self.s.outbox
+        record, outbox = self.record, self.s.outbox.unit()
         timestamps = stamps_of(batch)
         retry: list[Request] = []
         for request in self.requests:
@@ -364,12 +365,11 @@ class InFlightWindow:
             else:
                 outbox.dead_letter(request, "provider_rejected", outcome.message, attempts=record.attempts,
                                    batch_id=batch.id, error=outcome.error)  # fmt: skip
-        await outbox.flush()
         retried = (r.source.offset for r in retry)
         if hedged and (retry or record.deferred):
-            await self._save(record.hedged(retried))
+            await self._save(record.hedged(retried), outbox)
         else:
-            await self._save(record.after_round(retried, time.time()))
+            await self._save(record.after_round(retried, time.time()), outbox)
 
 
 def stamps_of(batch: Job) -> dict[str, float]:

@@ -1,12 +1,19 @@
-"""The outbox: every result and dead letter is built here, and ``flush`` is the gate.
+"""The outbox: every result and dead letter is built here, and writing them is the gate.
 
 No event is finished (its offset allowed into a commit), and no window record moves on,
-before the records it produced are flushed: ``flush`` returns once the broker confirmed
-every record added before it (the sinks' contract, ``sinks/base.py``).
+before the records it produced are written. Records are built into a *unit*
+(:meth:`Outbox.unit`), handed to the ledger with the state they settle
+(``Ledger.save`` / ``Ledger.mark``, ``agents/state.py``):
+
+- ``at_least_once``: the unit is the outbox itself; its sinks are flushed (the broker
+  confirmed every record added before, ``sinks/base.py``) before the state record is written;
+- ``exactly_once``: the unit is a draft of its own, written in one Kafka transaction with
+  the state record or the events' served marks.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Literal
 
 import orjson
@@ -14,8 +21,8 @@ from pydantic import BaseModel
 
 from agents.metrics import PipelineMetrics
 from agents.outcomes import Failed, Served, extract_output
-from agents.retry import retry_forever
-from sinks import Sink
+from sinks import MemorySink, Sink
+from sinks.transactions import Record
 from streams.config import PipelineSettings
 from streams.errors import InvalidOutputError
 from streams.models import (
@@ -51,7 +58,7 @@ class Outbox:
 
     def __init__(
         self, cfg: PipelineSettings, results: Sink, dead_letters: Sink, metrics: PipelineMetrics,
-        *, provider: str | None = None, pricing: Pricing | None = None,
+        *, provider: str | None = None, pricing: Pricing | None = None, transactional: bool = False,
     ) -> None:  # fmt: skip
         self.cfg = cfg
         #: Prices of the models, for each result's ``cost`` (the defaults unless given).
@@ -62,6 +69,24 @@ class Outbox:
         self.results = results
         self.dead_letters = dead_letters
         self.metrics = metrics
+        #: ``exactly_once``: units are drafts, written in transactions by the ledger.
+        self.transactional = transactional
+
+    def unit(self) -> Outbox:
+        """Where the records of one atomic write gather (see the module docstring)."""
+        if not self.transactional:
+            return self
+        unit = copy.copy(self)
+        unit.results, unit.dead_letters = MemorySink(), MemorySink()
+        return unit
+
+    def staged(self) -> list[Record]:
+        """A draft unit's records, for its transaction (each time the same: a failed write is retried)."""
+        assert isinstance(self.results, MemorySink) and isinstance(self.dead_letters, MemorySink)
+        return [
+            *((self.cfg.output_topic, None, key, value) for key, value in self.results.pending),
+            *((self.cfg.dead_letter_topic, None, key, value) for key, value in self.dead_letters.pending),
+        ]
 
     def result(
         self, request: Request, body: dict[str, Any], *, attempts: int, batch_id: str | None,
@@ -141,8 +166,3 @@ class Outbox:
     async def flush(self) -> None:
         await self.results.flush()
         await self.dead_letters.flush()
-
-    async def flush_until_written(self, what: str) -> None:
-        """Flush, retrying until the broker has every record: the caller finishes events only after."""
-        await retry_forever(self.flush, what=f"{what}: writing its records",
-                            initial=WRITE_RETRY_INITIAL, maximum=WRITE_RETRY_MAX)  # fmt: skip

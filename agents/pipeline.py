@@ -40,10 +40,12 @@ from agents.quota import Quotas
 from agents.rounds import HeldRequests, InputReader
 from agents.routing import route
 from agents.services import WindowServices
-from agents.state import Ledger, StateStore
+from agents.state import Ledger
+from agents.store import StateStore, TransactionalStore
 from agents.tasks import PartitionTasks
 from providers import Provider
 from sinks import KafkaWriter, TopicSink
+from sinks.transactions import Transactions
 from streams.config import PipelineSettings, Settings
 from streams.models import Rejection, Request, Source, decode_event
 from streams.offsets import Pending
@@ -84,6 +86,7 @@ class Pipeline:
         self.metrics = PipelineMetrics(cfg.name)
         bootstrap = settings.kafka.bootstrap_servers
         self.writer = KafkaWriter(bootstrap, **kafka_options)
+        self.exactly_once = settings.processing_guarantee == "exactly_once"
         self.outbox = Outbox(
             cfg,
             TopicSink(self.writer, cfg.output_topic),
@@ -91,12 +94,21 @@ class Pipeline:
             self.metrics,
             provider=client.name,
             pricing=Pricing(settings.pricing),
+            transactional=self.exactly_once,
         )
-        store = StateStore(
-            app.topic(cfg.state_topic_name, partitions=partitions), input_topic=cfg.input_topic,
-            bootstrap=bootstrap, group_id=settings.kafka.group_id, **kafka_options,
-        )  # fmt: skip
-        self.ledger = Ledger(store)
+        state_topic = app.topic(cfg.state_topic_name, partitions=partitions)
+        group = settings.kafka.group_id
+        self.store: StateStore
+        if self.exactly_once:
+            # One transactional id per input partition: its next owner fences this worker's producer.
+            txns = Transactions(f"batchstream.{group}.{cfg.name}.{cfg.input_topic}", bootstrap,
+                                on_fenced=self._fenced, **kafka_options)  # fmt: skip
+            self.store = TransactionalStore(state_topic, pipeline=cfg.name, txns=txns, input_topic=cfg.input_topic,
+                                            bootstrap=bootstrap, group_id=group, **kafka_options)  # fmt: skip
+        else:
+            self.store = StateStore(state_topic, input_topic=cfg.input_topic, bootstrap=bootstrap, group_id=group,
+                                    **kafka_options)  # fmt: skip
+        self.ledger = Ledger(self.store)
         self.commits = Commits(app, cfg.input_topic)
         self.tasks = PartitionTasks()
         runner = FlexRunner(cfg, client, self.metrics)
@@ -109,7 +121,7 @@ class Pipeline:
             held=HeldRequests(cfg.max_held_requests, self.policy.max_requests),
         )  # fmt: skip
         self.batches = BatchLane(services, self.policy)
-        self.flex = FlexLane(runner, self.outbox, self.tasks, to_batch=self.batches.add)
+        self.flex = FlexLane(runner, self.outbox, self.ledger, self.tasks, to_batch=self.batches.add)
         self._stopped = False
         self._assigned = False
 
@@ -137,6 +149,12 @@ class Pipeline:
     async def _commit(self) -> None:
         self.metrics.unfinished_events.set(self.commits.unfinished)
         await self.commits.commit()
+        if isinstance(self.store, TransactionalStore):
+            await self.store.prune(self.commits.committed)
+
+    def _fenced(self, partition: int) -> None:
+        log.error("%s: partition %d's producer was fenced: nothing more is written for it by this worker until "
+                  "it is assigned the partition again", self.cfg.name, partition)  # fmt: skip
 
     # -- rebalance ------------------------------------------------------------------------
     def _mine(self, tps: set[TP]) -> set[int]:
@@ -158,6 +176,7 @@ class Pipeline:
         await self.batches.revoke(partitions)
         self.ledger.release(partitions)
         stopped = await self.tasks.revoke(partitions)
+        await self.ledger.close(partitions)  # after the tasks: their last steps may still write
         self.metrics.owned_partitions.set(len(self.ledger.partitions))
         log.info("%s: released partitions %s (%d tasks stopped)", self.cfg.name, sorted(partitions), stopped)
 
@@ -175,6 +194,9 @@ class Pipeline:
         frontier = self.commits.ready(event) or await self.commits.frontier_of(event)
         if frontier is None or not frontier.received(message.offset):
             return
+        if self.ledger.was_served(message.partition, message.offset):
+            frontier.finished(message.offset)  # replayed: its record was written with its served mark
+            return
         source = Source(message.topic, message.partition, message.offset, int(message.timestamp * 1000))
         self.metrics.events_in.inc()
         decoded = decode_event(self.cfg, source, message.key, message.value, message.headers)
@@ -184,8 +206,10 @@ class Pipeline:
             if nbytes > self.policy.max_bytes:
                 decoded = Rejection("oversized", f"request line of {nbytes} bytes exceeds max_bytes")
         if isinstance(decoded, Rejection):
-            self.outbox.rejected(source, message.key, message.value, decoded)
-            await self.outbox.flush_until_written(source.default_id)  # while the broker is away, intake waits
+            unit = self.outbox.unit()
+            unit.rejected(source, message.key, message.value, decoded)
+            # while the broker is away, intake waits
+            await self.ledger.mark_until_written(source.partition, [source.offset], unit, source.default_id)
             frontier.finished(message.offset)
             return
         if self.ledger.covers(decoded):
@@ -212,5 +236,6 @@ class Pipeline:
         # call is started (both check the frontier), so nothing new outlives the stop.
         await self.commits.close()
         await self.tasks.close()
+        await self.ledger.close(self.ledger.partitions)
         await self.client.close()
         await self.writer.stop()

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from agents.outbox import Outbox
-from agents.state import WindowRecord
+from agents.state import Ledger, WindowRecord
 from streams.config import PipelineSettings
 from streams.models import Rejection, Request, Source, decode_event
 
@@ -49,7 +49,7 @@ class InputReader:
 
 
 async def reread_round(
-    record: WindowRecord, cfg: PipelineSettings, reader: InputReader, outbox: Outbox, ended: set[int]
+    record: WindowRecord, cfg: PipelineSettings, reader: InputReader, outbox: Outbox, ledger: Ledger, ended: set[int]
 ) -> list[Request]:
     """The current round's requests, read again from the input topic by offset.
 
@@ -65,14 +65,13 @@ async def reread_round(
     owed = set(record.owed_now)
     accepted = cfg.model_copy(update={"validate_requests": False})
     requests: list[Request] = []
-    letters = 0
+    ended.update(ledger.served_in(record))  # given their fate (and marked) before a restart
+    unit, letters = outbox.unit(), []
 
     def dead_letter(source: Source, key: bytes | None, value: bytes | None, rejection: Rejection) -> None:
-        nonlocal letters
         if source.offset not in ended:  # once per event, however often the window reads back
-            outbox.rejected(source, key, value, rejection)
-            ended.add(source.offset)
-            letters += 1
+            unit.rejected(source, key, value, rejection)
+            letters.append(source.offset)
 
     for offset, ts, key, value in rows:
         source = Source(cfg.input_topic, record.partition, offset, ts)
@@ -95,7 +94,8 @@ async def reread_round(
             "cannot be matched to a result",
         ))  # fmt: skip
     if letters:
-        await outbox.flush()
+        await ledger.mark(record.partition, letters, unit)
+        ended.update(letters)
     if gone:
         log.warning("%s: %d of the round's events are no longer in the input topic: dead-lettered as input_gone "
                     "(the topic's retention must outlast a batch)", record.window_id, len(gone))  # fmt: skip

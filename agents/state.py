@@ -18,20 +18,16 @@ skips them; then they are tombstoned.
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Callable, Iterable
 from typing import Any, Literal, Protocol
 
-import faust
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from agents.outbox import WRITE_RETRY_INITIAL, WRITE_RETRY_MAX
+from agents.retry import retry_forever
+from sinks.transactions import Record
 from streams.models import Request
-
-log = logging.getLogger(__name__)
 
 Status = Literal["sealed", "submitted", "hedged", "done"]
 
@@ -204,22 +200,29 @@ class WindowRecord(BaseModel):
 
 
 class PartitionState:
-    """The window records of one input partition, as last written.
+    """The window records of one input partition, as last written, and its served marks.
 
-    Only events at or below the *horizon* (the highest offset of a window loaded from the
-    state topic) can be replays: the consumer never re-delivers within one assignment, and
+    Only events at or below the *horizon* (the highest offset of a window or mark loaded from
+    the state topic) can be replays: the consumer never re-delivers within one assignment, and
     a new assignment loads the state again. So a window finished in this assignment above
     the horizon is forgotten at once, and memory stays bounded by the windows in flight.
+
+    A *served mark* (``exactly_once`` only) says that one event's result or dead letter is
+    written, in the same transaction: a replayed flex event or intake dead letter is skipped,
+    never served again.
     """
 
     def __init__(self, partition: int, records: Iterable[WindowRecord] = ()) -> None:
         self.partition = partition
         self.records: dict[str, WindowRecord] = {r.window_id: r for r in records}
+        #: Served marks loaded from the state topic: offset -> the mark's key.
+        self.served: dict[int, bytes] = {}
         self.horizon = -1
 
     def loaded(self) -> None:
         """Everything from the state topic is in: fix the replay horizon."""
-        self.horizon = max((r.last_offset for r in self.records.values()), default=-1)
+        self.horizon = max(max((r.last_offset for r in self.records.values()), default=-1),
+                           max(self.served, default=-1))  # fmt: skip
 
     def put(self, record: WindowRecord) -> None:
         if record.status == "done" and record.first_offset > self.horizon:
@@ -232,25 +235,48 @@ class PartitionState:
             return False
         return any(r.covers(request) for r in self.records.values())
 
+    def was_served(self, offset: int) -> bool:
+        return offset <= self.horizon and offset in self.served
+
     def unfinished(self) -> list[WindowRecord]:
         return [r for r in self.records.values() if r.status != "done"]
 
-    def forget_done_before(self, committed: int) -> list[WindowRecord]:
-        """Drop done records wholly below the committed offset; return them for tombstoning."""
+    def forget_done_before(self, committed: int) -> list[bytes]:
+        """Drop done records and served marks wholly below the committed offset; return their keys
+        for tombstoning."""
         gone = [r for r in self.records.values() if r.status == "done" and r.last_offset < committed]
         for record in gone:
             del self.records[record.window_id]
-        return gone
+        marks = [offset for offset in self.served if offset < committed]
+        return [r.window_id.encode() for r in gone] + [self.served.pop(offset) for offset in marks]
 
 
 class StateBackend(Protocol):
-    """Where window records are kept: the state topic (:class:`StateStore`), or memory in tests."""
+    """Where window records are kept: the state topic (``agents/store.py``), or memory in tests.
+
+    A transactional backend (``exactly_once``) writes a record together with the records that
+    settle its events, in one transaction, and keeps served marks; otherwise the ledger
+    flushes those records first and marks nothing.
+    """
 
     group_id: str
+    transactional: bool
 
-    async def put(self, record: WindowRecord) -> None: ...
+    async def put(self, record: WindowRecord, records: list[Record] = ...) -> None: ...
+
+    async def mark(self, partition: int, offsets: list[int], records: list[Record]) -> None: ...
 
     async def load(self, partitions: Iterable[int]) -> dict[int, PartitionState]: ...
+
+    async def release(self, partitions: Iterable[int]) -> None: ...
+
+
+class Unit(Protocol):
+    """The records of one atomic write (an outbox unit: ``agents/outbox.py``)."""
+
+    async def flush(self) -> None: ...
+
+    def staged(self) -> list[Record]: ...
 
 
 class Ledger:
@@ -275,6 +301,10 @@ class Ledger:
         for partition in partitions:
             self._owned.pop(partition, None)
 
+    async def close(self, partitions: Iterable[int]) -> None:
+        """After a revocation's tasks have stopped: the backend lets the partitions go too."""
+        await self.backend.release(partitions)
+
     def owns(self, partition: int) -> bool:
         return partition in self._owned
 
@@ -287,102 +317,40 @@ class Ledger:
         state = self._owned.get(request.source.partition)
         return state is not None and state.covers(request)
 
-    async def save(self, record: WindowRecord) -> WindowRecord:
-        await self.backend.put(record)
+    def was_served(self, partition: int, offset: int) -> bool:
+        """Whether the event's record was written in a transaction with its served mark (a replay to skip)."""
+        state = self._owned.get(partition)
+        return state is not None and state.was_served(offset)
+
+    def served_in(self, record: WindowRecord) -> set[int]:
+        """The window's offsets that already have their fate (a read-back's dead letters, marked)."""
+        state = self._owned.get(record.partition)
+        if state is None or not state.served:
+            return set()
+        return {o for o in state.served if record.first_offset <= o <= record.last_offset}
+
+    async def save(self, record: WindowRecord, unit: Unit | None = None) -> WindowRecord:
+        """Write the window's next record, with ``unit``'s records (written first, or in the same transaction)."""
+        if self.backend.transactional:
+            await self.backend.put(record, unit.staged() if unit is not None else [])
+        else:
+            if unit is not None:
+                await unit.flush()
+            await self.backend.put(record)
         state = self._owned.get(record.partition)
         if state is not None:
             state.put(record)
         return record
 
+    async def mark(self, partition: int, offsets: list[int], unit: Unit) -> None:
+        """Write ``unit``'s records, which give these events their fate; under ``exactly_once`` with a
+        served mark for each, in one transaction, so that a replay skips them."""
+        if self.backend.transactional:
+            await self.backend.mark(partition, offsets, unit.staged())
+        else:
+            await unit.flush()
 
-class StateStore:
-    """Writes window records through the faust producer; reads them back with aiokafka."""
-
-    def __init__(
-        self, topic: faust.TopicT, *, input_topic: str, bootstrap: str, group_id: str, **kafka: object
-    ) -> None:
-        self.topic = topic
-        self.input_topic = input_topic
-        self.bootstrap = bootstrap
-        self.group_id = group_id
-        self.kafka = kafka
-
-    async def put(self, record: WindowRecord) -> None:
-        """Write a record and wait until the broker has it (acks=all)."""
-        fut = await self.topic.send(key=record.window_id.encode(), value=record.dumps(), partition=record.partition)
-        await fut
-
-    async def tombstone(self, records: Iterable[WindowRecord]) -> None:
-        futures = [await self.topic.send(key=r.window_id.encode(), value=None, partition=r.partition) for r in records]
-        for fut in futures:
-            await fut
-
-    async def load(self, partitions: Iterable[int]) -> dict[int, PartitionState]:
-        """Read the given state partitions to their end; garbage-collect finished windows."""
-        partitions = sorted(set(partitions))
-        if not partitions:
-            return {}
-        topic_name = self.topic.get_topic_name()
-        tps = [TopicPartition(topic_name, p) for p in partitions]
-        latest: dict[bytes, bytes | None] = {}
-        started = time.monotonic()
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, **self.kafka)
-        await consumer.start()
-        try:
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            end = await consumer.end_offsets(tps)
-            remaining = {tp for tp in tps if end[tp] > 0}
-            while remaining:
-                batch = await consumer.getmany(*remaining, timeout_ms=500)
-                for messages in batch.values():
-                    for message in messages:
-                        if message.key is not None:
-                            latest[message.key] = message.value
-                for tp in list(remaining):
-                    if await consumer.position(tp) >= end[tp]:
-                        remaining.discard(tp)
-        finally:
-            await consumer.stop()
-        states = {p: PartitionState(p) for p in partitions}
-        foreign = 0
-        for value in latest.values():
-            if value is None:
-                continue
-            record = WindowRecord.model_validate(orjson.loads(value))
-            if (record.input_topic, record.group_id) != (self.input_topic, self.group_id):
-                foreign += 1
-            elif record.partition in states:
-                # Kept as read, not through put(): the horizon is not fixed yet (-1), and put()
-                # would drop every done window, which must stay to recognise its replayed events
-                # until the committed offset passes it (forget_done_before, below).
-                states[record.partition].records[record.window_id] = record
-        if foreign:
-            log.info("state topic %s: ignored %d windows of other input topics or groups", topic_name, foreign)
-        committed = await self.committed_offsets(partitions)
-        stale: list[WindowRecord] = []
-        for p, state in states.items():
-            stale.extend(state.forget_done_before(committed.get(p, -1)))
-            state.loaded()
-        if stale:
-            await self.tombstone(stale)
-        log.info(
-            "loaded state of partitions %s in %.2fs: %d unfinished windows",
-            partitions, time.monotonic() - started, sum(len(s.unfinished()) for s in states.values()),
-        )  # fmt: skip
-        return states
-
-    async def committed_offsets(self, partitions: Iterable[int]) -> dict[int, int]:
-        """The consumer group's committed offsets of the input topic's partitions."""
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **self.kafka)
-        await admin.start()
-        try:
-            offsets = await admin.list_consumer_group_offsets(self.group_id)
-        finally:
-            await admin.close()
-        wanted = set(partitions)
-        return {
-            tp.partition: meta.offset
-            for tp, meta in offsets.items()
-            if tp.topic == self.input_topic and tp.partition in wanted and meta.offset >= 0
-        }
+    async def mark_until_written(self, partition: int, offsets: list[int], unit: Unit, what: str) -> None:
+        """:meth:`mark`, retried until written: the caller finishes the events only after."""
+        await retry_forever(lambda: self.mark(partition, offsets, unit), what=f"{what}: writing its records",
+                            initial=WRITE_RETRY_INITIAL, maximum=WRITE_RETRY_MAX)  # fmt: skip

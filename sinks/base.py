@@ -61,28 +61,43 @@ class KafkaWriter:
     async def write(self, topic: str, records: list[tuple[bytes | None, bytes]]) -> None:
         """Produce ``records`` (key, value) in order per partition; return once the broker has them all."""
         producer = await self._started()
-        partitions = sorted(await producer.partitions_for(topic))
-        count = len(partitions)
-        unkeyed = random.choice(partitions)  # records without a key stick to one partition per write
-        grouped: dict[int, list[tuple[bytes | None, bytes]]] = {}
-        for key, value in records:
-            partition = unkeyed if key is None else partitions[(murmur2(key) & 0x7FFFFFFF) % count]
-            grouped.setdefault(partition, []).append((key, value))
-        futures = []
-        for partition, items in grouped.items():
-            batch = producer.create_batch()
-            for key, value in items:
-                if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it, start another
-                    futures.append(await producer.send_batch(batch, topic, partition=partition))
-                    batch = producer.create_batch()
-                    batch.append(key=key, value=value, timestamp=None)  # a first record always fits
-            futures.append(await producer.send_batch(batch, topic, partition=partition))
-        await asyncio.gather(*futures)
+        await asyncio.gather(*await produce(producer, topic, records))
 
     async def stop(self) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:
             await producer.stop()
+
+
+async def produce(
+    producer: AIOKafkaProducer, topic: str, records: list[tuple[bytes | None, bytes]], partition: int | None = None
+) -> list[asyncio.Future[Any]]:
+    """Hand ``records`` (key, value) to the producer as whole record batches, one run per partition.
+
+    A record goes to ``partition`` when given, else to the partition Kafka's default partitioner
+    picks for its key; records without a key stick to one partition per call. Returns the
+    futures the broker's acknowledgements resolve.
+    """
+    if partition is not None:
+        grouped = {partition: records}
+    else:
+        partitions = sorted(await producer.partitions_for(topic))
+        count = len(partitions)
+        unkeyed = random.choice(partitions)
+        grouped = {}
+        for key, value in records:
+            chosen = unkeyed if key is None else partitions[(murmur2(key) & 0x7FFFFFFF) % count]
+            grouped.setdefault(chosen, []).append((key, value))
+    futures = []
+    for chosen, items in grouped.items():
+        batch = producer.create_batch()
+        for key, value in items:
+            if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it, start another
+                futures.append(await producer.send_batch(batch, topic, partition=chosen))
+                batch = producer.create_batch()
+                batch.append(key=key, value=value, timestamp=None)  # a first record always fits
+        futures.append(await producer.send_batch(batch, topic, partition=chosen))
+    return futures
 
 
 class TopicSink:
@@ -131,6 +146,11 @@ class MemorySink:
 
     def add(self, value: bytes, *, key: bytes | None) -> None:
         self._pending.append((key, value))
+
+    @property
+    def pending(self) -> list[tuple[bytes | None, bytes]]:
+        """What was added since the last flush (a draft's records: ``Outbox.unit``)."""
+        return self._pending
 
     async def flush(self, timeout: float = 60.0) -> int:
         if self.fail_next:

@@ -211,6 +211,10 @@ class WebhookSettings(Frozen):
 
 class Settings(Frozen):
     kafka: KafkaSettings = KafkaSettings()
+    #: ``exactly_once``: every result, dead letter and the state that says an event is served are
+    #: written in one Kafka transaction per input partition, so a crash never repeats a record (read
+    #: them with ``isolation.level=read_committed``); ``at_least_once``: a crash may repeat some.
+    processing_guarantee: Literal["exactly_once", "at_least_once"] = "at_least_once"
     #: The default provider (named ``default``): serves every pipeline that names none.
     provider: ProviderSettings | None = None
     #: Providers by name, for pipelines that name one (``provider: claude``).

@@ -60,7 +60,11 @@ async def produce(
 
 
 class TopicReader:
-    """Reads a whole topic from the beginning, keeping every record seen so far."""
+    """Reads a whole topic from the beginning, keeping every record seen so far.
+
+    It reads as a downstream consumer should (``read_committed``): records of transactions a
+    worker aborted (``exactly_once``) are never seen; under ``at_least_once`` nothing changes.
+    """
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         self.bootstrap, self.topic = bootstrap, topic
@@ -71,7 +75,7 @@ class TopicReader:
         await wait_for_topic(self.bootstrap, self.topic)
         self._consumer = AIOKafkaConsumer(
             self.topic, bootstrap_servers=self.bootstrap, auto_offset_reset="earliest",
-            enable_auto_commit=False, group_id=None,
+            enable_auto_commit=False, group_id=None, isolation_level="read_committed",
         )  # fmt: skip
         await self._consumer.start()
         return self

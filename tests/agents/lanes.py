@@ -31,12 +31,19 @@ class MemoryBackend:
     """The state topic as a list of confirmed writes."""
 
     group_id = "g"
+    transactional = False
 
     def __init__(self) -> None:
         self.writes: list[WindowRecord] = []
 
-    async def put(self, record: WindowRecord) -> None:
+    async def put(self, record: WindowRecord, records: list[Any] = []) -> None:  # noqa: B006 - never mutated
         self.writes.append(record)
+
+    async def mark(self, partition: int, offsets: list[int], records: list[Any]) -> None:
+        raise NotImplementedError
+
+    async def release(self, partitions: Iterable[int]) -> None:
+        pass
 
     async def load(self, partitions: Iterable[int]) -> dict[int, PartitionState]:
         return {p: PartitionState(p) for p in partitions}

@@ -89,10 +89,12 @@ async def test_sigkill_at_each_crash_point_then_restart(bootstrap, emulator, mak
     assert_each_window_submitted_once(emu.stats)
 
 
-async def test_two_workers_one_stopped_mid_run(bootstrap, emulator, make_topic, configure, start_worker):
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+async def test_two_workers_one_stopped_mid_run(bootstrap, emulator, make_topic, configure, start_worker, guarantee):
     emulator.emulator.faults.batch_seconds = 1.5
     topic = await make_topic("rebalance", partitions=6)
-    config, group = configure(pipeline("rb", topic, window={"max_requests": 40, "max_wait": "1s"}))
+    config, group = configure(pipeline("rb", topic, window={"max_requests": 40, "max_wait": "1s"}),
+                              processing_guarantee=guarantee)  # fmt: skip
     values = [{"id": f"r{i}", "text": f"event {i}"} for i in range(1200)]
     await produce(bootstrap, topic, values, keys=[f"k{i}".encode() for i in range(1200)])
     first, second = start_worker(config, "a"), start_worker(config, "b")

@@ -7,9 +7,11 @@ import orjson
 from agents.metrics import PipelineMetrics
 from agents.outbox import Outbox, stamps
 from agents.outcomes import Failed, Served
+from agents.state import Ledger
 from sinks import MemorySink
 from streams.config import parse_settings
 from streams.models import DeadLetter, Request, Result, Source, decode_event
+from tests.agents.lanes import MemoryBackend
 from tests.support import settings_document
 
 
@@ -57,12 +59,13 @@ async def test_served_and_failed_outcomes_become_a_result_and_a_dead_letter():
     assert isinstance(letter, DeadLetter) and (letter.reason, letter.attempts) == ("flex_unavailable", 4)
 
 
-async def test_flush_until_written_retries_until_the_sink_takes_the_records():
+async def test_mark_until_written_retries_until_the_sink_takes_the_records():
     outbox, results, _, request = _outbox()
     results.fail_next = 2
-    outbox.result(request, _chat('{"ok": true}'), attempts=1, batch_id="b", timestamps=stamps(request, submitted=None,
-                  completed=None))  # fmt: skip
-    await outbox.flush_until_written("a")
+    unit = outbox.unit()
+    unit.result(request, _chat('{"ok": true}'), attempts=1, batch_id="b", timestamps=stamps(request, submitted=None,
+                completed=None))  # fmt: skip
+    await Ledger(MemoryBackend()).mark_until_written(0, [0], unit, "a")
     assert [v.output for v in results.values if isinstance(v, Result)] == [{"ok": True}]
     assert results.fail_next == 0
 

@@ -8,7 +8,8 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from agents.state import PartitionState, StateStore, WindowRecord, runs
+from agents.state import PartitionState, WindowRecord, runs
+from agents.store import StateStore
 from streams.models import Request, Source
 from tests.support import produce
 

@@ -1,0 +1,76 @@
+"""``processing_guarantee: exactly_once`` against a worker that is paused, not dead (a zombie).
+
+A worker frozen mid-run (SIGSTOP: a long GC pause, a stalled VM, a partitioned host) loses its
+partitions when its session times out, and another worker serves them. When the frozen worker
+resumes, its flex calls answer and it tries to write their results: the partition's new owner
+has started that partition's transactional producer, so those writes are fenced and never seen
+by a read_committed consumer. (Under ``at_least_once`` they would be written: duplicates.)
+Which comes first on resuming, the answers or the consumer learning of the rebalance (which
+stops the partition's tasks), is a race: the test holds either way, and says which it saw.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+
+import pytest
+
+from tests.support import (
+    TopicReader,
+    end_offsets,
+    pipeline,
+    produce,
+    wait_committed_offsets,
+    wait_every_id,
+    wait_log,
+    wait_until,
+)  # fmt: skip
+
+pytestmark = pytest.mark.kafka
+
+LOADED = "loaded state of partitions"
+
+
+async def test_a_paused_worker_cannot_write_for_partitions_taken_over(
+    bootstrap, emulator, make_topic, configure, start_worker
+) -> None:  # fmt: skip
+    emulator.emulator.faults.flex_latency = 1.0  # calls are in flight when the worker freezes
+    topic = await make_topic("zombie", partitions=4)
+    flex = {"concurrency": 8, "attempts": 3, "budget": "60s", "fallback": "batch"}
+    config, group = configure(pipeline("zombie", topic, mode="flex", flex=flex), processing_guarantee="exactly_once")
+    ids = {f"z{i}" for i in range(240)}
+    await produce(bootstrap, topic, [{"id": i, "text": i} for i in sorted(ids)],
+                  keys=[b"k%d" % n for n in range(len(ids))])  # fmt: skip
+    frozen = start_worker(config, "frozen")
+    await wait_log(frozen, LOADED)
+    other = start_worker(config, "other")
+    await wait_log(other, LOADED)
+    async with TopicReader(bootstrap, f"{topic}.results") as results, TopicReader(bootstrap, f"{topic}.dlq") as dlq:
+
+        async def both_serving() -> bool:
+            await results.poll()
+            return len({v["source"]["partition"] for v in results.values}) == 4
+
+        await wait_until(both_serving, timeout=120, what="results from every partition")
+        released = frozen.log().count("released partitions")
+        os.kill(frozen.proc.pid, signal.SIGSTOP)
+        try:
+            await wait_every_id([results, dlq], ids, timeout=180)  # the other worker took every partition
+        finally:
+            os.kill(frozen.proc.pid, signal.SIGCONT)
+
+        async def frozen_caught_up() -> bool:  # its writes were fenced, or its tasks stopped by a revocation
+            log = frozen.log()
+            return "was fenced" in log or log.count("released partitions") > released
+
+        await wait_until(frozen_caught_up, timeout=60, what="the resumed worker learning it lost its partitions")
+        ends = await end_offsets(bootstrap, topic, 4)
+        await wait_committed_offsets(bootstrap, group, topic, ends, timeout=60)
+        # Both workers are idle now: their last transactions are committed or aborted.
+        await results.poll()
+        fates = Counter(v["id"] for v in results.values + dlq.values)
+    assert set(fates) == ids
+    assert [i for i, n in fates.items() if n > 1] == [], "a read_committed consumer sees each event once"
+    print(f"zombie: {len(results.values)} results; frozen worker fenced: {'was fenced' in frozen.log()}")
