@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument(
         "--provider", choices=["openai", "anthropic", "gemini"], default="openai", help="the API the emulator plays"
     )
+    demo.add_argument("--guarantee", choices=["at_least_once", "exactly_once"], default="at_least_once",
+                      help="the worker's processing_guarantee")  # fmt: skip
 
     status = sub.add_parser("status", help="each pipeline at a glance: lag, batches in flight, fates, cost")
     status.add_argument("-c", "--config", required=True, type=Path, help="YAML configuration file")
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from demo import run_demo
 
-            return run_demo(events=args.events, mode=args.mode, provider=args.provider)
+            return run_demo(events=args.events, mode=args.mode, provider=args.provider, guarantee=args.guarantee)
         return _dev_kafka(args.port, args.data_dir)
     except BatchstreamError as exc:
         print(f"batchstream: {exc}", file=sys.stderr)  # noqa: T201

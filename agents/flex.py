@@ -193,7 +193,8 @@ class FlexLane:
             return
         unit = self.outbox.unit()
         unit.served(request, outcome, batch_id=None, submitted=None, rounds=0)
-        await self.ledger.mark_until_written(request.source.partition, [request.source.offset], unit, request.id)
+        await self.ledger.mark_until_written(request.source.partition, [request.source.offset], unit, request.id,
+                                             linger=True)  # fmt: skip
         pending.frontier.finished(request.source.offset)
 
 

@@ -264,7 +264,7 @@ class StateBackend(Protocol):
 
     async def put(self, record: WindowRecord, records: list[Record] = ...) -> None: ...
 
-    async def mark(self, partition: int, offsets: list[int], records: list[Record]) -> None: ...
+    async def mark(self, partition: int, offsets: list[int], records: list[Record], *, linger: bool = ...) -> None: ...
 
     async def load(self, partitions: Iterable[int]) -> dict[int, PartitionState]: ...
 
@@ -342,15 +342,20 @@ class Ledger:
             state.put(record)
         return record
 
-    async def mark(self, partition: int, offsets: list[int], unit: Unit) -> None:
+    async def mark(self, partition: int, offsets: list[int], unit: Unit, *, linger: bool = False) -> None:
         """Write ``unit``'s records, which give these events their fate; under ``exactly_once`` with a
-        served mark for each, in one transaction, so that a replay skips them."""
+        served mark for each, in one transaction, so that a replay skips them. ``linger``: the
+        transaction may wait a moment for other writes to share it (a flex event: its call took
+        far longer)."""
         if self.backend.transactional:
-            await self.backend.mark(partition, offsets, unit.staged())
+            await self.backend.mark(partition, offsets, unit.staged(), linger=linger)
         else:
             await unit.flush()
 
-    async def mark_until_written(self, partition: int, offsets: list[int], unit: Unit, what: str) -> None:
+    async def mark_until_written(
+        self, partition: int, offsets: list[int], unit: Unit, what: str, *, linger: bool = False
+    ) -> None:  # fmt: skip
         """:meth:`mark`, retried until written: the caller finishes the events only after."""
-        await retry_forever(lambda: self.mark(partition, offsets, unit), what=f"{what}: writing its records",
+        await retry_forever(lambda: self.mark(partition, offsets, unit, linger=linger),
+                            what=f"{what}: writing its records",
                             initial=WRITE_RETRY_INITIAL, maximum=WRITE_RETRY_MAX)  # fmt: skip

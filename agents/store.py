@@ -46,7 +46,7 @@ class StateStore:
         fut = await self.topic.send(key=record.window_id.encode(), value=record.dumps(), partition=record.partition)
         await fut
 
-    async def mark(self, partition: int, offsets: list[int], records: list[Record]) -> None:
+    async def mark(self, partition: int, offsets: list[int], records: list[Record], *, linger: bool = False) -> None:
         raise NotImplementedError("served marks are kept under exactly_once only")
 
     async def release(self, partitions: Iterable[int]) -> None:
@@ -155,7 +155,7 @@ class TransactionalStore(StateStore):
     def mark_key(self, partition: int, offset: int) -> bytes:
         return f"served:{self.group_id}:{self.input_topic}:{partition}:{offset}".encode()
 
-    async def mark(self, partition: int, offsets: list[int], records: list[Record]) -> None:
+    async def mark(self, partition: int, offsets: list[int], records: list[Record], *, linger: bool = False) -> None:
         marks = {offset: self.mark_key(partition, offset) for offset in offsets}
         values = [
             (self.topic_name, partition, key, orjson.dumps({
@@ -164,7 +164,7 @@ class TransactionalStore(StateStore):
             }))
             for offset, key in marks.items()
         ]  # fmt: skip
-        await self.txns.write(partition, [*records, *values])
+        await self.txns.write(partition, [*records, *values], linger=linger)
         self.marks.setdefault(partition, {}).update(marks)
 
     async def load(self, partitions: Iterable[int]) -> dict[int, PartitionState]:

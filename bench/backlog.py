@@ -135,12 +135,18 @@ class Drained:
 
 
 async def drain(
-    bootstrap: str, workdir: Path, topic: str, n: int, provider: dict[str, Any], pipeline: dict[str, Any]
-) -> Drained:
+    bootstrap: str, workdir: Path, topic: str, n: int, provider: dict[str, Any], pipeline: dict[str, Any],
+    guarantee: str = "at_least_once", *, read: bool = False,
+) -> Drained:  # fmt: skip
     """Run a worker with one pipeline over ``topic`` (its results to ``<topic>.results``) until N
-    results are written; timed from its partitions' state being loaded."""
+    results are written; timed from its partitions' state being loaded.
+
+    The results are counted from the topic's end offsets, or with ``read`` by reading them as a
+    downstream consumer does (``read_committed``): end offsets also count the markers that
+    commit transactions (``exactly_once``)."""
     config = workdir / f"{topic}.yaml"
     config.write_text(yaml.safe_dump({
+        "processing_guarantee": guarantee,
         "kafka": {"bootstrap_servers": bootstrap, "group_id": topic, "commit_interval": 1},
         "provider": {"api_key": "sk-bench", **provider},
         "pipelines": [{"name": "bench", "input_topic": topic, "output_topic": f"{topic}.results",
@@ -149,20 +155,34 @@ async def drain(
     }))  # fmt: skip
     log = workdir / f"{topic}.log"
     worker = start_worker(config, log)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, isolation_level="read_committed",
+                                auto_offset_reset="earliest")  # fmt: skip
     await consumer.start()
+    seen = 0
+
+    async def written() -> int:
+        nonlocal seen
+        if not read:
+            return await end_total(consumer, f"{topic}.results")
+        batch = await consumer.getmany(timeout_ms=int(TICK * 1000), max_records=10_000)
+        seen += sum(len(records) for records in batch.values())
+        return seen
+
     try:
         await wait_for_line(log, "loaded state of partitions", worker)
+        if read:
+            consumer.assign([TopicPartition(f"{topic}.results", p) for p in range(PARTITIONS)])
         if PROFILE:
             py_spy = str(Path(sys.executable).parent / "py-spy")
             spawn([py_spy, "record", "--pid", str(worker.pid), "-r", "200", "-f", "raw", "-o", PROFILE,
                    "--nonblocking"])  # fmt: skip
         started, deadline = time.perf_counter(), time.monotonic() + 1800
         cpu, own = cpu_seconds(worker.pid), time.process_time()
-        while await end_total(consumer, f"{topic}.results") < n:
+        while await written() < n:
             if worker.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the worker did not finish; see {log}")
-            await asyncio.sleep(TICK)
+            if not read:
+                await asyncio.sleep(TICK)
         return Drained(time.perf_counter() - started, cpu_seconds(worker.pid) - cpu, time.process_time() - own,
                        peak_rss_mb(worker.pid))  # fmt: skip
     finally:

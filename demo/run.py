@@ -93,9 +93,11 @@ def demo_provider(provider: str, root_url: str) -> dict[str, Any]:
 
 
 def demo_config(
-    bootstrap: str, root_url: str, group: str, mode: str = "batch", provider: str = "openai"
-) -> dict[str, Any]:
+    bootstrap: str, root_url: str, group: str, mode: str = "batch", provider: str = "openai",
+    guarantee: str = "at_least_once",
+) -> dict[str, Any]:  # fmt: skip
     return {
+        "processing_guarantee": guarantee,
         "kafka": {"bootstrap_servers": bootstrap, "group_id": group, "commit_interval": 1},
         "provider": demo_provider(provider, root_url),
         "pipelines": [
@@ -164,7 +166,10 @@ def _batches(emulator: Any) -> list[tuple[str, str, int, int]]:
     return rows
 
 
-def run_demo(*, events: int = 2000, mode: str = "batch", provider: str = "openai", timeout: float = 600) -> int:
+def run_demo(
+    *, events: int = 2000, mode: str = "batch", provider: str = "openai", guarantee: str = "at_least_once",
+    timeout: float = 600,
+) -> int:  # fmt: skip
     from devkafka import KafkaBroker
     from emulator import EmulatorThread, Faults
 
@@ -178,10 +183,11 @@ def run_demo(*, events: int = 2000, mode: str = "batch", provider: str = "openai
         bootstrap = broker.start()
         emulator.start()
         console.print(f"kafka {bootstrap}   emulator {emulator.root_url}   provider {provider}   mode {mode}   "
-                      f"logs {workdir}")  # fmt: skip
+                      f"{guarantee}   logs {workdir}")  # fmt: skip
         asyncio.run(_create_topic(bootstrap))
         config = workdir / "demo.yaml"
-        config.write_text(yaml.safe_dump(demo_config(bootstrap, emulator.root_url, "batchstream-demo", mode, provider)))
+        config.write_text(yaml.safe_dump(demo_config(bootstrap, emulator.root_url, "batchstream-demo", mode, provider,
+                                                     guarantee)))  # fmt: skip
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with (workdir / "worker.log").open("wb") as log:
             worker = subprocess.Popen(
@@ -250,7 +256,9 @@ async def _follow(
     finally:
         await producer.stop()
     progress.produced = len(tickets) + len(MALFORMED)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
+    # As every downstream consumer should: records of aborted transactions (exactly_once) are never seen.
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None,
+                                isolation_level="read_committed")  # fmt: skip
     await consumer.start()
     expected_dead = len(MALFORMED)
     try:

@@ -51,8 +51,10 @@ class TopicReader:
     """One consumer (no group) for the reads of a command; ``async with``."""
 
     def __init__(self, bootstrap: str, options: dict[str, Any]) -> None:
+        # read_committed: records of transactions a worker aborted (exactly_once) are never counted or replayed.
         self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                          auto_offset_reset="earliest", **options)  # fmt: skip
+                                          auto_offset_reset="earliest", isolation_level="read_committed",
+                                          **options)  # fmt: skip
         self._admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **options)
         self._partitions: dict[str, list[TopicPartition]] = {}
 

@@ -22,6 +22,7 @@ assigned afresh, with a new producer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -32,6 +33,9 @@ from aiokafka.errors import KafkaError, ProducerFenced
 from sinks.base import BATCH_BYTES, produce
 
 log = logging.getLogger(__name__)
+
+#: How long a write that may wait (an event's served mark) waits for others to share its transaction.
+LINGER = 0.1
 
 #: One record: topic, partition (None: the key's, as Kafka's default partitioner picks it), key, value.
 Record = tuple[str, int | None, bytes | None, bytes | None]
@@ -69,6 +73,8 @@ class PartitionTransactions:
         self._on_fenced = on_fenced
         self._queue: list[tuple[list[Record], asyncio.Future[None]]] = []
         self._runner: asyncio.Task[None] | None = None
+        #: Set when a queued write may not linger.
+        self._urgent = asyncio.Event()
         self._fenced = False
         self._closed = False
         #: Transactions committed (for tests and metrics).
@@ -78,12 +84,17 @@ class PartitionTransactions:
         """Start the producer: registers the transactional id, fencing every earlier producer of it."""
         await self._producer.start()
 
-    async def write(self, records: list[Record]) -> None:
-        """Write ``records`` in one transaction (perhaps shared with other writers); return once committed."""
+    async def write(self, records: list[Record], *, linger: bool = False) -> None:
+        """Write ``records`` in one transaction (perhaps shared with other writers); return once committed.
+
+        ``linger``: the transaction may wait up to :data:`LINGER` for other writes to share it
+        (unless a write that may not linger joins it)."""
         if self._fenced or self._closed:
             raise Fenced(f"{self.transactional_id}: fenced or released; nothing more is written for it here")
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append((records, done))
+        if not linger:
+            self._urgent.set()
         if self._runner is None:
             self._runner = asyncio.create_task(self._run(), name=f"txn:{self.transactional_id}")
         await done
@@ -91,6 +102,10 @@ class PartitionTransactions:
     async def _run(self) -> None:
         try:
             while self._queue and not self._closed:
+                if not self._urgent.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._urgent.wait(), LINGER)
+                self._urgent.clear()
                 taken, self._queue = self._queue, []
                 try:
                     await self._commit([record for records, _ in taken for record in records])
@@ -196,8 +211,8 @@ class Transactions:
             raise Fenced(f"{self.transactional_id(partition)}: partition not owned here")
         return txn
 
-    async def write(self, partition: int, records: list[Record]) -> None:
-        await self.of(partition).write(records)
+    async def write(self, partition: int, records: list[Record], *, linger: bool = False) -> None:
+        await self.of(partition).write(records, linger=linger)
 
     async def close(self, partitions: Iterable[int] | None = None) -> None:
         chosen = list(self.partitions) if partitions is None else [p for p in partitions if p in self.partitions]

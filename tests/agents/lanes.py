@@ -39,7 +39,7 @@ class MemoryBackend:
     async def put(self, record: WindowRecord, records: list[Any] = []) -> None:  # noqa: B006 - never mutated
         self.writes.append(record)
 
-    async def mark(self, partition: int, offsets: list[int], records: list[Any]) -> None:
+    async def mark(self, partition: int, offsets: list[int], records: list[Any], *, linger: bool = False) -> None:
         raise NotImplementedError
 
     async def release(self, partitions: Iterable[int]) -> None:

@@ -21,28 +21,32 @@ def row(output: str, label: str) -> str:
     return match.group(1)
 
 
-#: The README's main job, and Gemini in auto mode (batch and flex); ``BATCHSTREAM_SOAK=long`` adds
-#: Anthropic and the other modes (their routing, fallbacks and hedging are covered by the
-#: end-to-end tests of ``tests/agents``).
-CASES: list[Any] = [("openai", "batch"), ("gemini", "auto")]
+#: The README's main job, Gemini in auto mode (batch and flex), and OpenAI's auto mode under
+#: exactly_once; ``BATCHSTREAM_SOAK=long`` adds Anthropic and the other modes (their routing,
+#: fallbacks and hedging are covered by the end-to-end tests of ``tests/agents``).
+ALO, EOS = "at_least_once", "exactly_once"
+CASES: list[Any] = [("openai", "batch", ALO), ("gemini", "auto", ALO), ("openai", "auto", EOS)]
 if os.environ.get("BATCHSTREAM_SOAK") == "long":
-    LONG = [("anthropic", "auto"), ("openai", "flex"), ("openai", "auto"), ("gemini", "batch"), ("gemini", "flex")]
-    CASES += [pytest.param(provider, mode, marks=pytest.mark.soak) for provider, mode in LONG]
+    LONG = [("anthropic", "auto", ALO), ("openai", "flex", ALO), ("openai", "auto", ALO), ("gemini", "batch", ALO),
+            ("gemini", "flex", EOS), ("anthropic", "batch", EOS)]  # fmt: skip
+    CASES += [pytest.param(*case, marks=pytest.mark.soak) for case in LONG]
 
 
 MODELS = {"openai": "gpt-5-mini", "anthropic": "claude-haiku-4-5", "gemini": "gemini-2.5-flash"}
 
 
-@pytest.mark.parametrize(("provider", "mode"), CASES)
-def test_demo_gives_every_ticket_its_fate(provider: str, mode: str) -> None:
+@pytest.mark.parametrize(("provider", "mode", "guarantee"), CASES)
+def test_demo_gives_every_ticket_its_fate(provider: str, mode: str, guarantee: str) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "agents.cli", "demo", "--events", "300", "--mode", mode, "--provider", provider],
+        [sys.executable, "-m", "agents.cli", "demo", "--events", "300", "--mode", mode, "--provider", provider,
+         "--guarantee", guarantee],
         cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "100"},
     )  # fmt: skip
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
     assert row(output, "results") == "300"
     assert row(output, "missing") == "0"
+    assert row(output, "duplicates") == "0"
     assert row(output, "dead letters").split()[0] == "5", "the five malformed events"
     assert re.search(r'ticket-\d+:\s+\{"category":', output), "sample results are shown"
     served = row(output, "served by (path/tier)")
