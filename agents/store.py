@@ -165,7 +165,8 @@ class TransactionalStore(StateStore):
             for offset, key in marks.items()
         ]  # fmt: skip
         await self.txns.write(partition, [*records, *values], linger=linger)
-        self.marks.setdefault(partition, {}).update(marks)
+        if partition in self.txns.partitions:  # not released meanwhile
+            self.marks.setdefault(partition, {}).update(marks)
 
     async def load(self, partitions: Iterable[int]) -> dict[int, PartitionState]:
         """Start the partitions' producers first: that fences their previous owners and aborts
@@ -187,8 +188,14 @@ class TransactionalStore(StateStore):
         """Tombstone the marks the committed offsets have passed (their events are never replayed)."""
         for partition, offset in committed.items():
             marks = self.marks.get(partition)
-            if not marks:
+            passed = [o for o in marks or () if o < offset]
+            if not marks or not passed:
                 continue
-            passed = [o for o in marks if o < offset]
-            if passed:
-                await self.tombstone(partition, [marks.pop(o) for o in passed])
+            keys = [marks[o] for o in passed]
+            try:
+                await self.tombstone(partition, keys)
+            except Exception as exc:  # noqa: BLE001 - tried again after the next commit, or at the next load
+                log.info("%s[%d]: tombstoning %d served marks failed: %s", self.topic_name, partition, len(keys), exc)
+            else:
+                for o in passed:
+                    marks.pop(o, None)

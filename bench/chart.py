@@ -71,7 +71,9 @@ def bars(path: Path, title: str, ylabel: str, values: dict[str, float], *, line:
     names = list(values)
     ax.bar(names, [values[n] for n in names], color=["#9aa5b1"] * (len(names) - 1) + ["#2b6cb0"])
     for x, name in enumerate(names):
-        ax.annotate(f"{values[name]:,.0f}", (x, values[name]), ha="center", va="bottom", fontsize=8)
+        value = values[name]
+        label = f"{value:,.0f}" if value >= 10 or value == int(value) else f"{value:.3f}"
+        ax.annotate(label, (x, values[name]), ha="center", va="bottom", fontsize=8)
     if line is not None:
         ax.axhline(line, color="grey", linestyle=":")
     ax.set_ylabel(ylabel)

@@ -7,9 +7,11 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import ProducerFenced
 
 from agents.state import PartitionState, WindowRecord, runs
-from agents.store import StateStore
+from agents.store import StateStore, TransactionalStore
+from sinks.transactions import Transactions
 from streams.models import Request, Source
 from tests.support import produce
 
@@ -113,3 +115,45 @@ async def test_a_load_keeps_done_windows_so_their_replayed_events_are_recognised
     assert state.horizon == 19
     assert state.covers(req(5)), "a done window not yet passed by the committed offset recognises its events"
     assert [r.window_id for r in state.unfinished()] == ["w10"]
+
+
+def test_served_marks_are_replays_up_to_the_horizon_and_go_once_the_committed_offset_passes() -> None:
+    state = PartitionState(0, [record(0, 9)])
+    state.served = {12: b"m12", 30: b"m30"}
+    state.loaded()
+    assert state.horizon == 30, "a mark beyond every window still bounds what can be a replay"
+    assert state.was_served(12) and state.was_served(30) and not state.was_served(11)
+    assert state.forget_done_before(20) == [b"w0", b"m12"]
+    assert not state.was_served(12) and state.was_served(30)
+
+
+@pytest.mark.kafka
+async def test_a_transactional_load_sees_committed_marks_only_and_fences_their_previous_writer(
+    bootstrap: str, make_topic: Any, unique: str
+) -> None:  # fmt: skip
+    topic = await make_topic("state")
+    group, prefix = f"g-{unique}", f"t-{unique}"
+
+    def store(txns: Transactions) -> TransactionalStore:
+        return TransactionalStore(_StateTopic(topic), pipeline="p", txns=txns, input_topic="in",  # type: ignore[arg-type]
+                                  bootstrap=bootstrap, group_id=group)  # fmt: skip
+
+    before = Transactions(prefix, bootstrap, on_fenced=lambda _: None)
+    first = store(before)
+    await first.load([0])
+    await first.mark(0, [3, 7], [])
+    producer = before.of(0)._producer  # a mark written but never committed: its worker dies
+    await producer.begin_transaction()
+    await (await producer.send(topic, orjson.dumps({"served": 9, "partition": 0, "pipeline": "p",
+                                                    "input_topic": "in", "group_id": group}),
+                               key=first.mark_key(0, 9), partition=0))  # fmt: skip
+    after = Transactions(prefix, bootstrap, on_fenced=lambda _: None)
+    try:
+        state = (await store(after).load([0]))[0]
+        assert {o for o in range(10) if state.was_served(o)} == {3, 7}, "the aborted mark is not seen"
+        with pytest.raises(ProducerFenced):  # the previous writer can no longer commit it
+            await producer.commit_transaction()
+    finally:
+        await after.close()
+        before.partitions.clear()
+        await producer.stop()
