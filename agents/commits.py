@@ -92,6 +92,17 @@ class Commits:
         generation = getattr(message, "generation_id", None)
         return generation is not None and generation != self.app.consumer_generation_id
 
+    def rejoin(self) -> None:
+        """Ask the group consumer to rejoin the group: a rebalance, then a fresh assignment.
+
+        The consumer runs in faust's consumer thread, on that thread's loop (faust-streaming 0.15.x)."""
+        try:
+            thread = self.app.consumer._thread  # type: ignore[attr-defined]
+            coordinator = thread._ensure_consumer()._coordinator
+            thread.thread_loop.call_soon_threadsafe(coordinator.request_rejoin)
+        except Exception as exc:  # noqa: BLE001 - the next rebalance does the same, later
+            log.warning("%s: could not ask the consumer to rejoin the group: %s", self.topic, describe(exc))
+
     @property
     def committed(self) -> dict[int, int]:
         """The offsets this worker last committed, by owned partition."""

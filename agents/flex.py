@@ -193,9 +193,9 @@ class FlexLane:
             return
         unit = self.outbox.unit()
         unit.served(request, outcome, batch_id=None, submitted=None, rounds=0)
-        await self.ledger.mark_until_written(request.source.partition, [request.source.offset], unit, request.id,
-                                             linger=True)  # fmt: skip
-        pending.frontier.finished(request.source.offset)
+        if await self.ledger.mark_until_written(request.source.partition, [request.source.offset], unit, request.id,
+                                                frontier=pending.frontier, linger=True):  # fmt: skip
+            pending.frontier.finished(request.source.offset)
 
 
 class _Slot:

@@ -150,11 +150,14 @@ class Pipeline:
         self.metrics.unfinished_events.set(self.commits.unfinished)
         await self.commits.commit()
         if isinstance(self.store, TransactionalStore):
-            await self.store.prune(self.commits.committed)
+            await self.store.prune(self.commits.committed, self.ledger.pinned)
 
     def _fenced(self, partition: int) -> None:
-        log.error("%s: partition %d's producer was fenced: nothing more is written for it by this worker until "
-                  "it is assigned the partition again", self.cfg.name, partition)  # fmt: skip
+        log.error("%s: partition %d's producer was fenced: nothing more is written for it by this worker until it "
+                  "is assigned the partition again; rejoining the group", self.cfg.name, partition)  # fmt: skip
+        # Another owner took it (this worker will be told so), or a transaction outlived the broker's
+        # timeout while the partition is still ours: either way a new assignment starts afresh.
+        self.commits.rejoin()
 
     # -- rebalance ------------------------------------------------------------------------
     def _mine(self, tps: set[TP]) -> set[int]:
@@ -208,9 +211,10 @@ class Pipeline:
         if isinstance(decoded, Rejection):
             unit = self.outbox.unit()
             unit.rejected(source, message.key, message.value, decoded)
-            # while the broker is away, intake waits
-            await self.ledger.mark_until_written(source.partition, [source.offset], unit, source.default_id)
-            frontier.finished(message.offset)
+            # while the broker is away, intake waits (until the partition is revoked)
+            if await self.ledger.mark_until_written(source.partition, [source.offset], unit, source.default_id,
+                                                    frontier=frontier):  # fmt: skip
+                frontier.finished(message.offset)
             return
         if self.ledger.covers(decoded):
             frontier.finished(message.offset)  # replayed: already part of a recorded window

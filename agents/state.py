@@ -28,6 +28,7 @@ from agents.outbox import WRITE_RETRY_INITIAL, WRITE_RETRY_MAX
 from agents.retry import retry_forever
 from sinks.transactions import Record
 from streams.models import Request
+from streams.offsets import Frontier
 
 Status = Literal["sealed", "submitted", "hedged", "done"]
 
@@ -241,13 +242,18 @@ class PartitionState:
     def unfinished(self) -> list[WindowRecord]:
         return [r for r in self.records.values() if r.status != "done"]
 
+    def pinned(self, offset: int) -> bool:
+        """Whether the offset lies in a window not done: its mark (a read-back's dead letter) must
+        stay while the window may read its events back, however far the committed offset is."""
+        return any(r.status != "done" and r.first_offset <= offset <= r.last_offset for r in self.records.values())
+
     def forget_done_before(self, committed: int) -> list[bytes]:
         """Drop done records and served marks wholly below the committed offset; return their keys
         for tombstoning."""
         gone = [r for r in self.records.values() if r.status == "done" and r.last_offset < committed]
         for record in gone:
             del self.records[record.window_id]
-        marks = [offset for offset in self.served if offset < committed]
+        marks = [offset for offset in self.served if offset < committed and not self.pinned(offset)]
         return [r.window_id.encode() for r in gone] + [self.served.pop(offset) for offset in marks]
 
 
@@ -317,6 +323,15 @@ class Ledger:
         state = self._owned.get(request.source.partition)
         return state is not None and state.covers(request)
 
+    def pinned(self, partition: int, offset: int) -> bool:
+        """Whether the offset lies in a window of this partition not done yet."""
+        state = self._owned.get(partition)
+        return state is not None and state.pinned(offset)
+
+    @property
+    def transactional(self) -> bool:
+        return bool(self.backend.transactional)
+
     def was_served(self, partition: int, offset: int) -> bool:
         """Whether the event's record was written in a transaction with its served mark (a replay to skip)."""
         state = self._owned.get(partition)
@@ -353,9 +368,17 @@ class Ledger:
             await unit.flush()
 
     async def mark_until_written(
-        self, partition: int, offsets: list[int], unit: Unit, what: str, *, linger: bool = False
-    ) -> None:  # fmt: skip
-        """:meth:`mark`, retried until written: the caller finishes the events only after."""
-        await retry_forever(lambda: self.mark(partition, offsets, unit, linger=linger),
-                            what=f"{what}: writing its records",
-                            initial=WRITE_RETRY_INITIAL, maximum=WRITE_RETRY_MAX)  # fmt: skip
+        self, partition: int, offsets: list[int], unit: Unit, what: str, *, frontier: Frontier, linger: bool = False
+    ) -> bool:  # fmt: skip
+        """:meth:`mark`, retried until written (True: the caller finishes the events), or until
+        the events' frontier is closed (False: revoked; the partition's next owner reads them
+        again, and nothing may be written for them here any more)."""
+
+        async def step() -> bool:
+            if frontier.closed:
+                return False
+            await self.mark(partition, offsets, unit, linger=linger)
+            return True
+
+        return await retry_forever(step, what=f"{what}: writing its records", initial=WRITE_RETRY_INITIAL,
+                                   maximum=WRITE_RETRY_MAX)  # fmt: skip

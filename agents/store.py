@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import faust
 import orjson
@@ -46,6 +46,10 @@ class StateStore:
         fut = await self.topic.send(key=record.window_id.encode(), value=record.dumps(), partition=record.partition)
         await fut
 
+    async def ends(self, consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """Where a load stops reading: the partitions' end offsets."""
+        return await consumer.end_offsets(tps)  # type: ignore[no-any-return]
+
     async def mark(self, partition: int, offsets: list[int], records: list[Record], *, linger: bool = False) -> None:
         raise NotImplementedError("served marks are kept under exactly_once only")
 
@@ -72,7 +76,7 @@ class StateStore:
         try:
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
-            end = await consumer.end_offsets(tps)
+            end = await self.ends(consumer, tps)
             remaining = {tp for tp in tps if end[tp] > 0}
             while remaining:
                 batch = await consumer.getmany(*remaining, timeout_ms=500)
@@ -175,6 +179,17 @@ class TransactionalStore(StateStore):
         await self.txns.open(partitions)
         return await super().load(partitions)
 
+    async def ends(self, consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """The high watermarks, not the last stable offsets a read_committed consumer is told: a
+        transaction of another group's producer left open in a shared state topic holds the
+        reading back until it ends, rather than hiding this group's later records."""
+        probe = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, **self.kafka)
+        await probe.start()
+        try:
+            return await probe.end_offsets(tps)  # type: ignore[no-any-return]
+        finally:
+            await probe.stop()
+
     async def release(self, partitions: Iterable[int]) -> None:
         partitions = list(partitions)
         for partition in partitions:
@@ -184,11 +199,12 @@ class TransactionalStore(StateStore):
     async def tombstone(self, partition: int, keys: list[bytes]) -> None:
         await self.txns.write(partition, [(self.topic_name, partition, key, None) for key in keys])
 
-    async def prune(self, committed: dict[int, int]) -> None:
-        """Tombstone the marks the committed offsets have passed (their events are never replayed)."""
+    async def prune(self, committed: dict[int, int], pinned: Callable[[int, int], bool]) -> None:
+        """Tombstone the marks the committed offsets have passed (their events are never replayed),
+        except those ``pinned``: inside a window not done (a read-back gives them no fate again)."""
         for partition, offset in committed.items():
             marks = self.marks.get(partition)
-            passed = [o for o in marks or () if o < offset]
+            passed = [o for o in marks or () if o < offset and not pinned(partition, o)]
             if not marks or not passed:
                 continue
             keys = [marks[o] for o in passed]

@@ -16,7 +16,7 @@ way, which is all atomicity asks.
 A producer that is fenced stays fenced: it is never started again within the assignment
 (that could fence the partition's new owner in turn). Its writes fail from then on, and the
 pipeline asks its consumer to rejoin the group, so that a worker that still owns P gets it
-assigned afresh, with a new producer.
+assigned afresh, with a new producer (``agents/commits.py``: ``Commits.rejoin``).
 """
 
 from __future__ import annotations
@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 #: How long a write that may wait (an event's served mark) waits for others to share its transaction.
 LINGER = 0.1
+
+#: How long releasing a partition waits for its transaction under way.
+CLOSE_GRACE = 30.0
 
 #: One record: topic, partition (None: the key's, as Kafka's default partitioner picks it), key, value.
 Record = tuple[str, int | None, bytes | None, bytes | None]
@@ -166,11 +169,17 @@ class PartitionTransactions:
                 self._on_fenced()
 
     async def close(self) -> None:
+        """Let the transaction under way end (up to :data:`CLOSE_GRACE`), then stop the producer.
+
+        A transaction still open then is aborted by the partition's next owner (or the broker)."""
         self._closed = True
         runner = self._runner
         if runner is not None:
             try:
-                await runner
+                await asyncio.wait_for(asyncio.shield(runner), CLOSE_GRACE)
+            except TimeoutError:
+                log.warning("%s: a transaction did not end within %.0fs; stopping its producer",
+                            self.transactional_id, CLOSE_GRACE)  # fmt: skip
             except Exception:  # noqa: BLE001 - its writers got the error
                 pass
         await self._producer.stop()

@@ -16,6 +16,7 @@ import signal
 from collections import Counter
 
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from tests.support import (
     TopicReader,
@@ -74,3 +75,34 @@ async def test_a_paused_worker_cannot_write_for_partitions_taken_over(
     assert set(fates) == ids
     assert [i for i, n in fates.items() if n > 1] == [], "a read_committed consumer sees each event once"
     print(f"zombie: {len(results.values)} results; frozen worker fenced: {'was fenced' in frozen.log()}")
+
+
+async def test_a_worker_fenced_while_it_still_owns_the_partition_rejoins_and_carries_on(
+    bootstrap, emulator, make_topic, configure, start_worker
+) -> None:  # fmt: skip
+    """A producer fenced while its worker still owns the partition (a transaction that outlived the
+    broker's timeout does this) must not leave the partition stalled: the worker rejoins the
+    group, and its fresh assignment starts a fresh producer."""
+    emulator.emulator.faults.flex_latency = 0.2
+    topic = await make_topic("fenced", partitions=2)
+    flex = {"concurrency": 4, "attempts": 3, "budget": "60s", "fallback": "batch"}
+    config, group = configure(pipeline("fenced", topic, mode="flex", flex=flex), processing_guarantee="exactly_once")
+    ids = {f"f{i}" for i in range(200)}
+    await produce(bootstrap, topic, [{"id": i, "text": i} for i in sorted(ids)], keys=[b"k%d" % n for n in range(200)])
+    worker = start_worker(config, "worker")
+    await wait_log(worker, LOADED)
+    async with TopicReader(bootstrap, f"{topic}.results") as results, TopicReader(bootstrap, f"{topic}.dlq") as dlq:
+        await results.until(10, timeout=60)
+        # Partition 0's transactional id taken by another producer, as a new owner's would be.
+        thief = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=f"batchstream.{group}.fenced.{topic}.0")
+        await thief.start()
+        await thief.stop()
+        await wait_log(worker, "was fenced")
+        await wait_log(worker, LOADED, count=2)  # rejoined, and assigned afresh
+        await wait_every_id([results, dlq], ids, timeout=120)
+        ends = await end_offsets(bootstrap, topic, 2)
+        await wait_committed_offsets(bootstrap, group, topic, ends, timeout=60)
+        await results.poll()
+        fates = Counter(v["id"] for v in results.values + dlq.values)
+    assert set(fates) == ids
+    assert [i for i, n in fates.items() if n > 1] == []

@@ -11,6 +11,7 @@ from agents.state import Ledger
 from sinks import MemorySink
 from streams.config import parse_settings
 from streams.models import DeadLetter, Request, Result, Source, decode_event
+from streams.offsets import Frontier
 from tests.agents.lanes import MemoryBackend
 from tests.support import settings_document
 
@@ -65,7 +66,7 @@ async def test_mark_until_written_retries_until_the_sink_takes_the_records():
     unit = outbox.unit()
     unit.result(request, _chat('{"ok": true}'), attempts=1, batch_id="b", timestamps=stamps(request, submitted=None,
                 completed=None))  # fmt: skip
-    await Ledger(MemoryBackend()).mark_until_written(0, [0], unit, "a")
+    assert await Ledger(MemoryBackend()).mark_until_written(0, [0], unit, "a", frontier=Frontier())
     assert [v.output for v in results.values if isinstance(v, Result)] == [{"ok": True}]
     assert results.fail_next == 0
 
@@ -96,3 +97,14 @@ async def test_a_result_record_is_the_result_schema_field_for_field():
     first, second = (orjson.loads(raw) for _, raw in results.records)
     assert first["tokens"] == {"input": 10, "output": 5} and first["cost"]["paid"] > 0
     assert (second["usage"], second["tokens"], second["cost"]) == (None, None, None), "a usage that is not an object"
+
+
+async def test_mark_until_written_gives_up_once_the_partition_is_revoked():
+    outbox, results, _, request = _outbox()
+    results.fail_next = 1_000
+    unit, frontier = outbox.unit(), Frontier()
+    unit.result(request, _chat('{"ok": true}'), attempts=1, batch_id="b", timestamps=stamps(request, submitted=None,
+                completed=None))  # fmt: skip
+    frontier.close()  # revoked: the partition's next owner reads the event again
+    assert not await Ledger(MemoryBackend()).mark_until_written(0, [0], unit, "a", frontier=frontier)
+    assert results.records == []
