@@ -57,11 +57,12 @@ PARTITIONS = 3
 #: Produced before the stop, and after the restart (consumption must resume too).
 BEFORE, AFTER = 1500, 500
 LOADED = "loaded state of partitions"
-#: The short form (CI) runs the harder case; ``BATCHSTREAM_SOAK=long`` runs both.
+#: The short form (CI) runs the harder case; ``BATCHSTREAM_SOAK=long`` runs both, and the harder
+#: one under exactly_once too.
 CASES = (
-    [("batch", "sigterm"), ("auto", "sigkill")]
+    [("batch", "sigterm", "at_least_once"), ("auto", "sigkill", "at_least_once"), ("auto", "sigkill", "exactly_once")]
     if os.environ.get("BATCHSTREAM_SOAK") == "long"
-    else [("auto", "sigkill")]
+    else [("auto", "sigkill", "at_least_once")]
 )
 WEEK = 7 * 86400.0
 FLEX = {"concurrency": 8, "attempts": 3, "budget": "60s", "backoff_initial": "50ms", "backoff_max": "200ms",
@@ -99,10 +100,11 @@ def inputs(first: int, n: int, mode: str) -> list[dict[str, Any]]:
 
 @pytest.mark.timeout(240)
 @pytest.mark.soak
-@pytest.mark.parametrize(("mode", "how"), CASES)
+@pytest.mark.parametrize(("mode", "how", "guarantee"), CASES)
 async def test_broker_restart_mid_run_loses_nothing_and_keeps_the_worker(
-    own_broker: KafkaBroker, emulator: EmulatorThread, tmp_path: Path, unique: str, mode: str, how: str
-) -> None:
+    own_broker: KafkaBroker, emulator: EmulatorThread, tmp_path: Path, unique: str, mode: str, how: str,
+    guarantee: str,
+) -> None:  # fmt: skip
     started = time.monotonic()
     emu = emulator.emulator
     emu.faults.batch_seconds = 3.0  # batches finish, and their results are written, while the broker is down
@@ -118,6 +120,7 @@ async def test_broker_restart_mid_run_loses_nothing_and_keeps_the_worker(
     config = write_config(
         tmp_path / "c.yaml", bootstrap=bootstrap, base_url=emulator.base_url, group=group,
         pipelines=[pipeline("br", topic, mode=mode, flex=FLEX, window=window)], metrics_port=port,
+        processing_guarantee=guarantee,
     )  # fmt: skip
     ids = {f"b{i}" for i in range(BEFORE + AFTER)}
     keys = [f"k{i % 60}".encode() for i in range(BEFORE + AFTER)]
@@ -182,8 +185,8 @@ async def test_broker_restart_mid_run_loses_nothing_and_keeps_the_worker(
         assert set(copies) == ids
         written_twice = len(records) - len(ids)
         served_twice = {i: c for i, c in copies.items() if len(c) > 1}  # copies that differ: served again
-        if how == "sigterm":
-            assert written_twice == 0, f"{written_twice} records written twice after a clean broker restart"
+        if how == "sigterm" or guarantee == "exactly_once":
+            assert written_twice == 0, f"{written_twice} records written twice (read_committed) after the restart"
         batch_twice = {
             i: sorted(cs) for i, cs in served_twice.items() if any(json.loads(c)["mode"] != "flex" for c in cs)
         }
@@ -193,7 +196,7 @@ async def test_broker_restart_mid_run_loses_nothing_and_keeps_the_worker(
         )
         assert_each_window_submitted_once(emu.stats)
         print(
-            f"broker restart ({mode}, {how}): {len(ids)} ids, {before_stop} results before the stop, "
+            f"broker restart ({mode}, {how}, {guarantee}): {len(ids)} ids, {before_stop} results before the stop, "
             f"down {outage:.1f}s, {written_twice} records written twice ({len(served_twice)} flex events "
             f"served again), {time.monotonic() - started:.1f}s in all"
         )

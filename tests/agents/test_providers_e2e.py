@@ -15,12 +15,15 @@ pytestmark = pytest.mark.kafka
 
 #: Events per pipeline: the short form (CI) 1,000; ``BATCHSTREAM_SOAK=long`` 5,000 (15,000 in all).
 PER_PIPELINE = 5_000 if os.environ.get("BATCHSTREAM_SOAK") == "long" else 1_000
+#: The long form runs it under exactly_once too.
+GUARANTEES = ["at_least_once", "exactly_once"] if os.environ.get("BATCHSTREAM_SOAK") == "long" else ["at_least_once"]
 RETRY = {"attempts": 4, "backoff_initial": "100ms", "backoff_max": "500ms"}
 
 
 @pytest.mark.soak
+@pytest.mark.parametrize("guarantee", GUARANTEES)
 async def test_anthropic_gemini_and_openai_pipelines_in_one_worker_survive_faults_and_a_sigkill(
-    bootstrap, emulator, make_topic, configure, start_worker
+    bootstrap, emulator, make_topic, configure, start_worker, guarantee
 ):
     emu = emulator.emulator
     emu.faults.batch_seconds = 1.0
@@ -45,6 +48,7 @@ async def test_anthropic_gemini_and_openai_pipelines_in_one_worker_survive_fault
                               "poll_interval": 0.2, "max_retries": 0, "create_timeout": 5},
                    "gem": {"kind": "gemini", "base_url": emulator.root_url, "api_key": "AIza-test",
                            "poll_interval": 0.2, "max_retries": 0, "create_timeout": 5, "inline_bytes": "20kB"}},
+        processing_guarantee=guarantee,
     )  # fmt: skip
     poisoned = {17, PER_PIPELINE // 2 + 3}
 
@@ -84,7 +88,10 @@ async def test_anthropic_gemini_and_openai_pipelines_in_one_worker_survive_fault
         assert rejected == {f"{prefix}{i}": "provider_rejected" for i in poisoned}, f"{provider}: {rejected}"
         assert {r["provider"] for r in results.values} == {provider}
         assert all(r["tokens"]["input"] > 0 and r["tokens"]["output"] > 0 for r in results.values)
-        print(f"{provider}: {len(ids)} ids, {sum(n - 1 for n in fates.values())} duplicates after the SIGKILL")
+        duplicates = sum(n - 1 for n in fates.values())
+        print(f"{provider} ({guarantee}): {len(ids)} ids, {duplicates} duplicates after the SIGKILL")
+        if guarantee == "exactly_once":
+            assert duplicates == 0, f"{provider}: read_committed sees each event once"
     assert {r["output"][:6] for r in readers[0].values + readers[4].values} == {"Echo: "}
     assert all(r["output"] == f"Echo: {r['id'].replace('g', 'ticket ')}" for r in readers[4].values), "keyed"
     assert emu.stats["message_batches_created"] > 0 and emu.stats["downloads_cut_off"] == 2
