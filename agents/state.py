@@ -242,10 +242,10 @@ class PartitionState:
     def unfinished(self) -> list[WindowRecord]:
         return [r for r in self.records.values() if r.status != "done"]
 
-    def pinned(self, offset: int) -> bool:
-        """Whether the offset lies in a window not done: its mark (a read-back's dead letter) must
-        stay while the window may read its events back, however far the committed offset is."""
-        return any(r.status != "done" and r.first_offset <= offset <= r.last_offset for r in self.records.values())
+    def open_spans(self) -> list[tuple[int, int]]:
+        """The offset ranges of the windows not done: a mark inside one (a read-back's dead letter)
+        stays while the window may read its events back, however far the committed offset is."""
+        return [(r.first_offset, r.last_offset) for r in self.records.values() if r.status != "done"]
 
     def forget_done_before(self, committed: int) -> list[bytes]:
         """Drop done records and served marks wholly below the committed offset; return their keys
@@ -253,7 +253,8 @@ class PartitionState:
         gone = [r for r in self.records.values() if r.status == "done" and r.last_offset < committed]
         for record in gone:
             del self.records[record.window_id]
-        marks = [offset for offset in self.served if offset < committed and not self.pinned(offset)]
+        spans = self.open_spans()
+        marks = [o for o in self.served if o < committed and not any(a <= o <= b for a, b in spans)]
         return [r.window_id.encode() for r in gone] + [self.served.pop(offset) for offset in marks]
 
 
@@ -323,10 +324,10 @@ class Ledger:
         state = self._owned.get(request.source.partition)
         return state is not None and state.covers(request)
 
-    def pinned(self, partition: int, offset: int) -> bool:
-        """Whether the offset lies in a window of this partition not done yet."""
+    def open_spans(self, partition: int) -> list[tuple[int, int]]:
+        """The offset ranges of this partition's windows not done yet."""
         state = self._owned.get(partition)
-        return state is not None and state.pinned(offset)
+        return [] if state is None else state.open_spans()
 
     @property
     def transactional(self) -> bool:

@@ -106,7 +106,8 @@ async def test_auto_routes_tight_deadlines_flex_and_the_rest_batch(emulator, run
     assert "deadline" in dead[0]["message"]
 
 
-async def test_late_batch_is_hedged_keeping_its_finished_part(emulator, run_pipeline):
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+async def test_late_batch_is_hedged_keeping_its_finished_part(emulator, run_pipeline, guarantee):
     emu = emulator.emulator
     emu.faults.batch_seconds = 30.0  # far slower than max_batch_latency
     emu.faults.flex_latency = 0.05
@@ -115,6 +116,7 @@ async def test_late_batch_is_hedged_keeping_its_finished_part(emulator, run_pipe
     results, dead, worker = await run_pipeline(
         values, partitions=1, window={"max_requests": 100, "max_wait": "300ms"},
         max_batch_latency=f"{max_batch_latency}s", flex={**FAST_FLEX, "budget": f"{budget}s", "fallback": "standard"},
+        settings={"processing_guarantee": guarantee},
     )  # fmt: skip
     assert dead == []
     assert_exactly_once(results, dead, {e["id"] for e in values})

@@ -127,6 +127,15 @@ def test_served_marks_are_replays_up_to_the_horizon_and_go_once_the_committed_of
     assert not state.was_served(12) and state.was_served(30)
 
 
+def test_a_mark_inside_a_window_not_done_stays_however_far_the_committed_offset_is() -> None:
+    # A read-back's dead letter: its window reads its events back after a restart and must see it.
+    state = PartitionState(0, [record(10, 19, "submitted")])
+    state.served = {15: b"m15", 25: b"m25"}
+    state.loaded()
+    assert state.forget_done_before(100) == [b"m25"]
+    assert state.was_served(15)
+
+
 @pytest.mark.kafka
 async def test_a_transactional_load_sees_committed_marks_only_and_fences_their_previous_writer(
     bootstrap: str, make_topic: Any, unique: str
