@@ -183,6 +183,7 @@ class PartitionTransactions:
             except Exception:  # noqa: BLE001 - its writers got the error
                 pass
         await self._producer.stop()
+        log.info("%s: released after %d transactions", self.transactional_id, self.commits)
 
 
 class Transactions:
