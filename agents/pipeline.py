@@ -150,7 +150,7 @@ class Pipeline:
         self.metrics.unfinished_events.set(self.commits.unfinished)
         await self.commits.commit()
         if isinstance(self.store, TransactionalStore):
-            await self.store.prune(self.commits.committed, self.ledger.open_spans)
+            await self.store.prune(self.commits.committed, self.ledger.unpinned)
 
     def _fenced(self, partition: int) -> None:
         log.error("%s: partition %d's producer was fenced: nothing more is written for it by this worker until it "

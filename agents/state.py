@@ -242,10 +242,11 @@ class PartitionState:
     def unfinished(self) -> list[WindowRecord]:
         return [r for r in self.records.values() if r.status != "done"]
 
-    def open_spans(self) -> list[tuple[int, int]]:
-        """The offset ranges of the windows not done: a mark inside one (a read-back's dead letter)
+    def unpinned(self, offsets: Iterable[int]) -> list[int]:
+        """The offsets outside every window not done: a mark inside one (a read-back's dead letter)
         stays while the window may read its events back, however far the committed offset is."""
-        return [(r.first_offset, r.last_offset) for r in self.records.values() if r.status != "done"]
+        spans = [(r.first_offset, r.last_offset) for r in self.records.values() if r.status != "done"]
+        return [o for o in offsets if not any(first <= o <= last for first, last in spans)]
 
     def forget_done_before(self, committed: int) -> list[bytes]:
         """Drop done records and served marks wholly below the committed offset; return their keys
@@ -253,8 +254,7 @@ class PartitionState:
         gone = [r for r in self.records.values() if r.status == "done" and r.last_offset < committed]
         for record in gone:
             del self.records[record.window_id]
-        spans = self.open_spans()
-        marks = [o for o in self.served if o < committed and not any(a <= o <= b for a, b in spans)]
+        marks = self.unpinned(o for o in self.served if o < committed)
         return [r.window_id.encode() for r in gone] + [self.served.pop(offset) for offset in marks]
 
 
@@ -324,10 +324,10 @@ class Ledger:
         state = self._owned.get(request.source.partition)
         return state is not None and state.covers(request)
 
-    def open_spans(self, partition: int) -> list[tuple[int, int]]:
-        """The offset ranges of this partition's windows not done yet."""
+    def unpinned(self, partition: int, offsets: Iterable[int]) -> list[int]:
+        """The offsets outside every window of this partition not done yet."""
         state = self._owned.get(partition)
-        return [] if state is None else state.open_spans()
+        return list(offsets) if state is None else state.unpinned(offsets)
 
     @property
     def transactional(self) -> bool:
@@ -347,7 +347,7 @@ class Ledger:
 
     async def save(self, record: WindowRecord, unit: Unit | None = None) -> WindowRecord:
         """Write the window's next record, with ``unit``'s records (written first, or in the same transaction)."""
-        if self.backend.transactional:
+        if self.transactional:
             await self.backend.put(record, unit.staged() if unit is not None else [])
         else:
             if unit is not None:
@@ -363,7 +363,7 @@ class Ledger:
         served mark for each, in one transaction, so that a replay skips them. ``linger``: the
         transaction may wait a moment for other writes to share it (a flex event: its call took
         far longer)."""
-        if self.backend.transactional:
+        if self.transactional:
             await self.backend.mark(partition, offsets, unit.staged(), linger=linger)
         else:
             await unit.flush()

@@ -199,15 +199,15 @@ class TransactionalStore(StateStore):
     async def tombstone(self, partition: int, keys: list[bytes]) -> None:
         await self.txns.write(partition, [(self.topic_name, partition, key, None) for key in keys])
 
-    async def prune(self, committed: dict[int, int], open_spans: Callable[[int], list[tuple[int, int]]]) -> None:
+    async def prune(self, committed: dict[int, int], unpinned: Callable[[int, Iterable[int]], list[int]]) -> None:
         """Tombstone the marks the committed offsets have passed (their events are never replayed),
-        except those inside a window not done (``open_spans``: a read-back gives them no fate again)."""
+        except those inside a window not done (``unpinned`` leaves them out: a read-back gives them
+        no fate again)."""
         for partition, offset in committed.items():
             marks = self.marks.get(partition)
             if not marks:
                 continue
-            spans = open_spans(partition)
-            passed = [o for o in marks if o < offset and not any(a <= o <= b for a, b in spans)]
+            passed = unpinned(partition, (o for o in marks if o < offset))
             if not passed:
                 continue
             keys = [marks[o] for o in passed]

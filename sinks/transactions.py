@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka.errors import KafkaError
 
 from sinks.base import BATCH_BYTES, produce
 
@@ -61,7 +61,7 @@ def _raise_first(outcomes: list[Any]) -> None:
 
 
 def is_fenced(exc: BaseException) -> bool:
-    return isinstance(exc, (Fenced, ProducerFenced)) or type(exc).__name__ in FENCED_ERRORS
+    return isinstance(exc, Fenced) or type(exc).__name__ in FENCED_ERRORS
 
 
 class PartitionTransactions:
