@@ -115,7 +115,8 @@ class Pipeline:
         self.watch = BatchWatch(client, provider, cfg.retry, self.metrics)
         services = WindowServices(
             cfg=cfg, provider=provider, client=client, ledger=self.ledger, outbox=self.outbox,
-            flex=runner, tasks=self.tasks, reader=InputReader(bootstrap, cfg.input_topic, **kafka_options),
+            flex=runner, tasks=self.tasks,
+            reader=InputReader(bootstrap, cfg.input_topic, read_committed=self.exactly_once, **kafka_options),
             workdir=Path(tempfile.mkdtemp(prefix=f"batchstream-{cfg.name}-")), metrics=self.metrics,
             watch=self.watch, quotas=quotas or Quotas(provider.max_enqueued_tokens),
             held=HeldRequests(cfg.max_held_requests, self.policy.max_requests),

@@ -20,9 +20,11 @@ log = logging.getLogger(__name__)
 class InputReader:
     """Re-reads a window's events from the input topic by offset (after a restart)."""
 
-    def __init__(self, bootstrap: str, topic: str, **kafka: object) -> None:
+    def __init__(self, bootstrap: str, topic: str, *, read_committed: bool = False, **kafka: object) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
+        #: As the worker's consumer reads the topic (``streams/app.py``), so an owed offset is found again.
+        self.isolation_level = "read_committed" if read_committed else "read_uncommitted"
         self.kafka = kafka
 
     async def read(
@@ -30,7 +32,8 @@ class InputReader:
     ) -> list[tuple[int, int | None, bytes | None, bytes | None]]:
         """(offset, timestamp_ms, key, value) of every record in [first, last]."""
         tp = TopicPartition(self.topic, partition)
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, **self.kafka)
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+                                    isolation_level=self.isolation_level, **self.kafka)  # fmt: skip
         await consumer.start()
         out: list[tuple[int, int | None, bytes | None, bytes | None]] = []
         try:

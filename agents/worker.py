@@ -101,7 +101,11 @@ async def _partition_counts(admin: AIOKafkaAdminClient) -> dict[str, int]:
 
 
 def build(settings: Settings, partitions: dict[str, int]) -> tuple[faust.App, list[Pipeline]]:
-    app = create_app(settings.kafka, partitions=max(partitions.values()))
+    app = create_app(
+        settings.kafka,
+        partitions=max(partitions.values()),
+        read_committed=settings.processing_guarantee == "exactly_once",
+    )
     options = kafka_options(settings.kafka)
     pipelines = []
     # A provider's enqueued-token quotas are shared by every pipeline it serves in this worker.

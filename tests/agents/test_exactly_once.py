@@ -15,6 +15,7 @@ import os
 import signal
 from collections import Counter
 
+import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
@@ -106,3 +107,41 @@ async def test_a_worker_fenced_while_it_still_owns_the_partition_rejoins_and_car
         fates = Counter(v["id"] for v in results.values + dlq.values)
     assert set(fates) == ids
     assert [i for i, n in fates.items() if n > 1] == []
+
+
+async def test_events_of_an_aborted_upstream_transaction_are_never_served(
+    bootstrap, emulator, make_topic, configure, start_worker
+) -> None:  # fmt: skip
+    """An upstream producer that aborts a transaction leaves its records in the input topic; under
+    ``exactly_once`` the worker reads ``read_committed``, so they are neither paid for nor emitted,
+    and the committed offset still moves past them. Windows let their requests go after
+    submission (``max_held_requests: 0``) and read them back across the aborted range."""
+    topic = await make_topic("upstream", partitions=1)
+    config, group = configure(pipeline("upstream", topic, mode="batch", max_held_requests=0),
+                              processing_guarantee="exactly_once")  # fmt: skip
+    upstream = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=f"upstream-{topic}")
+    await upstream.start()
+    try:
+        for prefix, commit in (("a", True), ("b", False), ("c", True)):
+            await upstream.begin_transaction()
+            for i in range(30):
+                await upstream.send(topic, orjson.dumps({"id": f"{prefix}{i}", "text": "x"}), key=b"k%d" % i)
+            if commit:
+                await upstream.commit_transaction()
+            else:
+                await upstream.abort_transaction()
+    finally:
+        await upstream.stop()
+    committed_ids = {f"{prefix}{i}" for prefix in "ac" for i in range(30)}
+    # a0-a29 at offsets 0-29, a commit marker, b0-b29 at 31-60, an abort marker, c0-c29 at 62-91, a marker
+    start_worker(config, "worker")
+    async with TopicReader(bootstrap, f"{topic}.results") as results, TopicReader(bootstrap, f"{topic}.dlq") as dlq:
+        await wait_every_id([results, dlq], committed_ids, timeout=120)
+        await wait_committed_offsets(bootstrap, group, topic, {0: 92}, timeout=60)
+        await results.poll()
+        await dlq.poll()
+    assert sorted(v["id"] for v in results.values) == sorted(committed_ids), "each committed event once, no other"
+    assert dlq.values == []
+    emu = emulator.emulator
+    submitted = sum(b.completed + b.failed for b in emu.batches.values())
+    assert submitted == len(committed_ids), "the aborted events were never submitted"
