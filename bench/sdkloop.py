@@ -1,8 +1,9 @@
 """A bare openai SDK loop: N chat completions with ``service_tier="flex"``, C in flight at once.
 
 Run by ``bench.flex`` as its own process (the worker is one too): ``python -m bench.sdkloop
-BASE_URL N C``. Prints the seconds from the first call to the last answer and the process's CPU
-seconds over the same span.
+BASE_URL N C [httpx|aiohttp]``: the SDK's default HTTP transport (httpx), or its aiohttp one
+(``openai.DefaultAioHttpClient``, which batchstream's providers use). Prints the seconds from
+the first call to the last answer and the process's CPU seconds over the same span.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import time
 import openai
 
 
-async def main(base_url: str, n: int, concurrency: int) -> tuple[float, float]:
-    client = openai.AsyncOpenAI(base_url=base_url, api_key="sk-bench", max_retries=0)
+async def main(base_url: str, n: int, concurrency: int, transport: str = "httpx") -> tuple[float, float]:
+    http_client = openai.DefaultAioHttpClient() if transport == "aiohttp" else None
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="sk-bench", max_retries=0, http_client=http_client)
     calls = iter(range(n))
 
     async def caller() -> None:  # C of these, each making calls one after another until N are made
@@ -33,4 +35,4 @@ async def main(base_url: str, n: int, concurrency: int) -> tuple[float, float]:
 
 
 if __name__ == "__main__":
-    print(*asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))), flush=True)
+    print(*asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:5])), flush=True)

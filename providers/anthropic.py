@@ -125,6 +125,7 @@ class AnthropicProvider(Provider):
         self._client = anthropic.AsyncAnthropic(
             api_key=settings.api_key.get_secret_value(), base_url=settings.base_url,
             timeout=settings.timeout, max_retries=settings.max_retries,
+            http_client=anthropic.DefaultAioHttpClient(),  # as the OpenAI provider does, for the same reason
         )  # fmt: skip
 
     async def close(self) -> None:

@@ -115,9 +115,13 @@ class OpenAIProvider(Provider):
         _ = (self._client.files, self._client.batches)
 
     def _make_client(self, settings: ProviderSettings) -> openai.AsyncOpenAI:
+        # The SDK's aiohttp transport (``openai[aiohttp]``): httpx's connection pool walks every
+        # pooled connection, more than once, for each request, so with many calls in flight
+        # most of a flex call's CPU went there (bench/RESULTS.md: half the CPU per call).
         return openai.AsyncOpenAI(
             base_url=settings.base_url, api_key=settings.api_key.get_secret_value(),
             organization=settings.organization, timeout=settings.timeout, max_retries=settings.max_retries,
+            http_client=openai.DefaultAioHttpClient(),
         )  # fmt: skip
 
     def line_url(self, endpoint: str) -> str:
@@ -247,6 +251,7 @@ class AzureProvider(OpenAIProvider):
         return openai.AsyncAzureOpenAI(
             azure_endpoint=settings.base_url or "", api_version=settings.api_version,
             api_key=settings.api_key.get_secret_value(), timeout=settings.timeout, max_retries=settings.max_retries,
+            http_client=openai.DefaultAioHttpClient(),
         )  # fmt: skip
 
     def line_url(self, endpoint: str) -> str:
