@@ -21,11 +21,12 @@ is durable.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import faust
 from faust.types import TP, EventT, StreamT
@@ -53,6 +54,9 @@ from streams.pricing import Pricing
 from streams.windows import WindowPolicy
 
 log = logging.getLogger(__name__)
+
+#: Events taken from the input channel between two yields to the event loop.
+YIELD_EVERY = 200
 
 
 class Pipeline:
@@ -137,12 +141,35 @@ class Pipeline:
         self.app.on_before_shutdown.connect(self.stop)
 
     async def _agent(self, stream: StreamT[Any]) -> None:
-        # Nothing is acked to faust: offsets are committed from the frontiers (agents/commits.py).
-        events = cast("faust.Stream[Any]", stream).noack()
-        async for _ in events:  # values; the event is the stream's current one
-            event = events.current_event
-            assert event is not None
-            await self.handle(event)
+        """Take the events faust's conductor delivers to the topic's channel, in bulk.
+
+        Not through faust's per-event stream step (a yield to the event loop, sensors, a
+        context variable per event: more than batchstream's own work per event). What that step
+        guards is kept: an event of an earlier group generation is stale (``Commits.ready``),
+        and one delivered while faust's flow control is suspended (a rebalance) is skipped, as
+        faust skips it: the partition's owner reads it again from the committed offset. Nothing
+        is acked to faust (the topic has no acks): offsets are committed from the frontiers
+        (``agents/commits.py``).
+        """
+        channel = stream.channel
+        assert isinstance(channel, faust.ChannelT)
+        queue = channel.queue  # the subscribed channel's buffer; faust's fetcher pauses when it fills
+        flow = self.app.flow_control
+        try:
+            while True:
+                event = await queue.get()
+                handled = 0
+                while True:
+                    if flow.is_active():
+                        await self.handle(event)
+                    handled += 1
+                    if handled % YIELD_EVERY == 0:
+                        await asyncio.sleep(0)  # timers, provider calls and writes get their turn
+                    if queue.empty():
+                        break
+                    event = queue.get_nowait()
+        except StopAsyncIteration:  # faust ends the channel so at shutdown
+            return
 
     async def _tick(self) -> None:
         await self.batches.tick()

@@ -6,7 +6,10 @@ consumption is timed:
 - ``copy``: a plain aiokafka consumer copying every event to another topic (acks=all), its
   partitions assigned by hand (no group join); timed from start to the last record sent;
 - ``floor``: a bare faust agent on the worker's own app settings that consumes and acks
-  (``bench/floor.py``); timed from its partitions' assignment to its N-th event;
+  (``bench/floor.py``), with faust's Kafka transport as faust ships it; timed from its
+  partitions' assignment to its N-th event;
+- ``tuned``: the same agent on batchstream's transport, whose consumer hands a message over
+  without faust's per-message wait when nothing can block it (``streams/app.py``);
 - ``batch``: a batchstream worker, ``mode: batch``, windows of ``--window`` requests, the
   emulator finishing batches at once; timed from its partitions' state being loaded to the
   N-th record on the output topic (read from the topic's end offsets, not by consuming it).
@@ -109,10 +112,10 @@ async def wait_for_line(log: Path, marker: str, process: subprocess.Popen[bytes]
         await asyncio.sleep(TICK)
 
 
-async def floor(bootstrap: str, n: int, workdir: Path) -> float:
+async def floor(bootstrap: str, n: int, workdir: Path, transport: str = "faust") -> float:
     topic = await backlog(bootstrap, n)
     log = workdir / f"{topic}.floor.log"
-    process = spawn([sys.executable, "-m", "bench.floor", bootstrap, topic, str(n)], log)
+    process = spawn([sys.executable, "-m", "bench.floor", bootstrap, topic, str(n), transport], log)
     try:
         await wait_for_line(log, "assigned", process)
         started = time.perf_counter()
@@ -204,7 +207,8 @@ async def batch(bootstrap: str, base_url: str, n: int, window: int, workdir: Pat
 async def measure(bootstrap: str, base_url: str, n: int, window: int) -> dict[str, float]:
     workdir = Path(tempfile.mkdtemp(prefix="bench-backlog-"))
     await copy(bootstrap, 2000)  # warm the broker up
-    took = {"copy": await copy(bootstrap, n), "floor": await floor(bootstrap, n, workdir)}
+    took = {"copy": await copy(bootstrap, n), "floor": await floor(bootstrap, n, workdir),
+            "tuned": await floor(bootstrap, n, workdir, "batchstream")}  # fmt: skip
     took["batch"], rss = await batch(bootstrap, base_url, n, window, workdir)
     for name, seconds in took.items():
         print(f"{name:6s} {n / seconds:9.0f} ev/s ({seconds:.1f} s)", flush=True)
@@ -215,7 +219,7 @@ async def measure(bootstrap: str, base_url: str, n: int, window: int) -> dict[st
 
 def render(n: int, window: int, r: dict[str, float]) -> str:
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    rate = {k: n / r[f"{k}_s"] for k in ("copy", "floor", "batch")}
+    rate = {k: n / r[f"{k}_s"] for k in ("copy", "floor", "tuned", "batch")}
     return "\n".join([
         f"### Backlog drain, {stamp}: {n} events, windows of {window}",
         "",
@@ -223,6 +227,7 @@ def render(n: int, window: int, r: dict[str, float]) -> str:
         "|---|---:|---:|",
         f"| raw aiokafka copy | {rate['copy']:.0f} | {rate['batch'] / rate['copy']:.3f} |",
         f"| bare faust agent (the floor) | {rate['floor']:.0f} | {rate['batch'] / rate['floor']:.3f} |",
+        f"| bare faust agent on batchstream's consumer | {rate['tuned']:.0f} | {rate['batch'] / rate['tuned']:.3f} |",
         f"| batchstream batch path | {rate['batch']:.0f} | 1 |",
         "",
         f"Worker peak RSS: {r['rss_mb']:.0f} MB.",
@@ -247,7 +252,12 @@ def main() -> None:
     table = render(args.events, args.window, result)
     print(table)
     if args.chart:
-        rates = {"aiokafka copy": "copy", "bare faust agent": "floor", "batchstream batch path": "batch"}
+        rates = {
+            "aiokafka copy": "copy",
+            "bare faust agent": "floor",
+            "bare agent, batchstream's consumer": "tuned",
+            "batchstream batch path": "batch",
+        }
         bars(args.chart, f"Draining a backlog of {args.events:,} events (events/s, one run)", "events/s",
              {label: args.events / result[f"{key}_s"] for label, key in rates.items()},
              line=0.8 * args.events / result["floor_s"])  # fmt: skip
