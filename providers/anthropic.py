@@ -142,7 +142,8 @@ class AnthropicProvider(Provider):
         lines: list[Any] = [{"custom_id": f"{mark}_{r.custom_id}", "params": r.body} for r in requests]
         batches = self._client.with_options(timeout=self.settings.create_timeout, max_retries=0).messages.batches
         try:
-            batch = await guarded("create message batch", lambda: batches.create(requests=lines), ERRORS)
+            batch = await guarded("create message batch", lambda: batches.create(requests=lines), ERRORS,
+                                  within=self.settings.create_timeout)  # fmt: skip
         except ProviderRejected as exc:
             named = sorted({int(m.group(1)) for m in _REQUEST_INDEX.finditer(str(exc))})
             if exc.status_code == 413:
@@ -300,7 +301,7 @@ class AnthropicProvider(Provider):
         """One Messages call (Anthropic has no flex tier: ``flex`` is never asked of it)."""
         response = await guarded(endpoint, lambda: self._client.post(
             endpoint, body=body, cast_to=object, options={"timeout": timeout, "max_retries": 0},
-        ), ERRORS)  # fmt: skip
+        ), ERRORS, within=timeout)  # fmt: skip
         if not isinstance(response, dict):
             raise ProviderUnavailable(f"{endpoint}: the response is not a JSON object")
         usage: dict[str, Any] = response["usage"] if isinstance(response.get("usage"), dict) else {}

@@ -16,6 +16,7 @@ downloads -> ProviderUnavailable, any other 4xx -> ProviderRejected. Messages ne
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterator
@@ -175,13 +176,24 @@ def map_error(exc: Exception, what: str) -> ProviderError:
 
 
 async def guarded(
-    what: str, call: Callable[[], Awaitable[T]], errors: tuple[type[Exception], ...] = OPENAI_ERRORS
-) -> T:
-    """Await an SDK call, mapping its exceptions (``errors``: the SDK's own) at the boundary."""
+    what: str, call: Callable[[], Awaitable[T]], errors: tuple[type[Exception], ...] = OPENAI_ERRORS,
+    *, within: float | None = None,
+) -> T:  # fmt: skip
+    """Await an SDK call, mapping its exceptions (``errors``: the SDK's own) at the boundary.
+
+    ``within``: the whole call's time limit. The SDKs' timeouts bound each phase of a request
+    (connect, read, ...), and their aiohttp transport has no limit on writing the body at all, so
+    a call whose request goes out slowly or not at all (a peer that stops reading) is cut here.
+    """
     try:
-        return await call()
+        if within is None:
+            return await call()
+        async with asyncio.timeout(within):
+            return await call()
     except errors as exc:
         raise map_error(exc, what) from exc
+    except TimeoutError as exc:
+        raise ProviderUnavailable(f"{what}: no answer within {within:g}s") from exc
 
 
 class Provider(ABC):

@@ -140,7 +140,7 @@ class OpenAIProvider(Provider):
                 created = await self._client.files.create(file=(path.name, fh), purpose="batch")
             return created.id
 
-        return await guarded("upload", call)
+        return await guarded("upload", call, within=self.settings.timeout)
 
     async def create(
         self, requests: list[Request], *, staged: str | None, endpoint: str, tag: str, metadata: dict[str, str]
@@ -150,7 +150,7 @@ class OpenAIProvider(Provider):
         batch = await guarded("create batch", lambda: client.batches.create(
             input_file_id=staged, endpoint=self.line_url(endpoint),  # type: ignore[arg-type]
             completion_window="24h", metadata={**metadata, META_WINDOW: tag},
-        ))  # fmt: skip
+        ), within=self.settings.create_timeout)  # fmt: skip
         return job_of(batch)
 
     async def retrieve(self, job_id: str) -> Job:
@@ -232,7 +232,7 @@ class OpenAIProvider(Provider):
         path = self.line_url(endpoint).removeprefix("/v1")
         response = await guarded(endpoint, lambda: self._client.post(
             path, body=body, cast_to=object, options={"timeout": timeout, "max_retries": 0},
-        ))  # fmt: skip
+        ), within=timeout)  # fmt: skip
         if not isinstance(response, dict):
             raise ProviderUnavailable(f"{endpoint}: the response is not a JSON object")
         tier = response.get("service_tier")

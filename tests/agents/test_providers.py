@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from providers import make_provider
 from providers.anthropic import classify
 from streams.config import parse_settings
+from streams.errors import ProviderUnavailable
 
 JSON_FORMAT = {"type": "json_schema", "json_schema": {"name": "triage", "strict": True, "schema": {
     "type": "object", "properties": {"label": {"type": "string", "enum": ["bug", "billing"]}},
@@ -165,3 +168,34 @@ def test_anthropic_result_lines_map_to_ok_reject_or_retry():
     assert [classify(line({"type": t})).error["code"] for t in ("canceled", "expired")] == [
         "batch_cancelled", "batch_expired"]  # fmt: skip
     assert classify(None).kind == classify(line({"type": "new_kind"})).kind == "retry"
+
+
+@pytest.mark.filterwarnings("ignore:Sending a large body:ResourceWarning")  # aiohttp's, on a bytes body over 1 MiB
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+async def test_a_call_whose_body_the_server_never_reads_fails_within_its_timeout(tmp_path, kind):
+    """A peer that accepts the connection and stops reading (a stalled proxy or load balancer)
+    leaves a large request half written; the SDK's timeouts bound each phase but not writing the
+    body, so the call is cut at its own time limit and reported as a transient failure."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def accept_and_never_read(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(accept_and_never_read, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    base = f"http://127.0.0.1:{port}" + ("/v1" if kind == "openai" else "")
+    settings = parse_settings({"providers": {kind: {"kind": kind, "base_url": base, "api_key": "k", "timeout": "1s",
+                                                    "create_timeout": "1s", "max_retries": 0}},
+                               "pipelines": [{"name": "p", "input_topic": "i", "output_topic": "o",
+                                              "dead_letter_topic": "d", "model": "m"}]})  # fmt: skip
+    provider = make_provider(kind, settings.named_providers()[kind])
+    big = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x" * 20_000_000}]}
+    try:
+        with pytest.raises(ProviderUnavailable, match="no answer within 1s"):
+            await asyncio.wait_for(provider.call("/v1/chat/completions" if kind == "openai" else "/v1/messages", big,
+                                                 flex=False, timeout=1.0), 60)  # fmt: skip
+    finally:
+        await provider.close()
+        for writer in held:
+            writer.close()
+        server.close()
