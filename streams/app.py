@@ -50,7 +50,8 @@ class _Consumer(faust_kafka.Consumer):
     suspend_flow.wait())``, which also waits on the consumer stopping or crashing: four tasks and
     three turns of the event loop per message, faust's largest cost per event. That wait only
     matters when delivery can block: a channel buffer full, flow control suspended (a
-    rebalance), faust's producer buffer over its limit, or the consumer stopping. When none of
+    rebalance), faust's producer buffer over its limit, the conductor's lock held (it re-indexes
+    its subscriptions under it), or the consumer stopping. When none of
     those holds, the callback cannot block, and it is awaited directly; otherwise faust's wait
     is used as faust uses it. The method is faust-streaming 0.15's, otherwise unchanged.
     """
@@ -61,8 +62,10 @@ class _Consumer(faust_kafka.Consumer):
             return False
         if not app.flow_control.is_active() or app.producer.buffer.size > app.producer.buffer.max_messages:
             return False
-        channels = app.topics._tp_index.get(tp, ())  # type: ignore[attr-defined]  # the conductor's, by partition
-        return not any(channel.queue.full() for channel in channels)
+        conductor: Any = app.topics
+        if conductor._tp_to_callback_lock.locked():  # the conductor is re-indexing its subscriptions
+            return False
+        return not any(channel.queue.full() for channel in conductor._tp_index.get(tp, ()))
 
     async def _drain_messages(self, fetcher: ServiceT) -> None:  # pragma: no cover - faust's, but for the delivery
         callback = self.callback
