@@ -255,7 +255,7 @@ def main() -> None:
         rates = {
             "aiokafka copy": "copy",
             "bare faust agent": "floor",
-            "bare agent, batchstream's consumer": "tuned",
+            "bare agent,\nbatchstream's consumer": "tuned",
             "batchstream batch path": "batch",
         }
         bars(args.chart, f"Draining a backlog of {args.events:,} events (events/s, one run)", "events/s",

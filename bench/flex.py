@@ -92,7 +92,7 @@ def main() -> None:
     print(table)
     if args.chart:
         bars(args.chart, f"{args.events:,} flex calls, {args.concurrency} in flight (calls/s, one run)", "calls/s",
-             {"bare SDK loop (aiohttp)": args.events / sdk[0], "bare SDK loop (httpx)": args.events / default[0],
+             {"bare SDK loop\n(aiohttp)": args.events / sdk[0], "bare SDK loop\n(httpx)": args.events / default[0],
               "batchstream flex path": args.events / ours[0]},
              line=0.8 * args.events / sdk[0])  # fmt: skip
     if args.write:
