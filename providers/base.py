@@ -185,14 +185,15 @@ async def guarded(
     (connect, read, ...), and their aiohttp transport has no limit on writing the body at all, so
     a call whose request goes out slowly or not at all (a peer that stops reading) is cut here.
     """
+    limit = asyncio.timeout(within)
     try:
-        if within is None:
-            return await call()
-        async with asyncio.timeout(within):
+        async with limit:
             return await call()
     except errors as exc:
         raise map_error(exc, what) from exc
     except TimeoutError as exc:
+        if not limit.expired():
+            raise
         raise ProviderUnavailable(f"{what}: no answer within {within:g}s") from exc
 
 
