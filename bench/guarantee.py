@@ -51,9 +51,8 @@ async def measure(bootstrap: str, base_url: str, args: argparse.Namespace) -> di
                 runs[guarantee].append(n / run.seconds)
                 print(f"{name} {guarantee}: {n / run.seconds:.0f} ev/s ({run.seconds:.1f} s, worker CPU "
                       f"{run.worker_cpu:.1f} s)", flush=True)  # fmt: skip
-        rates[name] = {g: statistics.median(r) for g, r in runs.items()}
-        rates[name]["high"] = max(a / b for a, b in zip(runs["exactly_once"], runs["at_least_once"], strict=True))
-        rates[name]["low"] = min(a / b for a, b in zip(runs["exactly_once"], runs["at_least_once"], strict=True))
+        pairs = [a / b for a, b in zip(runs["exactly_once"], runs["at_least_once"], strict=True)]
+        rates[name] = {**{g: statistics.median(r) for g, r in runs.items()}, "low": min(pairs), "high": max(pairs)}
     return rates
 
 
