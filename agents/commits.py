@@ -33,15 +33,33 @@ ASSIGNMENT_WAIT = 60.0
 
 
 class Commits:
-    """The frontiers of one input topic's partitions owned by this worker."""
+    """The frontiers of one input topic's partitions owned by this worker, for one pipeline.
+
+    Pipelines that read the same input topic share its committed offsets (one consumer group):
+    they are *peers* (:meth:`join`), and a partition is committed only to the oldest position
+    of any of them, and only while each of them has the partition's state loaded. So a fast
+    pipeline never commits past an event a slow one still holds.
+    """
 
     def __init__(self, app: faust.App, topic: str) -> None:
         self.app = app
         self.topic = topic
         self.frontiers: dict[int, Frontier] = {}
         self._committed: dict[int, int] = {}
+        #: Every pipeline's Commits of this input topic in this worker, this one included.
+        self.peers: list[Commits] = [self]
         #: Events delivered before their partition's assignment finished loading wait on these.
         self._waiting: dict[int, asyncio.Future[None]] = {}
+
+    def join(self, other: Commits) -> None:
+        """Share the input topic with ``other``'s pipeline (and its peers)."""
+        assert other.topic == self.topic, "peers read the same input topic"
+        if other.peers is self.peers:
+            return
+        self.peers.extend(p for p in other.peers if p not in self.peers)
+        for peer in self.peers:
+            peer.peers = self.peers
+            peer._committed = self._committed
 
     def open(self, partitions: Iterable[int]) -> None:
         """New frontiers for a new assignment; wakes every waiting event.
@@ -51,7 +69,8 @@ class Commits:
         """
         for partition in partitions:
             self.frontiers[partition] = Frontier()
-            self._committed.pop(partition, None)
+            if all(peer is self or partition not in peer.frontiers for peer in self.peers):
+                self._committed.pop(partition, None)  # a new assignment: the first peer to load it
         for partition in list(self._waiting):
             self._wake(partition)
 
@@ -118,9 +137,9 @@ class Commits:
         wanted = None if partitions is None else set(partitions)
         offsets = {
             TP(self.topic, p): position
-            for p, frontier in self.frontiers.items()
+            for p in self.frontiers
             if (wanted is None or p in wanted)
-            and (position := frontier.position) is not None
+            and (position := self._position(p)) is not None
             and position > self._committed.get(p, -1)
         }
         if not offsets:
@@ -130,6 +149,18 @@ class Commits:
         # never misapplied). faust-streaming is pinned to 0.15.x for this method.
         if await self.app.consumer._commit_offsets(offsets):  # type: ignore[attr-defined]
             self._committed.update({tp.partition: offset for tp, offset in offsets.items()})
+
+    def _position(self, partition: int) -> int | None:
+        """Where the partition may be committed: the oldest position of every peer, or None
+        while a peer has no frontier for it (its state is not loaded, or it already let go)."""
+        positions = []
+        for peer in self.peers:
+            frontier = peer.frontiers.get(partition)
+            position = None if frontier is None else frontier.position
+            if position is None:
+                return None
+            positions.append(position)
+        return min(positions)
 
     async def release(self, partitions: Iterable[int]) -> None:
         """Revocation: commit what is finished (best effort), then close the frontiers."""
@@ -142,7 +173,8 @@ class Commits:
             frontier = self.frontiers.pop(partition, None)
             if frontier is not None:
                 frontier.close()  # late answers of this assignment can no longer move it
-            self._committed.pop(partition, None)
+            if all(partition not in peer.frontiers for peer in self.peers):
+                self._committed.pop(partition, None)
             self._wake(partition)
 
     async def close(self) -> None:

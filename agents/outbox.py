@@ -14,28 +14,20 @@ before the records it produced are written. Records are built into a *unit*
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel
 
 from agents.metrics import PipelineMetrics
 from agents.outcomes import Failed, Served, extract_output
 from sinks import MemorySink, Sink
+from sinks.limits import RecordLimits, SizeRefused
 from sinks.transactions import Record
 from streams.config import PipelineSettings
 from streams.errors import InvalidOutputError
-from streams.models import (
-    DeadLetter,
-    ReasonCode,
-    Rejection,
-    Request,
-    Source,
-    SourceRecord,
-    dead_letter_for,
-    task_version,
-    token_counts,
-)
+from streams.letters import DeadLetter, dead_letter_for, encode_dead_letter
+from streams.models import ReasonCode, Rejection, Request, Source, SourceRecord, task_version, token_counts
 from streams.pricing import Pricing
 
 #: Backoff while a record cannot be written (the broker is down or restarting).
@@ -49,16 +41,13 @@ def stamps(request: Request, *, submitted: float | None, completed: float | None
     return {"received": received, "submitted": submitted, "completed": completed}
 
 
-def _dumps(record: BaseModel) -> bytes:
-    return orjson.dumps(record.model_dump(mode="json"))
-
-
 class Outbox:
     """Results and dead letters of one pipeline, through its two sinks."""
 
     def __init__(
         self, cfg: PipelineSettings, results: Sink, dead_letters: Sink, metrics: PipelineMetrics,
         *, provider: str | None = None, pricing: Pricing | None = None, transactional: bool = False,
+        limits: RecordLimits | None = None,
     ) -> None:  # fmt: skip
         self.cfg = cfg
         #: Prices of the models, for each result's ``cost`` (the defaults unless given).
@@ -71,35 +60,98 @@ class Outbox:
         self.metrics = metrics
         #: ``exactly_once``: units are drafts, written in transactions by the ledger.
         self.transactional = transactional
+        #: The largest record each topic takes: nothing larger is ever added (``sinks/limits.py``).
+        self.limits = limits or RecordLimits()
 
     def unit(self) -> Outbox:
-        """Where the records of one atomic write gather (see the module docstring)."""
-        if not self.transactional:
-            return self
+        """Where the records of one atomic write gather (see the module docstring): a draft,
+        whose records reach the pipeline's sinks only when it is flushed or staged."""
         unit = copy.copy(self)
         unit.results, unit.dead_letters = MemorySink(), MemorySink()
+        unit._shared = self
         return unit
 
+    _shared: Outbox | None = None
+
     def staged(self) -> list[Record]:
-        """A draft unit's records, for its transaction (each time the same: a failed write is retried)."""
+        """A draft unit's records, for its transaction (each time the same while the topics'
+        limits hold: a failed write is retried; after a size refusal, what no longer fits is
+        staged as its dead letter)."""
         assert isinstance(self.results, MemorySink) and isinstance(self.dead_letters, MemorySink)
+        self.rescreen()
         return [
             *((self.cfg.output_topic, None, key, value) for key, value in self.results.pending),
             *((self.cfg.dead_letter_topic, None, key, value) for key, value in self.dead_letters.pending),
         ]
+
+    # -- sizes --------------------------------------------------------------------------------
+    def _add_result(self, value: bytes, key: bytes | None, too_large: Callable[[str], None]) -> None:
+        limit = self.limits.max_value(self.cfg.output_topic, key)
+        if len(value) > limit:
+            too_large(f"the result is {len(value)} bytes; the output topic {self.cfg.output_topic!r} takes records "
+                      f"of up to {limit} bytes (its max.message.bytes)")  # fmt: skip
+            return
+        self.results.add(value, key=key)
+
+    def _add_letter(self, letter: DeadLetter, original: bytes | None, key: bytes | None) -> None:
+        limit = self.limits.max_value(self.cfg.dead_letter_topic, key)
+        self.dead_letters.add(encode_dead_letter(letter, original, limit), key=key)
+        self.metrics.dead_letter(letter.reason)
+
+    async def refused(self, exc: SizeRefused) -> None:
+        """The broker refused a write for its size: learn the topics' limits again, and re-screen
+        what waits to be written (so the retried write carries only records that fit)."""
+        await self.limits.after_refusal(exc)
+        self.rescreen()
+
+    def rescreen(self) -> None:
+        """Records added before a limit was lowered that no longer fit: a result becomes a
+        ``result_too_large`` dead letter, a dead letter its reference form."""
+        results, letters = self.results.pending, self.dead_letters.pending
+        if all(self.limits.fits(self.cfg.output_topic, k, v) for k, v in results) and all(
+            self.limits.fits(self.cfg.dead_letter_topic, k, v) for k, v in letters
+        ):
+            return
+        kept_results = [(k, v) for k, v in results if self.limits.fits(self.cfg.output_topic, k, v)]
+        moved = [(k, v) for k, v in results if not self.limits.fits(self.cfg.output_topic, k, v)]
+        kept_letters = []
+        for key, value in letters:
+            if self.limits.fits(self.cfg.dead_letter_topic, key, value):
+                kept_letters.append((key, value))
+            else:
+                letter = DeadLetter.model_validate_json(value)
+                kept_letters.append((key, encode_dead_letter(letter, None, self.limits.max_value(
+                    self.cfg.dead_letter_topic, key))))  # fmt: skip
+        results[:] = kept_results
+        letters[:] = kept_letters
+        for key, value in moved:
+            self._add_letter(result_too_large(value, self.cfg.output_topic, self.limits.max_value(
+                self.cfg.output_topic, key)), None, key)  # fmt: skip
 
     def result(
         self, request: Request, body: dict[str, Any], *, attempts: int, batch_id: str | None,
         timestamps: dict[str, float | None], mode: Literal["batch", "flex", "standard"] = "batch",
         tier: str | None = "batch",
     ) -> None:  # fmt: skip
-        """A result; an ``invalid_output`` dead letter when the output is not what the request asked for."""
+        """A result; an ``invalid_output`` dead letter when the output is not what the request
+        asked for (or a result cannot be built from the response), a ``result_too_large`` one
+        when the result does not fit the output topic's records."""
         try:
-            output = extract_output(request.endpoint, body, request.wants_json)
+            self._result(request, body, attempts=attempts, batch_id=batch_id, timestamps=timestamps, mode=mode,
+                         tier=tier)  # fmt: skip
         except InvalidOutputError as exc:
             self.dead_letter(request, "invalid_output", str(exc), attempts=attempts, batch_id=batch_id,
                              error={"response": body})  # fmt: skip
-            return
+        except Exception as exc:  # noqa: BLE001 - a response no code foresaw is one event's dead letter
+            self.dead_letter(request, "invalid_output", f"no result could be built from the response: "
+                             f"{type(exc).__name__}: {exc}", attempts=attempts, batch_id=batch_id,
+                             error={"response": body})  # fmt: skip
+
+    def _result(
+        self, request: Request, body: dict[str, Any], *, attempts: int, batch_id: str | None,
+        timestamps: dict[str, float | None], mode: Literal["batch", "flex", "standard"], tier: str | None,
+    ) -> None:  # fmt: skip
+        output = extract_output(request.endpoint, body, request.wants_json)
         usage = body.get("usage", body.get("usageMetadata"))
         usage = usage if isinstance(usage, dict) else None
         counts = token_counts(usage)
@@ -122,7 +174,20 @@ class Outbox:
             "source": {"topic": source.topic, "partition": source.partition, "offset": source.offset},
             "timestamps": timestamps,
         }
-        self.results.add(orjson.dumps(record), key=request.key)
+        try:
+            value = orjson.dumps(record)
+        except orjson.JSONEncodeError as exc:
+            raise InvalidOutputError(f"the result cannot be written as JSON: {exc}") from exc
+        written = True
+
+        def too_large(why: str) -> None:
+            nonlocal written
+            written = False
+            self.dead_letter(request, "result_too_large", why, attempts=attempts, batch_id=batch_id)
+
+        self._add_result(value, request.key, too_large)
+        if not written:
+            return
         self.metrics.results.inc()
         if amounts is not None:
             self.metrics.cost(mode, *amounts)
@@ -155,14 +220,60 @@ class Outbox:
             event=request.event,
             source=SourceRecord.of(request.source),
         )
-        self.dead_letters.add(_dumps(letter), key=request.key)
-        self.metrics.dead_letter(reason)
+        self._add_letter(letter, None, request.key)
 
     def rejected(self, source: Source, key: bytes | None, value: bytes | None, rejection: Rejection) -> None:
-        """A dead letter for input that never became a request, with its original bytes."""
-        self.dead_letters.add(_dumps(dead_letter_for(self.cfg, source, value, rejection)), key=key)
-        self.metrics.dead_letter(rejection.reason)
+        """A dead letter for input that never became a request, with its original bytes (or,
+        when they cannot fit, a reference to them)."""
+        self._add_letter(dead_letter_for(self.cfg, source, value, rejection), value, key)
 
     async def flush(self) -> None:
-        await self.results.flush()
-        await self.dead_letters.flush()
+        """Write what was added; return once the broker has it all, or raise.
+
+        A draft (``at_least_once``) hands its records to the pipeline's sinks, whose flushes
+        are shared by every writer (group commit). When that flush fails, the draft takes its
+        records back out of the sinks, so a retry (of this flush, or of the step that built the
+        draft) writes each of them once, never twice; the draft keeps them until written."""
+        shared = self._shared
+        if shared is None:
+            try:
+                await self.results.flush()
+                await self.dead_letters.flush()
+            except SizeRefused as exc:
+                await self.refused(exc)
+                raise
+            return
+        self.rescreen()
+        results, letters = list(self.results.pending), list(self.dead_letters.pending)
+        for key, value in results:
+            shared.results.add(value, key=key)
+        for key, value in letters:
+            shared.dead_letters.add(value, key=key)
+        try:
+            await shared.results.flush()
+            await shared.dead_letters.flush()
+        except BaseException as exc:
+            discard(shared.results.pending, results)
+            discard(shared.dead_letters.pending, letters)
+            if isinstance(exc, SizeRefused):
+                await self.limits.after_refusal(exc)  # the retry re-screens against the new limits
+            raise
+        self.results.pending.clear()
+        self.dead_letters.pending.clear()
+
+
+def discard(pending: list[tuple[bytes | None, bytes]], taken: list[tuple[bytes | None, bytes]]) -> None:
+    """Remove ``taken``'s records (these very objects) from a sink's ``pending``, where a failed flush left them."""
+    ids = {id(value) for _, value in taken}
+    pending[:] = [(key, value) for key, value in pending if id(value) not in ids]
+
+
+def result_too_large(value: bytes, topic: str, limit: int) -> DeadLetter:
+    """The dead letter of a result already built that no longer fits its topic (a limit lowered)."""
+    result = orjson.loads(value)
+    return DeadLetter(
+        id=result["id"], pipeline=result["pipeline"], reason="result_too_large",
+        message=f"the result is {len(value)} bytes; the output topic {topic!r} takes records of up to {limit} bytes "
+        "(its max.message.bytes)",
+        attempts=0, batch_id=result.get("batch_id"), source=SourceRecord.model_validate(result["source"]),
+    )  # fmt: skip

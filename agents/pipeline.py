@@ -46,6 +46,7 @@ from agents.store import StateStore, TransactionalStore
 from agents.tasks import PartitionTasks
 from providers import Provider
 from sinks import KafkaWriter, TopicSink
+from sinks.limits import RecordLimits
 from sinks.transactions import Transactions
 from streams.config import PipelineSettings, Settings
 from streams.models import Rejection, Request, Source, decode_event
@@ -65,6 +66,7 @@ class Pipeline:
     def __init__(
         self, app: faust.App, settings: Settings, cfg: PipelineSettings, client: Provider, *,
         partitions: int, kafka_options: dict[str, Any], quotas: Quotas | None = None,
+        limits: RecordLimits | None = None,
     ) -> None:  # fmt: skip
         self.app = app
         self.cfg = cfg
@@ -89,7 +91,8 @@ class Pipeline:
         self.input = app.topic(cfg.input_topic, partitions=partitions, acks=False)
         self.metrics = PipelineMetrics(cfg.name)
         bootstrap = settings.kafka.bootstrap_servers
-        self.writer = KafkaWriter(bootstrap, **kafka_options)
+        limits = limits or RecordLimits(bootstrap=bootstrap, **kafka_options)
+        self.writer = KafkaWriter(bootstrap, limits=limits, **kafka_options)
         self.exactly_once = settings.processing_guarantee == "exactly_once"
         self.outbox = Outbox(
             cfg,
@@ -99,6 +102,7 @@ class Pipeline:
             provider=client.name,
             pricing=Pricing(settings.pricing),
             transactional=self.exactly_once,
+            limits=limits,
         )
         state_topic = app.topic(cfg.state_topic_name, partitions=partitions)
         group = settings.kafka.group_id
@@ -106,12 +110,12 @@ class Pipeline:
         if self.exactly_once:
             # One transactional id per input partition: its next owner fences this worker's producer.
             txns = Transactions(f"batchstream.{group}.{cfg.name}.{cfg.input_topic}", bootstrap,
-                                on_fenced=self._fenced, **kafka_options)  # fmt: skip
+                                on_fenced=self._fenced, limits=limits, **kafka_options)  # fmt: skip
             self.store = TransactionalStore(state_topic, pipeline=cfg.name, txns=txns, input_topic=cfg.input_topic,
                                             bootstrap=bootstrap, group_id=group, **kafka_options)  # fmt: skip
         else:
-            self.store = StateStore(state_topic, input_topic=cfg.input_topic, bootstrap=bootstrap, group_id=group,
-                                    **kafka_options)  # fmt: skip
+            self.store = StateStore(state_topic, pipeline=cfg.name, input_topic=cfg.input_topic, bootstrap=bootstrap,
+                                    group_id=group, **kafka_options)  # fmt: skip
         self.ledger = Ledger(self.store)
         self.commits = Commits(app, cfg.input_topic)
         self.tasks = PartitionTasks()
@@ -230,12 +234,21 @@ class Pipeline:
             return
         source = Source(message.topic, message.partition, message.offset, int(message.timestamp * 1000))
         self.metrics.events_in.inc()
-        decoded = decode_event(self.cfg, source, message.key, message.value, message.headers)
+        decoded = decode_event(self.cfg, source, message.key, message.value, message.headers)  # never raises
         nbytes = 0
         if isinstance(decoded, Request):
             nbytes = len(decoded.jsonl_line())
             if nbytes > self.policy.max_bytes:
                 decoded = Rejection("oversized", f"request line of {nbytes} bytes exceeds max_bytes")
+        if isinstance(decoded, Request) and self.ledger.covers(decoded):
+            frontier.finished(message.offset)  # replayed: already part of a recorded window
+            return
+        lane: str | None = None
+        if isinstance(decoded, Request):
+            try:
+                lane = route(self.cfg, decoded, now=time.time())
+            except Exception as exc:  # noqa: BLE001 - one event's problem must never stop the stream
+                decoded = Rejection("unprocessable", f"the event could not be routed: {type(exc).__name__}: {exc}")
         if isinstance(decoded, Rejection):
             unit = self.outbox.unit()
             unit.rejected(source, message.key, message.value, decoded)
@@ -244,11 +257,8 @@ class Pipeline:
                                                     frontier=frontier):  # fmt: skip
                 frontier.finished(message.offset)
             return
-        if self.ledger.covers(decoded):
-            frontier.finished(message.offset)  # replayed: already part of a recorded window
-            return
         pending = Pending(decoded, frontier, nbytes)
-        if route(self.cfg, decoded, now=time.time()) == "flex":
+        if lane == "flex":
             await self.flex.add(pending)
         else:
             for window in self.batches.put(pending):  # the common case seals nothing: no await

@@ -32,8 +32,11 @@ class InputReader:
     ) -> list[tuple[int, int | None, bytes | None, bytes | None]]:
         """(offset, timestamp_ms, key, value) of every record in [first, last]."""
         tp = TopicPartition(self.topic, partition)
+        # earliest: when retention has cut into the range, reading resumes at the oldest record
+        # still there (aiokafka's default, latest, would skip to the end: every owed event "gone").
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                    isolation_level=self.isolation_level, **self.kafka)  # fmt: skip
+                                    auto_offset_reset="earliest", isolation_level=self.isolation_level,
+                                    **self.kafka)  # fmt: skip
         await consumer.start()
         out: list[tuple[int, int | None, bytes | None, bytes | None]] = []
         try:

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 
 from agents.outbox import WRITE_RETRY_INITIAL, WRITE_RETRY_MAX
 from agents.retry import retry_forever
+from sinks.limits import SizeRefused
 from sinks.transactions import Record
 from streams.models import Request
 from streams.offsets import Frontier
@@ -285,6 +286,8 @@ class Unit(Protocol):
 
     def staged(self) -> list[Record]: ...
 
+    async def refused(self, exc: SizeRefused) -> None: ...
+
 
 class Ledger:
     """The window records of the partitions this worker owns: the state topic plus a local copy.
@@ -348,7 +351,12 @@ class Ledger:
     async def save(self, record: WindowRecord, unit: Unit | None = None) -> WindowRecord:
         """Write the window's next record, with ``unit``'s records (written first, or in the same transaction)."""
         if self.transactional:
-            await self.backend.put(record, unit.staged() if unit is not None else [])
+            try:
+                await self.backend.put(record, unit.staged() if unit is not None else [])
+            except SizeRefused as exc:
+                if unit is not None:
+                    await unit.refused(exc)  # the retried write stages only what fits
+                raise
         else:
             if unit is not None:
                 await unit.flush()
@@ -364,7 +372,11 @@ class Ledger:
         transaction may wait a moment for other writes to share it (a flex event: its call took
         far longer)."""
         if self.transactional:
-            await self.backend.mark(partition, offsets, unit.staged(), linger=linger)
+            try:
+                await self.backend.mark(partition, offsets, unit.staged(), linger=linger)
+            except SizeRefused as exc:
+                await unit.refused(exc)  # the retried write stages only what fits
+                raise
         else:
             await unit.flush()
 

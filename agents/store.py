@@ -33,9 +33,11 @@ class StateStore:
     isolation_level = "read_uncommitted"
 
     def __init__(
-        self, topic: faust.TopicT, *, input_topic: str, bootstrap: str, group_id: str, **kafka: object
+        self, topic: faust.TopicT, *, pipeline: str, input_topic: str, bootstrap: str, group_id: str, **kafka: object
     ) -> None:
         self.topic = topic
+        #: A state topic may be shared: only this pipeline's records (of its input topic and group) are its own.
+        self.pipeline = pipeline
         self.input_topic = input_topic
         self.bootstrap = bootstrap
         self.group_id = group_id
@@ -95,7 +97,8 @@ class StateStore:
             if value is None:
                 continue
             data = orjson.loads(value)
-            if (data.get("input_topic"), data.get("group_id")) != (self.input_topic, self.group_id):
+            owner = (data.get("pipeline"), data.get("input_topic"), data.get("group_id"))
+            if owner != (self.pipeline, self.input_topic, self.group_id):
                 foreign += 1
             elif data.get("partition") not in states:
                 continue
@@ -108,7 +111,8 @@ class StateStore:
                 record = WindowRecord.model_validate(data)
                 states[record.partition].records[record.window_id] = record
         if foreign:
-            log.info("state topic %s: ignored %d windows of other input topics or groups", topic_name, foreign)
+            log.info("state topic %s: ignored %d records of other pipelines, input topics or groups",
+                     topic_name, foreign)  # fmt: skip
         committed = await self.committed_offsets(partitions)
         for p, state in states.items():
             stale = state.forget_done_before(committed.get(p, -1))
@@ -145,8 +149,8 @@ class TransactionalStore(StateStore):
 
     def __init__(self, topic: faust.TopicT, *, pipeline: str, txns: Transactions, input_topic: str, bootstrap: str,
                  group_id: str, **kafka: object) -> None:  # fmt: skip
-        super().__init__(topic, input_topic=input_topic, bootstrap=bootstrap, group_id=group_id, **kafka)
-        self.pipeline = pipeline
+        super().__init__(topic, pipeline=pipeline, input_topic=input_topic, bootstrap=bootstrap, group_id=group_id,
+                         **kafka)  # fmt: skip
         self.txns = txns
         self.topic_name = topic.get_topic_name()
         #: Marks written in this assignment, by partition: tombstoned once the committed offset passes them.
@@ -157,7 +161,7 @@ class TransactionalStore(StateStore):
         await self.txns.write(record.partition, [*records, state])
 
     def mark_key(self, partition: int, offset: int) -> bytes:
-        return f"served:{self.group_id}:{self.input_topic}:{partition}:{offset}".encode()
+        return f"served:{self.group_id}:{self.pipeline}:{self.input_topic}:{partition}:{offset}".encode()
 
     async def mark(self, partition: int, offsets: list[int], records: list[Record], *, linger: bool = False) -> None:
         marks = {offset: self.mark_key(partition, offset) for offset in offsets}

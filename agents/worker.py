@@ -6,7 +6,7 @@ import asyncio
 import gc
 import logging
 import ssl
-from typing import Any
+from typing import Any, NamedTuple
 
 import faust
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -17,8 +17,9 @@ from agents.pipeline import Pipeline
 from agents.quota import Quotas
 from agents.webhooks import WebhookListener
 from providers import make_provider
+from sinks.limits import DEAD_LETTER_FLOOR, RecordLimits, topic_configs
 from streams.app import create_app
-from streams.config import KafkaSettings, Settings
+from streams.config import KafkaSettings, PipelineSettings, Settings
 from streams.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -39,12 +40,21 @@ def kafka_options(kafka: KafkaSettings) -> dict[str, Any]:
     return options
 
 
-async def prepare_topics(settings: Settings) -> dict[str, int]:
-    """Check every input topic exists; create output, dead-letter and state topics.
+class Topology(NamedTuple):
+    """What start-up learned of the topics: each pipeline's input partition count, and the
+    largest record each output and dead-letter topic takes."""
+
+    partitions: dict[str, int]
+    limits: RecordLimits
+
+
+async def prepare_topics(settings: Settings) -> Topology:
+    """Check every input topic exists; create output, dead-letter and state topics; read the
+    limits of the topics written to.
 
     Output and dead-letter topics get the input's partition count; the state topic must have
-    exactly that count (it is co-partitioned with the input) and is compacted.
-    Returns each pipeline's input partition count.
+    exactly that count (it is co-partitioned with the input) and be compacted with nothing
+    deleted by retention (:func:`check_state_topic`).
     """
     servers = settings.kafka.bootstrap_servers
     admin = AIOKafkaAdminClient(bootstrap_servers=servers, **kafka_options(settings.kafka))
@@ -87,9 +97,38 @@ async def prepare_topics(settings: Settings) -> dict[str, int]:
         if wanted:
             await admin.create_topics(list(wanted.values()))
             log.info("created topics %s", sorted(wanted))
-        return counts
+        written = {t for p in settings.pipelines for t in (p.output_topic, p.dead_letter_topic, p.state_topic_name)}
+        configs = await topic_configs(admin, written)
+        limits = RecordLimits(bootstrap=servers, **kafka_options(settings.kafka))
+        limits.learn(configs)
+        for pipeline in settings.pipelines:
+            check_state_topic(pipeline, configs.get(pipeline.state_topic_name, {}))
+            dlq = pipeline.dead_letter_topic
+            if limits.topic_bytes(dlq) < DEAD_LETTER_FLOOR:
+                have = limits.topic_bytes(dlq)
+                raise ConfigError(f"pipelines.{pipeline.name}.dead_letter_topic: topic {dlq!r} has max.message.bytes="
+                                  f"{have}; a dead letter needs at least {DEAD_LETTER_FLOOR}")  # fmt: skip
+        return Topology(counts, limits)
     finally:
         await admin.close()
+
+
+def check_state_topic(pipeline: PipelineSettings, config: dict[str, str]) -> None:
+    """The state topic keeps each window's latest record until it is tombstoned: compacted, and
+    no retention that may delete a record (a ``sealed`` window's events are already committed;
+    its record is their only trace)."""
+    name = pipeline.state_topic_name
+    where = f"pipelines.{pipeline.name}.state_topic: topic {name!r}"
+    policies = {p.strip() for p in config.get("cleanup.policy", "compact").split(",")}
+    if "compact" not in policies:
+        raise ConfigError(f"{where} has cleanup.policy={config.get('cleanup.policy')}; it must be compact (a "
+                          "window's record must outlive the window, or its committed events are lost)")  # fmt: skip
+    if "delete" in policies:
+        for setting in ("retention.ms", "retention.bytes"):
+            if config.get(setting, "-1") != "-1":
+                raise ConfigError(f"{where} has cleanup.policy={config['cleanup.policy']} with {setting}="
+                                  f"{config[setting]}: retention may delete a window's record while the window is "
+                                  f"in flight; use cleanup.policy=compact, or {setting}=-1")  # fmt: skip
 
 
 async def _partition_counts(admin: AIOKafkaAdminClient) -> dict[str, int]:
@@ -100,23 +139,27 @@ async def _partition_counts(admin: AIOKafkaAdminClient) -> dict[str, int]:
     return {t["topic"]: len(t["partitions"]) for t in described if not t.get("error_code")}
 
 
-def build(settings: Settings, partitions: dict[str, int]) -> tuple[faust.App, list[Pipeline]]:
+def build(settings: Settings, topology: Topology) -> tuple[faust.App, list[Pipeline]]:
+    partitions = topology.partitions
     app = create_app(
         settings.kafka,
         partitions=max(partitions.values()),
         read_committed=settings.processing_guarantee == "exactly_once",
     )
     options = kafka_options(settings.kafka)
-    pipelines = []
+    pipelines: list[Pipeline] = []
     # A provider's enqueued-token quotas are shared by every pipeline it serves in this worker.
     quotas = {name: Quotas(p.max_enqueued_tokens) for name, p in settings.named_providers().items()}
     for cfg in settings.pipelines:
         name, provider = settings.provider_of(cfg)
         pipeline = Pipeline(
             app, settings, cfg, make_provider(name, provider),
-            partitions=partitions[cfg.name], kafka_options=options, quotas=quotas[name],
+            partitions=partitions[cfg.name], kafka_options=options, quotas=quotas[name], limits=topology.limits,
         )  # fmt: skip
         pipeline.register()
+        for other in pipelines:  # pipelines of one input topic share its committed offsets
+            if other.cfg.input_topic == cfg.input_topic:
+                pipeline.commits.join(other.commits)
         pipelines.append(pipeline)
     return app, pipelines
 
@@ -132,8 +175,8 @@ def run(settings: Settings, *, loglevel: str = "info") -> None:
     gc.set_threshold(*GC_THRESHOLD)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    partitions = loop.run_until_complete(prepare_topics(settings))
-    app, pipelines = build(settings, partitions)
+    topology = loop.run_until_complete(prepare_topics(settings))
+    app, pipelines = build(settings, topology)
     if settings.metrics_port:
         providers = list({p.client.name: p.client for p in pipelines}.values())
         health = Health(pipelines, providers, bootstrap=settings.kafka.bootstrap_servers,

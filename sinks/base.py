@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import orjson
@@ -24,14 +25,20 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 from pydantic import BaseModel
 
+from sinks.limits import SIZE_ERRORS, RecordLimits, SizeRefused
+
 #: Bytes per record batch handed to the producer: under the broker's default ``message.max.bytes``.
 BATCH_BYTES = 1_000_000
 
 
 class Sink(Protocol):
-    """Cheap ``add``; ``flush`` writes everything added so far, or raises."""
+    """Cheap ``add``; ``flush`` writes everything added so far, or raises; ``pending`` is what
+    waits (the outbox re-screens it after a size refusal)."""
 
     def add(self, value: bytes, *, key: bytes | None) -> None: ...
+
+    @property
+    def pending(self) -> list[tuple[bytes | None, bytes]]: ...
 
     async def flush(self, timeout: float = ...) -> int: ...
 
@@ -39,9 +46,10 @@ class Sink(Protocol):
 class KafkaWriter:
     """The producer of a pipeline's sinks (acks=all), started on first use, in the running loop."""
 
-    def __init__(self, bootstrap: str, **options: Any) -> None:
+    def __init__(self, bootstrap: str, *, limits: RecordLimits | None = None, **options: Any) -> None:
         self._bootstrap = bootstrap
         self._options = options
+        self.limits = limits or RecordLimits()
         self._producer: AIOKafkaProducer | None = None
         self._starting = asyncio.Lock()
 
@@ -61,7 +69,8 @@ class KafkaWriter:
     async def write(self, topic: str, records: list[tuple[bytes | None, bytes]]) -> None:
         """Produce ``records`` (key, value) in order per partition; return once the broker has them all."""
         producer = await self._started()
-        await asyncio.gather(*await produce(producer, topic, records))
+        batch_bytes = self.limits.batch_bytes(topic, BATCH_BYTES)
+        await settle(topic, records, await produce(producer, topic, records, batch_bytes=batch_bytes))
 
     async def stop(self) -> None:
         producer, self._producer = self._producer, None
@@ -70,13 +79,15 @@ class KafkaWriter:
 
 
 async def produce(
-    producer: AIOKafkaProducer, topic: str, records: list[tuple[bytes | None, bytes]], partition: int | None = None
-) -> list[asyncio.Future[Any]]:
+    producer: AIOKafkaProducer, topic: str, records: list[tuple[bytes | None, bytes]], partition: int | None = None,
+    *, batch_bytes: int = BATCH_BYTES,
+) -> list[asyncio.Future[Any]]:  # fmt: skip
     """Hand ``records`` (key, value) to the producer as whole record batches, one run per partition.
 
     A record goes to ``partition`` when given, else to the partition Kafka's default partitioner
-    picks for its key; records without a key stick to one partition per call. Returns the
-    futures the broker's acknowledgements resolve.
+    picks for its key; records without a key stick to one partition per call. A batch holds
+    at most ``batch_bytes`` of keys and values (the topic's limit: ``sinks/limits.py``), or one
+    record. Returns the futures the broker's acknowledgements resolve (:func:`settle` awaits them).
     """
     if partition is not None:
         grouped = {partition: records}
@@ -91,13 +102,32 @@ async def produce(
     futures = []
     for chosen, items in grouped.items():
         batch = producer.create_batch()
+        held = 0
         for key, value in items:
-            if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it, start another
-                futures.append(await producer.send_batch(batch, topic, partition=chosen))
+            size = len(key or b"") + len(value or b"")
+            if (held and held + size > batch_bytes) or batch.append(key=key, value=value, timestamp=None) is None:
+                futures.append(await producer.send_batch(batch, topic, partition=chosen))  # full: another
                 batch = producer.create_batch()
+                held = 0
                 batch.append(key=key, value=value, timestamp=None)  # a first record always fits
+            held += size
         futures.append(await producer.send_batch(batch, topic, partition=chosen))
     return futures
+
+
+async def settle(
+    topic: str, records: Sequence[tuple[bytes | None, bytes | None]], futures: list[asyncio.Future[Any]]
+) -> None:
+    """Await every future of a write to ``topic`` (none is left with an unread error); raise
+    :class:`~sinks.limits.SizeRefused` when the broker refused a batch for its size, else the first error."""
+    outcomes = await asyncio.gather(*futures, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, SIZE_ERRORS):
+            largest = max((len(k or b"") + len(v or b"") for k, v in records), default=0)
+            raise SizeRefused(topic, largest) from outcome
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
 
 
 class TopicSink:
@@ -111,6 +141,11 @@ class TopicSink:
 
     def add(self, value: bytes, *, key: bytes | None) -> None:
         self._pending.append((key, value))
+
+    @property
+    def pending(self) -> list[tuple[bytes | None, bytes]]:
+        """What was added and is not written yet (a failed flush keeps its records here)."""
+        return self._pending
 
     def __len__(self) -> int:
         return len(self._pending)

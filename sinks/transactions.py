@@ -30,7 +30,8 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from sinks.base import BATCH_BYTES, produce
+from sinks.base import BATCH_BYTES, produce, settle
+from sinks.limits import RecordLimits, SizeRefused
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,12 @@ def is_fenced(exc: BaseException) -> bool:
 class PartitionTransactions:
     """The transactional producer of one owned input partition, with group commit."""
 
-    def __init__(self, transactional_id: str, bootstrap: str, on_fenced: Callable[[], None], **options: Any) -> None:
+    def __init__(
+        self, transactional_id: str, bootstrap: str, on_fenced: Callable[[], None], *,
+        limits: RecordLimits | None = None, **options: Any,
+    ) -> None:  # fmt: skip
         self.transactional_id = transactional_id
+        self._limits = limits or RecordLimits()
         self._producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap, transactional_id=transactional_id, enable_idempotence=True, acks="all",
             max_batch_size=BATCH_BYTES, **options,
@@ -138,10 +143,13 @@ class PartitionTransactions:
             grouped: dict[tuple[str, int | None], list[tuple[bytes | None, bytes]]] = {}
             for topic, partition, key, value in records:
                 grouped.setdefault((topic, partition), []).append((key, value))  # type: ignore[arg-type]
-            futures = []
-            for (topic, partition), items in grouped.items():
-                futures.extend(await produce(producer, topic, items, partition))
-            _raise_first(await asyncio.gather(*futures, return_exceptions=True))
+            sent = [
+                (topic, items, await produce(producer, topic, items, partition,
+                                             batch_bytes=self._limits.batch_bytes(topic, BATCH_BYTES)))
+                for (topic, partition), items in grouped.items()
+            ]  # fmt: skip
+            outcomes = await asyncio.gather(*(settle(*write) for write in sent), return_exceptions=True)
+            _raise_first(sorted(outcomes, key=lambda o: not isinstance(o, SizeRefused)))
             await producer.commit_transaction()
         except Exception as exc:
             if is_fenced(exc) or producer._txn_manager.is_fatal_error():
@@ -189,9 +197,13 @@ class PartitionTransactions:
 class Transactions:
     """The transactional producers of one pipeline, one per owned input partition."""
 
-    def __init__(self, prefix: str, bootstrap: str, *, on_fenced: Callable[[int], None], **options: Any) -> None:
+    def __init__(
+        self, prefix: str, bootstrap: str, *, on_fenced: Callable[[int], None], limits: RecordLimits | None = None,
+        **options: Any,
+    ) -> None:  # fmt: skip
         #: ``<group>.<pipeline>.<input topic>``: the partition number completes the transactional id.
         self.prefix = prefix
+        self.limits = limits
         self.bootstrap = bootstrap
         self.options = options
         self.on_fenced = on_fenced
@@ -213,7 +225,7 @@ class Transactions:
 
     def _make(self, partition: int) -> PartitionTransactions:
         return PartitionTransactions(self.transactional_id(partition), self.bootstrap,
-                                     lambda: self.on_fenced(partition), **self.options)  # fmt: skip
+                                     lambda: self.on_fenced(partition), limits=self.limits, **self.options)  # fmt: skip
 
     def of(self, partition: int) -> PartitionTransactions:
         txn = self.partitions.get(partition)

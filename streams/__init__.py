@@ -3,7 +3,8 @@
 from streams.app import create_app
 from streams.config import PipelineSettings, Settings, load_settings
 from streams.errors import BatchstreamError, ConfigError
-from streams.models import DeadLetter, Request, Result, decode_event
+from streams.letters import DeadLetter
+from streams.models import Request, Result, decode_event
 from streams.windows import Window, Windower, WindowKey, WindowPolicy
 
 __all__ = [

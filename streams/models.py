@@ -12,7 +12,6 @@ a template that does not fit, a bad deadline) becomes a dead letter at once.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -40,6 +39,8 @@ ReasonCode = Literal[
     "invalid_output",
     "flex_unavailable",
     "input_gone",
+    "result_too_large",
+    "unprocessable",
 ]
 
 #: Raw Kafka headers as faust and aiokafka hand them over.
@@ -180,24 +181,6 @@ class Result(BaseModel):
     timestamps: Timestamps
 
 
-class DeadLetter(BaseModel):
-    """One failed event, on the dead-letter topic; the original travels with it."""
-
-    model_config = ConfigDict(frozen=True)
-
-    id: str
-    pipeline: str
-    reason: ReasonCode
-    message: str
-    attempts: int
-    batch_id: str | None = None
-    error: dict[str, Any] | None = None
-    #: The decoded event when it was JSON, else None and ``original_base64`` holds the bytes.
-    event: Any = None
-    original_base64: str | None = None
-    source: SourceRecord
-
-
 def task_version(cfg: PipelineSettings) -> str:
     """The pipeline's ``task_version`` when set, else a short hash of what determines an
     output: endpoint, model, template and parameters."""
@@ -245,7 +228,22 @@ def _header(headers: Headers, name: str) -> bytes | None:
 def decode_event(
     cfg: PipelineSettings, source: Source, key: bytes | None, value: bytes | None, headers: Headers = None
 ) -> Request | Rejection:
-    """Turn one Kafka record into a request, or say why it cannot be one. Pure."""
+    """Turn one Kafka record into a request, or say why it cannot be one. Pure, and total: no
+    input makes it raise (what it did not foresee is an ``unprocessable`` rejection)."""
+    try:
+        decoded = _decode(cfg, source, key, value, headers)
+        if isinstance(decoded, Request):
+            decoded.jsonl_line()  # built once here (and sized by intake): it must serialise
+    except orjson.JSONEncodeError as exc:
+        return Rejection("invalid_request", f"the request cannot be written as JSON: {exc}")
+    except Exception as exc:  # noqa: BLE001 - one event's problem must never stop the stream
+        return Rejection("unprocessable", f"the event could not be made into a request: {type(exc).__name__}: {exc}")
+    return decoded
+
+
+def _decode(
+    cfg: PipelineSettings, source: Source, key: bytes | None, value: bytes | None, headers: Headers
+) -> Request | Rejection:
     raw = value or b""
     if len(raw) > cfg.max_event_bytes:
         return Rejection("oversized", f"event is {len(raw)} bytes, limit {cfg.max_event_bytes}")
@@ -275,8 +273,8 @@ def decode_event(
             body = render_body(cfg, event)
         except KeyError as exc:
             return Rejection("template_error", f"template field {exc.args[0]!r} is missing from the event")
-        except (ValueError, IndexError, AttributeError) as exc:
-            return Rejection("template_error", f"template cannot render this event: {exc}")
+        except (ValueError, IndexError, AttributeError, TypeError) as exc:  # a format spec on null, [0] on a number...
+            return Rejection("template_error", f"template cannot render this event: {type(exc).__name__}: {exc}")
     if cfg.validate_requests:
         types_known = rendered and cfg.rendered_types_checked
         if (problem := check_body(cfg.endpoint, body, types=not types_known)) is not None:
@@ -301,38 +299,4 @@ def decode_event(
         wants_json=wants_json(cfg.endpoint, body),
         event=event,
         deadline=deadline,
-    )
-
-
-def dead_letter_for(
-    cfg: PipelineSettings,
-    source: Source,
-    value: bytes | None,
-    rejection: Rejection,
-    *,
-    event_id: str | None = None,
-    attempts: int = 0,
-    batch_id: str | None = None,
-    error: dict[str, Any] | None = None,
-) -> DeadLetter:
-    """A dead letter carrying the original: decoded JSON when it was JSON, else base64 bytes."""
-    event: Any = None
-    original: str | None = None
-    try:
-        event = orjson.loads(value or b"")
-    except orjson.JSONDecodeError:
-        original = base64.b64encode(value or b"").decode()
-    if event_id is None:
-        event_id = str(event["id"]) if isinstance(event, dict) and "id" in event else source.default_id
-    return DeadLetter(
-        id=event_id,
-        pipeline=cfg.name,
-        reason=rejection.reason,
-        message=rejection.message,
-        attempts=attempts,
-        batch_id=batch_id,
-        error=error,
-        event=event,
-        original_base64=original,
-        source=SourceRecord.of(source),
     )

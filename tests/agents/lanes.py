@@ -24,7 +24,8 @@ from agents.tasks import PartitionTasks
 from providers import make_provider
 from sinks import MemorySink
 from streams.config import PipelineSettings, Settings
-from streams.models import DeadLetter, Request, Result, Source, decode_event
+from streams.letters import DeadLetter
+from streams.models import Request, Result, Source, decode_event
 
 
 class MemoryBackend:

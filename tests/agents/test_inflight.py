@@ -12,7 +12,8 @@ from collections.abc import Iterable
 import pytest
 
 from agents.batches import BatchLane
-from streams.models import DeadLetter, Result
+from streams.letters import DeadLetter
+from streams.models import Result
 from streams.offsets import Frontier, Pending
 from streams.windows import WindowPolicy
 from tests.agents.lanes import Lane

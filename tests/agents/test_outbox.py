@@ -10,7 +10,8 @@ from agents.outcomes import Failed, Served
 from agents.state import Ledger
 from sinks import MemorySink
 from streams.config import parse_settings
-from streams.models import DeadLetter, Request, Result, Source, decode_event
+from streams.letters import DeadLetter
+from streams.models import Request, Result, Source, decode_event
 from streams.offsets import Frontier
 from tests.agents.lanes import MemoryBackend
 from tests.support import settings_document

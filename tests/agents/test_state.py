@@ -110,7 +110,7 @@ async def test_a_load_keeps_done_windows_so_their_replayed_events_are_recognised
         await consumer.commit({TopicPartition(topic, 0): 0})
     finally:
         await consumer.stop()
-    store = StateStore(_StateTopic(topic), input_topic="in", bootstrap=bootstrap, group_id=group)  # type: ignore[arg-type]
+    store = StateStore(_StateTopic(topic), pipeline="p", input_topic="in", bootstrap=bootstrap, group_id=group)  # type: ignore[arg-type]
     state = (await store.load([0]))[0]
     assert state.horizon == 19
     assert state.covers(req(5)), "a done window not yet passed by the committed offset recognises its events"

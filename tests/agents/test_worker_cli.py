@@ -64,3 +64,51 @@ def test_emulator_refuses_an_impossible_fault_rate() -> None:
     proc = batchstream("emulator", "--flex-429-rate", "1.5")
     assert proc.returncode == 2
     assert "flex-429-rate: Input should be less than or equal to 1" in proc.stderr
+
+
+async def _topic(bootstrap: str, name: str, **configs: str) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, num_partitions=1, replication_factor=1, topic_configs=configs)])
+    finally:
+        await admin.close()
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize(
+    ("configs", "said"),
+    [
+        ({"cleanup.policy": "delete"}, "has cleanup.policy=delete; it must be compact"),
+        (
+            {"cleanup.policy": "compact,delete", "retention.ms": "60000"},
+            "has cleanup.policy=compact,delete with retention.ms=60000",
+        ),
+    ],
+)
+async def test_a_state_topic_that_can_lose_records_is_refused_naming_topic_and_setting(
+    tmp_path: Path, bootstrap: str, unique: str, configs: dict[str, str], said: str
+) -> None:
+    await _topic(bootstrap, f"in-{unique}")
+    await _topic(bootstrap, f"state-{unique}", **configs)
+    path = config(tmp_path, bootstrap, input_topic=f"in-{unique}", state_topic=f"state-{unique}",
+                  output_topic=f"out-{unique}", dead_letter_topic=f"dlq-{unique}")  # fmt: skip
+    proc = batchstream("worker", "-c", path)
+    assert proc.returncode == 2, proc.stderr
+    assert f"pipelines.t.state_topic: topic 'state-{unique}' {said}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.kafka
+async def test_a_dead_letter_topic_too_small_for_a_dead_letter_is_refused(
+    tmp_path: Path, bootstrap: str, unique: str
+) -> None:
+    await _topic(bootstrap, f"in-{unique}")
+    await _topic(bootstrap, f"dlq-{unique}", **{"max.message.bytes": "1000"})
+    path = config(tmp_path, bootstrap, input_topic=f"in-{unique}", state_topic=f"state-{unique}",
+                  output_topic=f"out-{unique}", dead_letter_topic=f"dlq-{unique}")  # fmt: skip
+    proc = batchstream("worker", "-c", path)
+    assert proc.returncode == 2, proc.stderr
+    assert f"pipelines.t.dead_letter_topic: topic 'dlq-{unique}' has max.message.bytes=1000" in proc.stderr
