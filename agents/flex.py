@@ -14,8 +14,9 @@ A provider without a flex tier (Anthropic, Azure) is only configured for flex wi
 ``standard`` fallback (``streams/config.py``): its events go straight to standard calls.
 
 A model that does not offer flex rejects the ``service_tier`` parameter (HTTP 400 naming
-it); that goes straight to the fallback. Any other 4xx is a ``provider_rejected`` dead
-letter. What the caller gets is an outcome value (``agents/outcomes.py``).
+it); that goes straight to the fallback. A refusal of the key or the account (401, 402,
+403) is waited out, the call retried with backoff, never a dead letter. Any other 4xx is a
+``provider_rejected`` dead letter. What the caller gets is an outcome value (``agents/outcomes.py``).
 
 :class:`FlexLane` is the flex path of a pipeline: it takes routed events on under the
 concurrency limit (a full lane holds back consumption), serves each in a task filed under
@@ -43,11 +44,14 @@ from agents.state import Ledger
 from agents.tasks import PartitionTasks
 from providers import Provider
 from streams.config import PipelineSettings
-from streams.errors import ProviderBackpressure, ProviderError, ProviderRejected
+from streams.errors import ProviderAccountError, ProviderBackpressure, ProviderError, ProviderRejected
 from streams.models import Request
 from streams.offsets import Pending
 
 log = logging.getLogger(__name__)
+
+#: The longest wait between calls refused for the key or the account.
+ACCOUNT_RETRY_MAX = 60.0
 
 
 def _error_detail(exc: ProviderError) -> dict[str, Any]:
@@ -83,9 +87,7 @@ class FlexRunner:
             attempts += 1
             self.metrics.flex_call("flex")
             try:
-                reply = await self.client.call(
-                    request.endpoint, request.body, flex=True, timeout=max(1.0, min(self.flex.timeout, remaining))
-                )
+                reply = await self._call(request, flex=True, timeout=max(1.0, min(self.flex.timeout, remaining)))
             except ProviderRejected as exc:
                 if self.client.refuses_flex(exc):
                     log.info("%s: the model does not offer flex (%s); falling back", request.id, exc)
@@ -107,6 +109,24 @@ class FlexRunner:
                 continue
             return Served(reply.body, "flex", reply.tier, attempts, started, time.time())
         return await self._fall_back(request, attempts, last, started, allow_batch=allow_batch)
+
+    async def _call(self, request: Request, *, flex: bool, timeout: float) -> Any:
+        """One call; while the provider refuses the key or the account (401, 402, 403), the
+        same call again after a backoff, for as long as it takes: such a refusal says nothing
+        of the event, so it never becomes its dead letter (nor uses its flex budget). Logged,
+        counted (``batchstream_provider_account_refusals``); ``/readyz`` reports the key refused."""
+        refusals = 0
+        while True:
+            try:
+                return await self.client.call(request.endpoint, request.body, flex=flex, timeout=timeout)
+            except ProviderAccountError as exc:
+                refusals += 1
+                self.metrics.account_refusals.inc()
+                delay = backoff(refusals, initial=self.flex.backoff_initial, maximum=ACCOUNT_RETRY_MAX)
+                if refusals == 1 or refusals % 10 == 0:
+                    log.warning("%s: the provider refuses the key or the account (%s); the event waits, retrying "
+                                "in %.1fs (refused %d times)", request.id, exc, delay, refusals)  # fmt: skip
+                await asyncio.sleep(delay)
 
     async def _fall_back(
         self, request: Request, attempts: int, last: ProviderError | None, started: float, *, allow_batch: bool
@@ -130,7 +150,7 @@ class FlexRunner:
             tries += 1
             self.metrics.flex_call("standard")
             try:
-                reply = await self.client.call(request.endpoint, request.body, flex=False, timeout=self.flex.timeout)
+                reply = await self._call(request, flex=False, timeout=self.flex.timeout)
             except ProviderRejected as exc:
                 return Failed("provider_rejected", str(exc), flex_attempts + tries, _error_detail(exc))
             except ProviderError as exc:

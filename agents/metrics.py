@@ -32,6 +32,11 @@ COST_REALTIME = Counter(
     "What the same results would cost at the real-time price (USD)",
     ["pipeline", "tier"],
 )
+ACCOUNT_REFUSALS = Counter(
+    "batchstream_provider_account_refusals",
+    "Calls refused for the key or the account (401, 402, 403): retried with backoff, never dead-lettered",
+    ["pipeline"],
+)
 FLEX_REFUSED = Counter("batchstream_flex_refused", "Flex calls refused for lack of capacity (429)", ["pipeline"])
 FLEX_FALLBACKS = Counter(
     "batchstream_flex_fallbacks", "Events whose flex budget ran out, by fallback", ["pipeline", "fallback"]
@@ -99,6 +104,7 @@ class PipelineMetrics:
         self.owned_partitions = OWNED_PARTITIONS.labels(pipeline=pipeline)
         self.unfinished_events = UNFINISHED_EVENTS.labels(pipeline=pipeline)
         self.flex_refused = FLEX_REFUSED.labels(pipeline=pipeline)
+        self.account_refusals = ACCOUNT_REFUSALS.labels(pipeline=pipeline)
         self.flex_in_flight = FLEX_IN_FLIGHT.labels(pipeline=pipeline)
         self.unreadable = UnreadableBatches(pipeline)
         self._cost: dict[str, tuple[Counter, Counter]] = {}

@@ -5,10 +5,15 @@ before the records it produced are written. Records are built into a *unit*
 (:meth:`Outbox.unit`), handed to the ledger with the state they settle
 (``Ledger.save`` / ``Ledger.mark``, ``agents/state.py``):
 
-- ``at_least_once``: the unit is the outbox itself; its sinks are flushed (the broker
-  confirmed every record added before, ``sinks/base.py``) before the state record is written;
+- ``at_least_once``: the unit is a draft whose records join the pipeline's sinks when it is
+  flushed (the broker confirmed every record added before, ``sinks/base.py``), before the
+  state record is written; a failed flush takes them back out, so a retry writes each once;
 - ``exactly_once``: the unit is a draft of its own, written in one Kafka transaction with
   the state record or the events' served marks.
+
+No record larger than its topic takes is ever added (``sinks/limits.py``): a result that does
+not fit is a ``result_too_large`` dead letter, and a dead letter whose original does not fit
+carries a reference to it instead (``streams/letters.py``).
 """
 
 from __future__ import annotations

@@ -111,7 +111,7 @@ class StateStore:
                 record = WindowRecord.model_validate(data)
                 states[record.partition].records[record.window_id] = record
         if foreign:
-            log.info("state topic %s: ignored %d records of other pipelines, input topics or groups",
+            log.info("state topic %s: ignored %d windows of other input topics or groups, or of other pipelines",
                      topic_name, foreign)  # fmt: skip
         committed = await self.committed_offsets(partitions)
         for p, state in states.items():

@@ -125,6 +125,9 @@ class Faults(BaseModel):
     anthropic_relative_results_url: bool = False
     #: Anthropic: an ended message batch names no ``results_url`` (its results are still served).
     anthropic_no_results_url: bool = False
+    #: OpenAI shapes: requests bearing one of these keys answer 401 ``invalid_api_key`` (a key
+    #: revoked or rotated), the key masked in the message as OpenAI masks it.
+    refused_keys: list[str] = Field(default_factory=list)
     #: Anthropic: the next N message-batch creates answer 400 naming no request (low credit).
     create_400: int = Field(0, ge=0)
     #: Gemini: inline responses come back in reverse input order (each still keyed).
@@ -301,6 +304,10 @@ class Emulator:
             auth = request.headers.get("Authorization", "")
             if not auth.startswith("Bearer ") or not auth.removeprefix("Bearer ").strip():
                 return _error(401, "You didn't provide an API key.", code="invalid_api_key")
+            key = auth.removeprefix("Bearer ").strip()
+            if key in self.faults.refused_keys:
+                masked = f"{key[:3]}{'*' * max(0, len(key) - 7)}{key[-4:]}"
+                return _error(401, f"Incorrect API key provided: {masked}.", code="invalid_api_key")
         response: web.StreamResponse = await handler(request)
         return response
 

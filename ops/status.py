@@ -17,6 +17,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
 from agents.state import WindowRecord
 from ops.topics import TopicMissingError, TopicReader, json_object
 from providers import make_provider
@@ -103,7 +105,13 @@ class StatusReader:
             if record.value is None:
                 tally.windows.pop(window_id, None)
                 continue
-            state = WindowRecord.model_validate(json_object(record.value))
+            data = json_object(record.value)
+            if "served" in data or "window_id" not in data:
+                continue  # an event's served mark (exactly_once), not a window
+            try:
+                state = WindowRecord.model_validate(data)
+            except ValidationError:
+                continue  # a record of another version or another tool: not this pipeline's window
             mine = state.pipeline == cfg.name and state.input_topic in (None, cfg.input_topic) and state.group_id in (
                 None, self.settings.kafka.group_id)  # fmt: skip
             if mine:

@@ -28,7 +28,15 @@ import httpx
 import openai
 import orjson
 
-from streams.errors import ProviderBackpressure, ProviderError, ProviderRejected, ProviderUnavailable
+from streams.errors import (
+    ACCOUNT_CODES,
+    ACCOUNT_STATUSES,
+    ProviderAccountError,
+    ProviderBackpressure,
+    ProviderError,
+    ProviderRejected,
+    ProviderUnavailable,
+)
 from streams.models import Request
 from streams.provider_config import ProviderSettings
 
@@ -171,6 +179,8 @@ def map_error(exc: Exception, what: str) -> ProviderError:
             return ProviderBackpressure(f"{what}: {message}", retry_after=retry_after, code=code)
         # 529 is Anthropic's "overloaded": transient, as every 5xx.
         kind = ProviderUnavailable if status >= 500 or status in (408, 409) else ProviderRejected
+        if status in ACCOUNT_STATUSES or code in ACCOUNT_CODES:
+            kind = ProviderAccountError
         return kind(f"{what}: HTTP {status}: {message}", status_code=status, code=code, param=param)
     return ProviderUnavailable(f"{what}: {type(exc).__name__}: {exc}")
 

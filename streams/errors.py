@@ -8,6 +8,7 @@
           +-- ProviderBackpressure    429 / token_limit_exceeded: wait ``retry_after`` and retry
           +-- ProviderUnavailable     5xx, timeouts, connection errors, cut-off downloads: retry
           +-- ProviderRejected        4xx other than 429: retrying cannot help
+               +-- ProviderAccountError   401/402/403: the key or the account, not the request: wait, retry
 
 Behaviour lives in class attributes (``retriable``), so callers never match on messages.
 Messages never contain secrets: the SDK's errors carry no key, and config errors show the
@@ -70,3 +71,16 @@ class ProviderUnavailable(ProviderError):
 
 class ProviderRejected(ProviderError):
     """The provider refused the request itself (4xx other than 429)."""
+
+
+#: Status codes and error codes that speak of the key or the account, not of the request.
+ACCOUNT_STATUSES = frozenset({401, 402, 403})
+ACCOUNT_CODES = frozenset({"authentication_error", "permission_error", "billing_error", "invalid_api_key"})
+
+
+class ProviderAccountError(ProviderRejected):
+    """The provider refused the key or the account (401, 402, 403: a revoked or rotated key, a
+    spent balance). Retrying the same request cannot help until someone fixes the account, but
+    the request itself is fine: no event is ever dead-lettered for it; calls wait and retry."""
+
+    retriable = True

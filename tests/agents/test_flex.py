@@ -17,6 +17,7 @@ from tests.support import (
     free_port,
     metric,
     pipeline,
+    probe,
     produce,
     wait_committed,
     wait_every_id,
@@ -178,3 +179,36 @@ async def test_sigkill_while_flex_calls_are_in_flight_loses_nothing(
     assert all(s["offset"] >= committed_at_kill.get(s["partition"], 0) for s in again), (
         "an event at or past the committed offset may be served again; none before it"
     )
+
+
+@pytest.mark.parametrize("fallback", ["dead_letter", "standard"])
+async def test_a_refused_key_holds_flex_events_until_it_is_fixed_never_dead_letters_them(
+    bootstrap, emulator, make_topic, configure, start_worker, fallback: str
+):
+    emu = emulator.emulator
+    emu.faults.refused_keys = ["sk-test-secret-key"]  # the worker's key, revoked
+    topic = await make_topic("key", partitions=2)
+    port = free_port()
+    config, group = configure(pipeline("p", topic, mode="flex", flex={**FAST_FLEX, "fallback": fallback}),
+                              metrics_port=port)  # fmt: skip
+    values = events(30)
+    await produce(bootstrap, topic, values)
+    worker = start_worker(config)
+    async with TopicReader(bootstrap, f"{topic}.results") as results, TopicReader(bootstrap, f"{topic}.dlq") as dlq:
+
+        async def refused_a_while() -> bool:
+            assert worker.proc.poll() is None, worker.log()
+            return metric(port, "batchstream_provider_account_refusals_total", pipeline="p") >= 60
+
+        await wait_until(refused_a_while, timeout=60, what="flex calls refused for the key")
+        assert await results.poll() == [] and await dlq.poll() == [], "nothing is served or dead-lettered"
+        assert (await committed_offsets(bootstrap, group, topic)) in ({}, {0: 0, 1: 0}), "no offset passes them"
+        status, body = probe(port, "/readyz")
+        assert status == 503, body
+        emu.faults.refused_keys = []  # the key is fixed
+        await wait_every_id([results], {e["id"] for e in values}, timeout=90)
+        await wait_committed(bootstrap, group, topic, len(values))
+    assert dlq.values == []
+    assert {r["mode"] for r in results.values} == {"flex"}
+    assert "refuses the key or the account" in worker.log()
+    assert "sk-test-secret-key" not in worker.log()

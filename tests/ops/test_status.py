@@ -67,3 +67,20 @@ async def test_status_shows_batches_in_flight_then_every_fate_and_the_cost(
     assert cost["saved_usd"] == pytest.approx(cost["realtime_usd"] - cost["paid_usd"], abs=1e-6)
     assert "saved $" in status(config, "--pipeline", "p")
     assert worker.terminate() == 0, worker.log()
+
+
+async def test_status_reads_a_state_topic_holding_exactly_once_served_marks(
+    bootstrap, emulator, make_topic, configure, start_worker
+):
+    topic = await make_topic("eos", partitions=2)
+    config, _ = configure(pipeline("p", topic, mode="flex", template={"user": "{text}"}),
+                          processing_guarantee="exactly_once")  # fmt: skip
+    await produce(bootstrap, topic, [*({"id": f"e{i}", "text": f"ticket {i}"} for i in range(20)), b"{oops"])
+    worker = start_worker(config)
+    async with TopicReader(bootstrap, f"{topic}.results") as results, TopicReader(bootstrap, f"{topic}.dlq") as dlq:
+        await results.until(20, timeout=120)
+        await dlq.until(1, timeout=60)
+    # flex events and the intake dead letter each left a served mark in the state topic
+    after = orjson.loads(status(config, "--json"))["pipelines"]["p"]
+    assert (after["results"], after["dead_letters"]["total"], after["open_windows"]) == (20, 1, 0)
+    assert worker.terminate() == 0, worker.log()
