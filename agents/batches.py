@@ -24,7 +24,7 @@ from agents.inflight import InFlightWindow
 from agents.retry import retry_forever
 from agents.services import WindowServices
 from agents.state import WindowRecord, runs
-from streams.models import Request
+from streams.models import Request, task_of
 from streams.offsets import Frontier, Pending
 from streams.windows import Window, Windower, WindowKey, WindowPolicy
 
@@ -46,6 +46,8 @@ class BatchLane:
         # The digest keeps window ids (the state topic's keys) distinct across input topics
         # and groups sharing a state topic, so compaction never merges two owners' records.
         self._owner = f"{self.cfg.input_topic}|{services.ledger.group_id}"
+        #: What this pipeline's windows are sealed with (kept in each record).
+        self._task = task_of(self.cfg)
 
     async def add(self, pending: Pending) -> None:
         """Put a request in its window; seal the windows it closed."""
@@ -98,6 +100,7 @@ class BatchLane:
             status="sealed",
             sealed_at=time.time(),
             nbytes=sum(p.nbytes for p in window.items),
+            task=self._task,
         )
 
     async def seal(self, window: Window[Pending]) -> None:

@@ -59,7 +59,7 @@ from agents.rounds import RoundRequests, reread_round
 from agents.services import WindowServices
 from agents.state import WindowRecord
 from providers import Job, LineOutcome
-from providers.base import MISSING, BatchRefused, Lookup
+from providers.base import MISSING, BatchRefused, BatchVanished, Lookup, SdkRefused
 from providers.openai import META_PIPELINE
 from streams.errors import ProviderBackpressure, ProviderRejected
 from streams.models import Request
@@ -109,6 +109,15 @@ class InFlightWindow:
             await self._finish()
         self._look_first = False
 
+    def _unit(self) -> Outbox:
+        """An outbox unit for this window's records: its results carry the ``task_version`` the
+        window was sealed with, whatever the pipeline's configuration says by then."""
+        unit = self.s.outbox.unit()
+        version = (self.record.task or {}).get("task_version")
+        if isinstance(version, str):
+            unit.task_version = version
+        return unit
+
     async def _save(self, record: WindowRecord, unit: Outbox | None = None) -> None:
         """Write the window's next record with the unit's records (one transaction under ``exactly_once``)."""
         self.record = await self.s.ledger.save(record, unit)
@@ -144,9 +153,11 @@ class InFlightWindow:
             await self.memory.ensure()
             try:
                 job = await self._create()
-            except BatchRefused as exc:  # the requests were refused at create: a failed batch
+            except (BatchRefused, SdkRefused) as exc:  # the requests were refused at create: a failed batch
                 await self._quota.release()
-                refused = Job(id="", status="refused", state="failed", created_at=time.time(), errors=exc.errors)
+                errors = exc.errors if isinstance(exc, BatchRefused) else [
+                    {"code": "sdk_refused", "line": None, "message": str(exc)}]  # fmt: skip
+                refused = Job(id="", status="refused", state="failed", created_at=time.time(), errors=errors)
                 hedge_at = self._hedge_at()
                 await self._failed(refused, late=hedge_at is not None and time.time() >= hedge_at)
                 return
@@ -233,7 +244,7 @@ class InFlightWindow:
         record, flex = self.record, self.s.flex
         deadline = time.time() + self.cfg.flex.budget
 
-        unit = self.s.outbox.unit()
+        unit = self._unit()
 
         async def serve(request: Request) -> None:
             async with flex.slots:
@@ -254,12 +265,22 @@ class InFlightWindow:
         staged = self.record.input_file_id
         self._quota.hold(await self.memory.round_bytes(self.record))  # resumed after a restart: its round is enqueued
         self.memory.park()  # the provider may take hours
-        batch, hedged = await self.s.watch.wait(self.record.window_id, self.record.batch_id, self._hedge_at())
+        try:
+            batch, hedged = await self.s.watch.wait(self.record.window_id, self.record.batch_id, self._hedge_at())
+        except BatchVanished as exc:
+            await self._vanished(exc)
+            return
         # Requests first (a read-back slot bounds how many windows hold theirs, and their results, at once).
         requests = await self.memory.ensure()
         # A batch still cancelling after cancel_wait gives nothing: all of it goes flex.
         terminal = batch is not None and batch.state != "failed" and batch.terminal
-        outcomes = await self.s.client.results(batch, self.s.workdir) if batch is not None and terminal else {}
+        try:
+            outcomes = await self.s.client.results(batch, self.s.workdir) if batch is not None and terminal else {}
+        except ProviderRejected as exc:
+            if exc.status_code != 404 and not isinstance(exc, SdkRefused):
+                raise
+            await self._vanished(BatchVanished(f"the results of batch {self.record.batch_id}: {exc}"))
+            return
         if terminal:
             self._quota.learn(outcomes, await self.memory.round_bytes(self.record), len(self.record.owed_now))
             await self._quota.release()
@@ -284,6 +305,18 @@ class InFlightWindow:
             if delay:
                 self.memory.park()
             await asyncio.sleep(delay)
+
+    async def _vanished(self, exc: BatchVanished) -> None:
+        """The provider no longer knows the round's batch, or its results file: nothing of it can
+        be had, so the round goes again as if every request had no result (a try: bounded by
+        ``retry.attempts``, then ``retries_exhausted`` dead letters)."""
+        log.warning("%s: %s; its requests go another round", self.record.window_id, exc)
+        await self.memory.ensure()
+        await self._quota.release()
+        gone = Job(id=self.record.batch_id or "", status="vanished", state="ended", created_at=time.time())
+        hedge_at = self._hedge_at()
+        await self.s.tasks.shield(self.record.partition, self._settle(gone, {}, hedge_at is not None and
+                                                                      time.time() >= hedge_at))  # fmt: skip
 
     async def _failed(self, batch: Job, *, late: bool) -> None:
         """A batch that failed as a whole (nothing ran): resubmit, isolate its bad lines, or bisect.
@@ -319,7 +352,7 @@ class InFlightWindow:
 
     async def _isolate(self, batch: Job, plan: FailedBatch, errors: list[dict[str, Any]], *, late: bool) -> None:
         assert self.requests is not None
-        requests, record, outbox, now = self.requests, self.record, self.s.outbox.unit(), time.time()
+        requests, record, outbox, now = self.requests, self.record, self._unit(), time.time()
         batch_id, name = batch.id or None, batch.id or "refused at create"
         if plan.action in ("bisect", "token_limit") and late:
             await self._save(record.hedged(r.source.offset for r in requests))
@@ -348,7 +381,7 @@ class InFlightWindow:
     async def _settle(self, batch: Job, outcomes: dict[str, LineOutcome], hedged: bool) -> None:
         """Emit a finished batch's records, then record what comes next: done, a next round, or hedged."""
         assert self.requests is not None
-        record, outbox = self.record, self.s.outbox.unit()
+        record, outbox = self.record, self._unit()
         timestamps = stamps_of(batch)
         retry: list[Request] = []
         for request in self.requests:

@@ -232,6 +232,9 @@ class Pipeline:
         if self.ledger.was_served(message.partition, message.offset):
             frontier.finished(message.offset)  # replayed: its record was written with its served mark
             return
+        if self.ledger.covers(message.partition, message.offset):
+            frontier.finished(message.offset)  # replayed: already part of a recorded window
+            return
         source = Source(message.topic, message.partition, message.offset, int(message.timestamp * 1000))
         self.metrics.events_in.inc()
         decoded = decode_event(self.cfg, source, message.key, message.value, message.headers)  # never raises
@@ -240,9 +243,6 @@ class Pipeline:
             nbytes = len(decoded.jsonl_line())
             if nbytes > self.policy.max_bytes:
                 decoded = Rejection("oversized", f"request line of {nbytes} bytes exceeds max_bytes")
-        if isinstance(decoded, Request) and self.ledger.covers(decoded):
-            frontier.finished(message.offset)  # replayed: already part of a recorded window
-            return
         lane: str | None = None
         if isinstance(decoded, Request):
             try:

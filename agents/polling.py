@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from agents.metrics import PipelineMetrics
 from agents.retry import backoff
 from providers import Job, Provider
+from providers.base import BatchVanished, SdkRefused
 from streams.config import RetrySettings
 from streams.errors import ProviderError
 from streams.provider_config import ProviderSettings
@@ -116,6 +117,8 @@ class BatchWatch:
                         if hedge_at is not None and time.time() >= hedge_at:
                             await self._cancel_unread(window_id, batch_id)
                             return None, True
+                        if isinstance(exc, SdkRefused) or exc.status_code == 404:
+                            raise BatchVanished(f"batch {batch_id}: {exc}", status_code=exc.status_code) from exc
                         if not exc.retriable:
                             raise
                         await asyncio.sleep(until(backoff(failures, initial=poll, maximum=ceiling)))

@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from agents.outbox import Outbox
 from agents.state import Ledger, WindowRecord
 from streams.config import PipelineSettings
-from streams.models import Rejection, Request, Source, decode_event
+from streams.models import Rejection, Request, Source, as_sealed, decode_event
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +59,10 @@ async def reread_round(
 ) -> list[Request]:
     """The current round's requests, read again from the input topic by offset.
 
-    They were accepted when the window was sealed, so they are decoded without local
-    validation (a newer version or SDK may judge differently). An owed offset that no longer
-    decodes as a request (the pipeline's template changed meanwhile) ends as a dead letter; so
+    They were accepted when the window was sealed, so they are decoded as the window was
+    sealed (its record's ``task``: endpoint, model, template), without local validation (a
+    newer version or SDK may judge differently). An owed offset that no longer decodes as its
+    window's request (a record from before windows kept their task) ends as a dead letter; so
     does one no longer in the topic (``input_gone``: retention or compaction removed it), whose
     request cannot be rebuilt to match a result. ``ended`` holds the offsets a read-back of this
     window already gave a fate (they get theirs once, however often the window reads back).
@@ -69,7 +70,7 @@ async def reread_round(
     rows = await reader.read(record.partition, record.first_offset, record.last_offset)
     belongs = record.round_filter()
     owed = set(record.owed_now)
-    accepted = cfg.model_copy(update={"validate_requests": False})
+    accepted = as_sealed(cfg, record.task)
     requests: list[Request] = []
     ended.update(ledger.served_in(record))  # given their fate (and marked) before a restart
     unit, letters = outbox.unit(), []
@@ -83,17 +84,18 @@ async def reread_round(
 
     for offset, ts, key, value in rows:
         source = Source(cfg.input_topic, record.partition, offset, ts)
+        if not belongs(offset):
+            continue
+        owed.discard(offset)
         decoded = decode_event(accepted, source, key, value)
-        if isinstance(decoded, Request) and belongs(decoded):
+        if isinstance(decoded, Request) and (decoded.endpoint, decoded.model) == (record.endpoint, record.model):
             requests.append(decoded)
-            owed.discard(offset)
-        elif offset in owed:  # the window's, but no longer a request of its endpoint and model
-            owed.discard(offset)
-            if isinstance(decoded, Request):
-                decoded = Rejection("template_error", f"the event now renders to {decoded.endpoint} with model "
-                                    f"{decoded.model}, not its window's {record.endpoint} with {record.model}: the "
-                                    "pipeline's configuration changed while its batch ran")  # fmt: skip
-            dead_letter(source, key, value, decoded)
+            continue
+        if isinstance(decoded, Request):  # a record written before windows kept their task
+            decoded = Rejection("template_error", f"the event now renders to {decoded.endpoint} with model "
+                                f"{decoded.model}, not its window's {record.endpoint} with {record.model}: the "
+                                "pipeline's configuration changed while its batch ran")  # fmt: skip
+        dead_letter(source, key, value, decoded)
     gone = sorted(owed)
     for offset in gone:
         dead_letter(Source(cfg.input_topic, record.partition, offset, None), None, None, Rejection(

@@ -28,7 +28,6 @@ from agents.outbox import WRITE_RETRY_INITIAL, WRITE_RETRY_MAX
 from agents.retry import retry_forever
 from sinks.limits import SizeRefused
 from sinks.transactions import Record
-from streams.models import Request
 from streams.offsets import Frontier
 
 Status = Literal["sealed", "submitted", "hedged", "done"]
@@ -88,6 +87,10 @@ class WindowRecord(BaseModel):
     #: Bytes of the window's request lines when it was sealed (sizes a round for the token quota
     #: without its requests in memory); None in records written before it was kept.
     nbytes: int | None = None
+    #: What the window's requests were made with (``streams.models.task_of``): a read-back
+    #: renders its events with it and its results carry its ``task_version``, whatever the
+    #: pipeline's configuration says by then. None in records written before it was kept.
+    task: dict[str, Any] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -127,20 +130,18 @@ class WindowRecord(BaseModel):
         """What the batch's metadata carries to be found again: window and round."""
         return f"{self.window_id}#r{self.round}"
 
-    def covers(self, request: Request) -> bool:
-        """Whether the request is one of this window's events (any round)."""
-        offset = request.source.offset
-        if not (
-            self.endpoint == request.endpoint and self.model == request.model
-            and self.first_offset <= offset <= self.last_offset
-        ):  # fmt: skip
+    def holds(self, offset: int) -> bool:
+        """Whether the event at ``offset`` of the window's partition is one of its events (any
+        round). By offset alone: the window keeps its exact members, whatever its events would
+        render to under the pipeline's configuration now."""
+        if not self.first_offset <= offset <= self.last_offset:
             return False
         return self.members is None or any(first <= offset <= last for first, last in self.members)
 
-    def round_filter(self) -> Callable[[Request], bool]:
-        """A predicate: whether a request belongs to the current round of this window."""
+    def round_filter(self) -> Callable[[int], bool]:
+        """A predicate: whether an offset belongs to the current round of this window."""
         pending = None if self.offsets is None else frozenset(self.offsets)
-        return lambda request: self.covers(request) and (pending is None or request.source.offset in pending)
+        return lambda offset: self.holds(offset) and (pending is None or offset in pending)
 
     def dumps(self) -> bytes:
         return orjson.dumps(self.model_dump(mode="json"))
@@ -232,10 +233,10 @@ class PartitionState:
         else:
             self.records[record.window_id] = record
 
-    def covers(self, request: Request) -> bool:
-        if request.source.offset > self.horizon:
+    def covers(self, offset: int) -> bool:
+        if offset > self.horizon:
             return False
-        return any(r.covers(request) for r in self.records.values())
+        return any(r.holds(offset) for r in self.records.values())
 
     def was_served(self, offset: int) -> bool:
         return offset <= self.horizon and offset in self.served
@@ -322,10 +323,10 @@ class Ledger:
     def partitions(self) -> set[int]:
         return set(self._owned)
 
-    def covers(self, request: Request) -> bool:
-        """Whether the request is an event of a recorded window (a replay to skip)."""
-        state = self._owned.get(request.source.partition)
-        return state is not None and state.covers(request)
+    def covers(self, partition: int, offset: int) -> bool:
+        """Whether the event is one of a recorded window (a replay to skip, however it decodes now)."""
+        state = self._owned.get(partition)
+        return state is not None and state.covers(offset)
 
     def unpinned(self, partition: int, offsets: Iterable[int]) -> list[int]:
         """The offsets outside every window of this partition not done yet."""

@@ -114,6 +114,16 @@ class Reply:
     tier: str | None
 
 
+class SdkRefused(ProviderRejected):
+    """The SDK refused a call's arguments before sending anything (a malformed model name or id):
+    retrying the same call cannot help."""
+
+
+class BatchVanished(ProviderRejected):
+    """The provider no longer knows a batch (or its results file) it created: HTTP 404. The
+    window's round goes again; its results cannot be had."""
+
+
 class BatchRefused(ProviderRejected):
     """The provider refused to create a job for these requests; ``errors`` as a failed job's."""
 
@@ -201,6 +211,8 @@ async def guarded(
             return await call()
     except errors as exc:
         raise map_error(exc, what) from exc
+    except (ValueError, TypeError) as exc:  # the SDK refused the call's arguments before sending it
+        raise SdkRefused(f"{what}: the SDK refused the request: {type(exc).__name__}: {exc}") from exc
     except TimeoutError as exc:
         if not limit.expired():
             raise

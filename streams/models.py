@@ -197,6 +197,28 @@ def task_version(cfg: PipelineSettings) -> str:
     return hashlib.sha256(material).hexdigest()[:12]
 
 
+def task_of(cfg: PipelineSettings) -> dict[str, Any]:
+    """What a window's requests are made with: kept in its record, so that the window finishes
+    as it was sealed (:func:`as_sealed`) when the configuration changes while it is in flight."""
+    return {
+        "endpoint": cfg.endpoint, "model": cfg.model, "template": cfg.template.model_dump(mode="json"),
+        "max_tokens": cfg.max_tokens, "task_version": task_version(cfg),
+    }  # fmt: skip
+
+
+def as_sealed(cfg: PipelineSettings, task: dict[str, Any] | None) -> PipelineSettings:
+    """The pipeline's configuration as a window was sealed with it (``task``: :func:`task_of`;
+    None: as it is now), for re-rendering events that were already accepted: no local
+    validation and no size limit (a newer version, or a changed limit, may judge differently)."""
+    update: dict[str, Any] = {"validate_requests": False, "max_event_bytes": 2**62}
+    if task:
+        update.update({k: task[k] for k in ("endpoint", "model", "max_tokens") if k in task})
+        if "template" in task:
+            update["template"] = type(cfg.template).model_validate(task["template"])
+        update["task_version"] = task.get("task_version")
+    return cfg.model_copy(update=update)
+
+
 def parse_deadline(value: Any) -> float:
     """An absolute time: epoch seconds (or milliseconds), or ISO 8601 with a zone."""
     if isinstance(value, bytes):

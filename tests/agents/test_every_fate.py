@@ -7,19 +7,30 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import os
+import random
 from collections import Counter
 from typing import Any
 
 import orjson
 import pytest
+from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.admin.records_to_delete import RecordsToDelete
 
+from streams.config import load_settings
+from streams.models import task_version
 from tests.support import (
     TopicReader,
+    end_offsets,
     pipeline,
     produce,
+    produce_placed,
     wait_committed,
+    wait_committed_offsets,
+    wait_every_id,
+    wait_log,
     wait_until,
 )  # fmt: skip
 
@@ -180,3 +191,205 @@ async def test_two_pipelines_on_one_topic_each_serve_every_event_across_a_restar
         for out in (fast_out, slow_out):
             counts = Counter(r["id"] for r in out.values)
             assert max(counts.values()) == 1, "no duplicate under exactly_once"
+
+
+@pytest.mark.parametrize("guarantee", GUARANTEES)
+async def test_windows_in_flight_finish_as_sealed_when_model_and_template_change(
+    bootstrap, emulator, make_topic, configure, start_worker, guarantee
+):
+    emu = emulator.emulator
+    emu.faults.batch_seconds = 600  # in flight until lowered below
+    topic = await make_topic("change", partitions=2)
+    window = {"max_requests": 10, "max_wait": "300ms"}
+    before = pipeline("p", topic, window=window, template={"user": "Before: {text}"})
+    config, group = configure(before, processing_guarantee=guarantee)
+    sealed_with = task_version(load_settings(config, env={"OPENAI_API_KEY": "k"}).pipelines[0])
+    values = [{"id": f"c{i}", "text": f"ticket {i}"} for i in range(40)]
+    await produce(bootstrap, topic, values, keys=[b"k%d" % (i % 2) for i in range(40)])
+    worker = start_worker(config, "before")
+
+    async def submitted() -> bool:
+        return emu.stats.get("batches_created", 0) >= 4
+
+    await wait_until(submitted, timeout=90, what="every window submitted")
+    await wait_committed(bootstrap, group, topic, 40)
+    worker.kill()
+    after = pipeline("p", topic, window=window, model="gpt-5-nano", template={"user": "After: {text} ({id})"})
+    configure(after, processing_guarantee=guarantee)
+    now_version = task_version(load_settings(config, env={"OPENAI_API_KEY": "k"}).pipelines[0])
+    assert now_version != sealed_with
+    emu.faults.batch_seconds = 0.2
+    more = [{"id": f"n{i}", "text": f"new {i}"} for i in range(10)]
+    await produce(bootstrap, topic, more)
+    restarted = start_worker(config, "after")
+    async with TopicReader(bootstrap, f"{topic}.results") as results, TopicReader(bootstrap, f"{topic}.dlq") as dlq:
+        await wait_every_id([results, dlq], {v["id"] for v in values + more}, timeout=120)
+        await wait_committed(bootstrap, group, topic, 50)
+    assert dlq.values == [], "the paid results of windows in flight are emitted, never template_error"
+    by_id = {r["id"]: r for r in results.values}
+    assert {by_id[v["id"]]["task_version"] for v in values} == {sealed_with}
+    assert {by_id[v["id"]]["response"]["model"] for v in values} == {"gpt-5-mini"}
+    assert {by_id[v["id"]]["task_version"] for v in more} == {now_version}
+    assert {by_id[v["id"]]["response"]["model"] for v in more} == {"gpt-5-nano"}
+    assert restarted.proc.poll() is None
+
+
+@pytest.mark.parametrize("attempts", [3, 1])
+async def test_a_batch_the_provider_no_longer_knows_goes_another_round_within_the_retry_budget(
+    bootstrap, emulator, make_topic, configure, start_worker, attempts
+):
+    emu = emulator.emulator
+    emu.faults.batch_seconds = 600
+    topic = await make_topic("vanish", partitions=2)
+    config, group = configure(
+        pipeline(
+            "p",
+            topic,
+            window={"max_requests": 10, "max_wait": "300ms"},
+            retry={"attempts": attempts, "backoff_initial": "100ms", "backoff_max": "200ms"},
+        )
+    )
+    values = [{"id": f"v{i}", "text": f"event {i}"} for i in range(20)]
+    await produce(bootstrap, topic, values, keys=[b"k%d" % (i % 2) for i in range(20)])
+    worker = start_worker(config)
+
+    async def submitted() -> bool:
+        return emu.stats.get("batches_created", 0) >= 2
+
+    await wait_until(submitted, timeout=90, what="both windows submitted")
+    emu.batches.clear()  # the provider forgot them (deleted, or a gateway that lost its state)
+    emu.faults.batch_seconds = 0.2
+    async with TopicReader(bootstrap, f"{topic}.results") as results, TopicReader(bootstrap, f"{topic}.dlq") as dlq:
+        await wait_every_id([results, dlq], {v["id"] for v in values}, timeout=90)
+        await wait_committed(bootstrap, group, topic, 20)
+    assert worker.proc.poll() is None
+    if attempts > 1:
+        assert {r["id"] for r in results.values} == {v["id"] for v in values} and dlq.values == []
+        assert emu.stats["batches_created"] >= 4, "each window went another round"
+    else:
+        assert results.values == []
+        assert {d["reason"] for d in dlq.values} == {"retries_exhausted"}, "the retry budget bounds it"
+    assert "its requests go another round" in worker.log()
+
+
+# -- the mixed soak: what production sends, two pipelines on one topic, SIGKILLs ---------------
+
+SOAK_LONG = os.environ.get("BATCHSTREAM_SOAK") == "long"
+MIXED_EVENTS = int(os.environ.get("BATCHSTREAM_SOAK_EVENTS", 3000 if SOAK_LONG else 400))
+MIXED_KILLS = int(os.environ.get("BATCHSTREAM_SOAK_KILLS", 8 if SOAK_LONG else 3))
+
+
+def mixed_inputs(rng: random.Random, n: int) -> list[bytes]:
+    """Valid events, and among them template breakers, oversized non-UTF-8 values, JSON nested
+    too deep to write back, long texts whose results outgrow the output topic, and malformed JSON."""
+    values = []
+    for i in range(n):
+        roll = rng.random()
+        if roll < 0.03:
+            values.append(orjson.dumps({"id": f"m{i}", "amount": None, "subject": "breaks the format spec"}))
+        elif roll < 0.04:
+            values.append(b"\xfe" + rng.randbytes(rng.randrange(800_000, 950_000)))
+        elif roll < 0.06:
+            values.append(deep_event(rng.randrange(300, 900)).replace(b'"deep"', b'"m%d"' % i))
+        elif roll < 0.10:
+            values.append(b'{"id": "m%d", "amount": ' % i)
+        else:
+            subject = "s" * (300 if roll < 0.2 else 5)
+            values.append(orjson.dumps({"id": f"m{i}", "amount": i, "subject": subject}))
+    return values
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(1800 if SOAK_LONG else 400)
+@pytest.mark.parametrize("guarantee", GUARANTEES)
+async def test_a_mixed_stream_with_two_pipelines_and_sigkills_ends_every_event_once_per_pipeline(
+    bootstrap, emulator, make_topic, configure, start_worker, guarantee
+):
+    rng = random.Random(f"mixed-{guarantee}")
+    emulator.emulator.faults.batch_seconds = 1.0
+    topic = await make_topic("mixed", partitions=3)
+    for output in (f"{topic}.results", f"{topic}.slow"):  # long texts' results do not fit them
+        await create_topic(bootstrap, output, 3, **{"max.message.bytes": "1500"})
+    template = {"user": "Amount {amount:>8} for {subject}"}
+    fast = pipeline("fast", topic, template=template, max_event_bytes=2_000_000,
+                    window={"max_requests": 40, "max_wait": "500ms"})  # fmt: skip
+    slow = pipeline("slow", topic, template=template, max_event_bytes=2_000_000,
+                    window={"max_requests": 200, "max_wait": "3s"}, output_topic=f"{topic}.slow",
+                    dead_letter_topic=f"{topic}.slowdlq", state_topic=f"{topic}.slowstate")  # fmt: skip
+    config, group = configure(fast, slow, processing_guarantee=guarantee)
+    values = mixed_inputs(rng, MIXED_EVENTS)
+    waves = MIXED_KILLS + 1
+    size = -(-len(values) // waves)
+    coordinates: set[tuple[int, int]] = set()
+    for n in range(waves):
+        placed = await produce_placed(
+            bootstrap,
+            topic,
+            values[n * size : (n + 1) * size],
+            keys=[b"k%d" % rng.randrange(20) for _ in values[n * size : (n + 1) * size]],
+        )
+        coordinates.update(placed)
+        worker = start_worker(config, f"w{n}")
+        if n == MIXED_KILLS:
+            break
+        await wait_log(worker, "loaded state of partitions", count=2)
+        await asyncio.sleep(rng.uniform(0.5, 4.0))  # the kill's timing, not a synchronisation
+        worker.kill()
+    outputs = {"fast": (f"{topic}.results", f"{topic}.dlq"), "slow": (f"{topic}.slow", f"{topic}.slowdlq")}
+    for name, (out, dead) in outputs.items():
+        async with TopicReader(bootstrap, out) as results, TopicReader(bootstrap, dead) as dlq:
+
+            async def complete() -> bool:
+                await results.poll()
+                await dlq.poll()
+                return set(fates_by_offset(results.values + dlq.values)) >= coordinates
+
+            await wait_until(complete, timeout=300 if SOAK_LONG else 180, what=f"every event's fate in {name}")
+            fates = fates_by_offset(results.values + dlq.values)
+        assert set(fates) == coordinates, name
+        reasons = Counter(d["reason"] for d in dlq.values)
+        assert {"template_error", "undecodable", "invalid_request", "invalid_json", "result_too_large"} <= set(reasons)
+        assert all(d["message"] for d in dlq.values)
+        if guarantee == "exactly_once":
+            assert max(fates.values()) == 1, f"{name}: duplicates under exactly_once"
+    ends = await end_offsets(bootstrap, topic, 3)
+    await wait_committed_offsets(bootstrap, group, topic, ends, timeout=60)
+    assert worker.proc.poll() is None
+
+
+async def test_a_read_back_starts_at_the_oldest_event_still_in_the_topic(
+    bootstrap, emulator, make_topic, configure, start_worker
+):
+    emu = emulator.emulator
+    emu.faults.batch_seconds = 600
+    topic = await make_topic("trim", partitions=1)
+    config, group = configure(pipeline("p", topic, window={"max_requests": 20, "max_wait": "300ms"}))
+    values = [{"id": f"t{i}", "text": f"event {i}"} for i in range(20)]
+    await produce(bootstrap, topic, values)
+    worker = start_worker(config, "before")
+
+    async def submitted() -> bool:
+        return emu.stats.get("batches_created", 0) >= 1
+
+    await wait_until(submitted, timeout=90, what="the window submitted")
+    await wait_committed(bootstrap, group, topic, 20)
+    worker.kill()
+    # retention cut into the window while no worker ran: offsets 0-7 are gone
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_records({TopicPartition(topic, 0): RecordsToDelete(before_offset=8)})
+    finally:
+        await admin.close()
+    emu.faults.batch_seconds = 0.2
+    start_worker(config, "after")
+    async with TopicReader(bootstrap, f"{topic}.results") as results, TopicReader(bootstrap, f"{topic}.dlq") as dlq:
+        await wait_every_id([results, dlq], {v["id"] for v in values[8:]}, timeout=90)
+
+        async def eight_gone() -> bool:
+            return len(await dlq.poll()) >= 8
+
+        await wait_until(eight_gone, timeout=30, what="the trimmed events' dead letters")
+    assert sorted(r["source"]["offset"] for r in results.values) == list(range(8, 20)), "the events still there"
+    assert sorted(d["source"]["offset"] for d in dlq.values) == list(range(8))
+    assert {d["reason"] for d in dlq.values} == {"input_gone"}

@@ -31,8 +31,8 @@ def test_a_window_covers_only_its_members(members: list[tuple[int, int]] | None,
     record = WindowRecord(window_id="w", pipeline="p", partition=0, endpoint="/v1/chat/completions", model="m",
                           first_offset=3, last_offset=7, count=len(covered), status="done", members=members,
                           sealed_at=0.0)  # fmt: skip
-    assert {o for o in range(10) if record.covers(req(o))} == covered
-    assert not record.covers(req(3, model="other"))
+    assert {o for o in range(10) if record.holds(o)} == covered
+    assert {o for o in range(10) if record.round_filter()(o)} == covered
     assert WindowRecord.model_validate_json(record.dumps()) == record
 
 
@@ -46,13 +46,13 @@ def test_only_loaded_windows_are_replay_candidates_and_finished_new_ones_are_for
     state = PartitionState(0, [record(0, 9), record(10, 19, "submitted")])
     state.loaded()
     assert state.horizon == 19
-    assert state.covers(req(5)) and state.covers(req(15)) and not state.covers(req(20))
+    assert state.covers(5) and state.covers(15) and not state.covers(20)
     state.put(record(20, 29, "sealed"))
     assert "w20" in state.records and [r.window_id for r in state.unfinished()] == ["w10", "w20"]
     state.put(record(20, 29, "done"))
     assert "w20" not in state.records, "a window finished above the horizon needs no memory"
     state.put(record(10, 19, "done"))
-    assert state.covers(req(15)), "a loaded window still recognises its replayed events"
+    assert state.covers(15), "a loaded window still recognises its replayed events"
 
 
 def test_each_queued_group_keeps_its_own_attempt_number() -> None:
@@ -113,7 +113,7 @@ async def test_a_load_keeps_done_windows_so_their_replayed_events_are_recognised
     store = StateStore(_StateTopic(topic), pipeline="p", input_topic="in", bootstrap=bootstrap, group_id=group)  # type: ignore[arg-type]
     state = (await store.load([0]))[0]
     assert state.horizon == 19
-    assert state.covers(req(5)), "a done window not yet passed by the committed offset recognises its events"
+    assert state.covers(5), "a done window not yet passed by the committed offset recognises its events"
     assert [r.window_id for r in state.unfinished()] == ["w10"]
 
 
