@@ -198,6 +198,8 @@ async def test_a_refused_key_holds_flex_events_until_it_is_fixed_never_dead_lett
 
         async def refused_a_while() -> bool:
             assert worker.proc.poll() is None, worker.log()
+            if probe(port, "/healthz")[0] != 200:
+                return False  # not serving its endpoints yet
             return metric(port, "batchstream_provider_account_refusals_total", pipeline="p") >= 60
 
         await wait_until(refused_a_while, timeout=60, what="flex calls refused for the key")
