@@ -156,6 +156,8 @@ class AnthropicApi:
         if self.e.faults.anthropic_no_results_url:
             return None
         path = f"/v1/messages/batches/{batch.id}/results"
+        if self.e.faults.anthropic_results_origin:  # a gateway handing out another origin's URL
+            return f"{self.e.faults.anthropic_results_origin.rstrip('/')}{path}"
         return path if self.e.faults.anthropic_relative_results_url else f"{request.url.origin()}{path}"
 
     def _batch(self, request: web.Request) -> MessageBatch | None:

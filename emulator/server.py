@@ -123,6 +123,8 @@ class Faults(BaseModel):
     retry_after: float = Field(1.0, ge=0)
     #: Anthropic: a message batch's ``results_url`` is relative to the server (else absolute).
     anthropic_relative_results_url: bool = False
+    #: Anthropic: ``results_url`` on this origin (``http://host:port``) instead of the emulator's own.
+    anthropic_results_origin: str | None = None
     #: Anthropic: an ended message batch names no ``results_url`` (its results are still served).
     anthropic_no_results_url: bool = False
     #: OpenAI shapes: requests bearing one of these keys answer 401 ``invalid_api_key`` (a key

@@ -2,9 +2,10 @@
 
 A round's requests travel inside the create call (``requests=[{custom_id, params}]``): there
 is no file to upload. Status: ``processing_status`` in_progress -> canceling -> ended, with
-request counts. Results stream as JSONL from the batch's ``results_url`` (the SDK resolves
-it whether the server gives it relative or absolute), one line per request, in no particular
-order, keyed by ``custom_id``:
+request counts. Results stream as JSONL from the batch's ``results_url``, relative or absolute
+but only on the configured origin (the key goes with the request: a URL elsewhere is never
+followed, the documented path is read instead), one line per request, in no particular order,
+keyed by ``custom_id``:
 
 - ``succeeded``: the message is the result;
 - ``errored`` with ``invalid_request_error``: the request is rejected (a dead letter);
@@ -183,30 +184,38 @@ class AnthropicProvider(Provider):
 
     @asynccontextmanager
     async def _open_results(self, batch_id: str) -> AsyncIterator[tuple[Any, AsyncIterator[bytes]]]:
-        """An ended batch's results as (headers, chunks of raw bytes).
+        """An ended batch's results as (headers, chunks of raw bytes), read with the key only from
+        the configured ``base_url``'s origin (:meth:`results_url`); redirects are not followed."""
+        batch = await self._client.messages.batches.retrieve(batch_id)
+        url = self.results_url(batch_id, batch.results_url)
+        headers = {k: v for k, v in self._client.default_headers.items() if isinstance(v, str)}
+        async with (
+            httpx.AsyncClient(timeout=self.settings.timeout, follow_redirects=False) as http,
+            http.stream("GET", url, headers={**headers, "Accept": "application/binary"}) as response,
+        ):
+            if response.status_code >= 300:
+                status = response.status_code
+                kind = ProviderUnavailable if status >= 500 or status == 429 else ProviderRejected
+                raise kind(f"results of {batch_id}: HTTP {status}", status_code=status)
+            yield response.headers, response.aiter_bytes()
 
-        The SDK reads them from the batch's ``results_url``, relative or absolute. A server that
-        ends a batch without one (the API gives it once processing ends) is read at the
-        documented path, ``/v1/messages/batches/{id}/results``, with the client's own headers.
-        """
-        try:
-            decoder = await self._client.messages.batches.results(batch_id)
-        except anthropic.AnthropicError as exc:
-            if isinstance(exc, anthropic.APIError):
-                raise
-            headers = {k: v for k, v in self._client.default_headers.items() if isinstance(v, str)}
-            url = f"{str(self._client.base_url).rstrip('/')}/v1/messages/batches/{batch_id}/results"
-            async with (
-                httpx.AsyncClient(timeout=self.settings.timeout) as http,
-                http.stream("GET", url, headers={**headers, "Accept": "application/binary"}) as response,
-            ):
-                response.raise_for_status()
-                yield response.headers, response.aiter_bytes()
-            return
-        try:
-            yield decoder.http_response.headers, decoder.http_response.aiter_bytes()
-        finally:
-            await decoder.close()
+    def results_url(self, batch_id: str, given: str | None) -> str:
+        """Where a batch's results are read: its ``results_url`` when it is on the configured
+        origin (scheme, host and port of ``base_url``) or relative to it; otherwise, and when
+        the batch names none, the documented path on that origin. The key is sent with the
+        request, so a URL on another origin (handed out by a gateway, a proxy or a compatible
+        server) is never followed: only its origin is logged."""
+        base = httpx.URL(str(self._client.base_url))
+        documented = f"{str(base).rstrip('/')}/v1/messages/batches/{batch_id}/results"
+        if not given:
+            return documented
+        target = base.join(given)
+        if (target.scheme, target.host, target.port) == (base.scheme, base.host, base.port):
+            return str(target)
+        log.warning("message batch %s names results on another origin (%s://%s%s); reading them from the "
+                    "configured origin instead: the key is never sent elsewhere", batch_id, target.scheme,
+                    target.host, f":{target.port}" if target.port else "")  # fmt: skip
+        return documented
 
     async def find(self, tag: str, *, created_after: float, create_started: float | None, count: int) -> Lookup:
         """The round's batch among those created around its create call with its request count.

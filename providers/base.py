@@ -31,6 +31,7 @@ import orjson
 from streams.errors import (
     ACCOUNT_CODES,
     ACCOUNT_STATUSES,
+    BatchstreamError,
     ProviderAccountError,
     ProviderBackpressure,
     ProviderError,
@@ -212,6 +213,8 @@ async def guarded(
     except errors as exc:
         raise map_error(exc, what) from exc
     except (ValueError, TypeError) as exc:  # the SDK refused the call's arguments before sending it
+        if isinstance(exc, BatchstreamError | orjson.JSONDecodeError):
+            raise  # batchstream's own, or a cut-off download: their callers handle them
         raise SdkRefused(f"{what}: the SDK refused the request: {type(exc).__name__}: {exc}") from exc
     except TimeoutError as exc:
         if not limit.expired():

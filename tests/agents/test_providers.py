@@ -199,3 +199,32 @@ async def test_a_call_whose_body_the_server_never_reads_fails_within_its_timeout
         for writer in held:
             writer.close()
         server.close()
+
+
+async def test_anthropic_results_on_another_origin_are_never_fetched_with_the_key(emulator, make_lane):
+    """A gateway rewrote ``results_url`` to another origin: nothing is sent there (the key least
+    of all), and the results are read from the configured origin's documented path."""
+    from aiohttp import web
+
+    seen: list[dict[str, str]] = []
+
+    async def record(request: web.Request) -> web.Response:
+        seen.append(dict(request.headers))
+        return web.Response(text="")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", record)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        emulator.emulator.faults.anthropic_results_origin = f"http://127.0.0.1:{port}"
+        lane = make_lane(provider={"kind": "anthropic", "api_key": "sk-ant-secret-of-the-test"})
+        _, requests = await lane.run(12)
+        results, dead = lane.fates()
+    finally:
+        await runner.cleanup()
+    assert (_ids(results), dead) == (_ids(requests), [])
+    assert seen == [], "no request of any kind reached the other origin"
