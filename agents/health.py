@@ -31,7 +31,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from providers import Provider
-from streams.errors import ProviderError, ProviderRejected
+from streams.errors import ProviderAccountError, ProviderError, ProviderRejected, redact
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,20 @@ PROVIDER_TTL = 30.0
 FAILED_TTL = 5.0
 #: How long one check may take before it counts as failed.
 CHECK_TIMEOUT = 5.0
+
+
+def quiet(exc: BaseException) -> str:
+    """A failed check as ``/readyz`` says it, unauthenticated: the kind of failure and the
+    provider's status and code, never its text (which may quote a key or an internal host)."""
+    if isinstance(exc, ProviderAccountError):
+        return f"the provider refuses the key or the account (HTTP {exc.status_code})"
+    if isinstance(exc, ProviderError):
+        parts = [type(exc).__name__]
+        parts.append(f"HTTP {exc.status_code}" if exc.status_code is not None else "(no answer)")
+        if exc.code:
+            parts.append(redact(exc.code))
+        return " ".join(parts)
+    return type(exc).__name__
 
 
 class Assignable(Protocol):
@@ -73,7 +87,7 @@ class _Cached:
                 except TimeoutError:
                     self._problem = f"no answer within {CHECK_TIMEOUT:g}s"
                 except Exception as exc:  # noqa: BLE001 - any failure makes the worker unready, with its reason
-                    self._problem = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ProviderError) else str(exc)
+                    self._problem = quiet(exc)
                 self._at = time.monotonic()
             return self._problem
 

@@ -14,7 +14,7 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from streams.errors import ProviderError
+from streams.errors import ProviderError, redact
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def describe(exc: BaseException) -> str:
     """An error for a log line: provider errors as they are, others with their type."""
     if isinstance(exc, ProviderError):
         return str(exc)
-    return f"{type(exc).__name__}: {exc}"
+    return redact(f"{type(exc).__name__}: {exc}")
 
 
 async def retry_forever(

@@ -37,6 +37,7 @@ from streams.errors import (
     ProviderError,
     ProviderRejected,
     ProviderUnavailable,
+    redact,
 )
 from streams.models import Request
 from streams.provider_config import ProviderSettings
@@ -183,7 +184,7 @@ def map_error(exc: Exception, what: str) -> ProviderError:
         status = exc.code  # type: ignore[attr-defined]
     response = getattr(exc, "response", None)
     if isinstance(status, int) and isinstance(response, httpx.Response):
-        message = getattr(exc, "message", None) or str(exc)
+        message = redact(getattr(exc, "message", None) or str(exc))
         code, param = _code_and_param(exc)
         if status == 429:
             retry_after = _retry_after(response.headers) or _retry_delay(getattr(exc, "details", None))
@@ -193,7 +194,7 @@ def map_error(exc: Exception, what: str) -> ProviderError:
         if status in ACCOUNT_STATUSES or code in ACCOUNT_CODES:
             kind = ProviderAccountError
         return kind(f"{what}: HTTP {status}: {message}", status_code=status, code=code, param=param)
-    return ProviderUnavailable(f"{what}: {type(exc).__name__}: {exc}")
+    return ProviderUnavailable(redact(f"{what}: {type(exc).__name__}: {exc}"))
 
 
 async def guarded(
@@ -215,7 +216,7 @@ async def guarded(
     except (ValueError, TypeError) as exc:  # the SDK refused the call's arguments before sending it
         if isinstance(exc, BatchstreamError | orjson.JSONDecodeError):
             raise  # batchstream's own, or a cut-off download: their callers handle them
-        raise SdkRefused(f"{what}: the SDK refused the request: {type(exc).__name__}: {exc}") from exc
+        raise SdkRefused(redact(f"{what}: the SDK refused the request: {type(exc).__name__}: {exc}")) from exc
     except TimeoutError as exc:
         if not limit.expired():
             raise

@@ -17,6 +17,8 @@ field, not the value, of a ``SecretStr``.
 
 from __future__ import annotations
 
+import re
+
 
 class BatchstreamError(Exception):
     """Root of every error batchstream raises on purpose."""
@@ -84,3 +86,14 @@ class ProviderAccountError(ProviderRejected):
     the request itself is fine: no event is ever dead-lettered for it; calls wait and retry."""
 
     retriable = True
+
+
+#: What looks like a credential in a provider's text: OpenAI and Anthropic keys (whole or
+#: partly masked, ``sk-ab***yz``), Google API keys, bearer tokens, ``key=`` query parameters.
+_SECRETS = re.compile(r"(?:sk-[A-Za-z0-9*_\-]{4,}|AIza[0-9A-Za-z_\-]{16,}|(?<=Bearer )\S+|(?<=[?&]key=)[^&\s\"']+)")
+
+
+def redact(text: str) -> str:
+    """``text`` with anything key-shaped replaced by ``[redacted]``: provider messages reach
+    logs, dead letters and ``/readyz`` only through this."""
+    return _SECRETS.sub("[redacted]", text)

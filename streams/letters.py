@@ -11,6 +11,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict
 
 from streams.config import PipelineSettings
+from streams.errors import redact
 from streams.models import ReasonCode, Rejection, Source, SourceRecord
 
 
@@ -64,8 +65,11 @@ def encode_dead_letter(letter: DeadLetter, original: bytes | None, max_bytes: in
     input record, size and SHA-256) and its first bytes, and ``error`` by its size. ``original``:
     the input record's bytes when the caller has them.
     """
-    if len(letter.message) > MESSAGE_CHARS:
-        letter = letter.model_copy(update={"message": letter.message[: MESSAGE_CHARS - 3] + "..."})
+    message = redact(letter.message)  # a provider's text may quote a key
+    if len(message) > MESSAGE_CHARS:
+        message = message[: MESSAGE_CHARS - 3] + "..."
+    if message != letter.message:
+        letter = letter.model_copy(update={"message": message})
     try:
         full = orjson.dumps(letter.model_dump(mode="json"))
     except (TypeError, ValueError):  # nested deeper than pydantic or orjson write

@@ -59,7 +59,9 @@ def test_compose_checks_readiness_and_gives_the_worker_its_stop_grace() -> None:
     settings = load_settings(ROOT / "config" / "docker.yaml", env={"OPENAI_API_KEY": "k"})
     assert settings.metrics_host == "0.0.0.0"
     assert f"http://127.0.0.1:{settings.metrics_port}/readyz" in " ".join(worker["healthcheck"]["test"])
-    assert f"{settings.metrics_port}:{settings.metrics_port}" in worker["ports"]
+    assert f"127.0.0.1:{settings.metrics_port}:{settings.metrics_port}" in worker["ports"]
+    published = [port for service in services.values() for port in service.get("ports", [])]
+    assert published and all(port.startswith("127.0.0.1:") for port in published), "only on the host's loopback"
     assert int(worker["stop_grace_period"].removesuffix("s")) > 30, "longer than the worker's own 30 s grace"
     assert worker["depends_on"]["emulator"]["condition"] == "service_healthy"
     built = [name for name, service in services.items() if "build" in service]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+import urllib.request
 from collections import Counter
 from typing import Any
 
 import openai
+import orjson
 import pytest
 
 from tests.support import (
@@ -207,10 +209,15 @@ async def test_a_refused_key_holds_flex_events_until_it_is_fixed_never_dead_lett
         assert (await committed_offsets(bootstrap, group, topic)) in ({}, {0: 0, 1: 0}), "no offset passes them"
         status, body = probe(port, "/readyz")
         assert status == 503, body
+        said = orjson.dumps(body).decode()
+        assert "refuses the key or the account (HTTP 401)" in said and "sk-" not in said and "Incorrect" not in said
+        exposed = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        assert "sk-" not in exposed
         emu.faults.refused_keys = []  # the key is fixed
         await wait_every_id([results], {e["id"] for e in values}, timeout=90)
         await wait_committed(bootstrap, group, topic, len(values))
     assert dlq.values == []
     assert {r["mode"] for r in results.values} == {"flex"}
     assert "refuses the key or the account" in worker.log()
-    assert "sk-test-secret-key" not in worker.log()
+    assert "Incorrect API key provided: [redacted]" in worker.log(), "the provider's text, its key masked"
+    assert "sk-" not in worker.log() and "-key." not in worker.log()
