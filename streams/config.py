@@ -121,6 +121,13 @@ class PipelineSettings(Frozen):
     #: ``/v1/chat/completions`` elsewhere.
     endpoint: Endpoint = "/v1/chat/completions"
     model: str
+    #: The models a request event (one carrying its own ``body``) may name, besides ``model``;
+    #: an event naming another is an ``invalid_request`` dead letter. Unset: any model.
+    models: list[str] | None = None
+    #: The most output tokens a request event may ask for (``max_tokens``,
+    #: ``max_completion_tokens``, ``max_output_tokens``, ``generationConfig.maxOutputTokens``);
+    #: more is an ``invalid_request`` dead letter. Unset: no limit.
+    max_output_tokens: int | None = Field(None, ge=1)
     #: ``/v1/messages``: the ``max_tokens`` of a request that sets none (Anthropic requires it).
     max_tokens: int = Field(1024, ge=1)
     window: WindowSettings = WindowSettings()

@@ -197,6 +197,27 @@ def task_version(cfg: PipelineSettings) -> str:
     return hashlib.sha256(material).hexdigest()[:12]
 
 
+#: Where a request body asks for its output tokens, by endpoint shape.
+_OUTPUT_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+
+def outside_limits(cfg: PipelineSettings, body: dict[str, Any]) -> str | None:
+    """Why a request event's own body is outside the pipeline's ``models`` and
+    ``max_output_tokens`` (a producer must not pick a dearer model or a longer answer); None
+    when it is within them."""
+    model = body.get("model")
+    if cfg.models is not None and model != cfg.model and model not in cfg.models:
+        return f"model {model!r} is not one of the pipeline's models ({', '.join([cfg.model, *cfg.models])})"
+    if cfg.max_output_tokens is not None:
+        generation = body.get("generationConfig")
+        asked = [body.get(name) for name in _OUTPUT_TOKENS_FIELDS]
+        asked.append(generation.get("maxOutputTokens") if isinstance(generation, dict) else None)
+        for value in asked:
+            if isinstance(value, int | float) and not isinstance(value, bool) and value > cfg.max_output_tokens:
+                return f"the request asks for {value} output tokens; the pipeline allows {cfg.max_output_tokens}"
+    return None
+
+
 def task_of(cfg: PipelineSettings) -> dict[str, Any]:
     """What a window's requests are made with: kept in its record, so that the window finishes
     as it was sealed (:func:`as_sealed`) when the configuration changes while it is in flight."""
@@ -290,6 +311,8 @@ def _decode(
             body.setdefault("max_tokens", cfg.max_tokens)
         if not isinstance(body["model"], str):
             return Rejection("wrong_shape", "'body.model' must be a string")
+        if (refused := outside_limits(cfg, body)) is not None:
+            return Rejection("invalid_request", refused)
     else:
         try:
             body = render_body(cfg, event)

@@ -141,3 +141,24 @@ def test_any_message_and_original_size_fits_the_limit(message: str, size: int) -
     out = encode_dead_letter(letter, original, 8_000)
     assert len(out) <= 8_000
     assert DeadLetter.model_validate_json(out).reason == "oversized"
+
+
+def test_a_request_event_outside_the_pipelines_models_or_token_limit_is_an_invalid_request() -> None:
+    doc = settings_document(api_key="k", models=["gpt-5-nano"], max_output_tokens=500)
+    cfg = parse_settings(doc, env={}).pipelines[0]
+
+    def body(**fields: Any) -> bytes:
+        return orjson.dumps({"id": "r", "body": {"messages": [{"role": "user", "content": "hi"}], **fields}})
+
+    assert isinstance(decode_event(cfg, SRC, None, body()), Request), "the pipeline's model"
+    assert isinstance(decode_event(cfg, SRC, None, body(model="gpt-5-nano", max_tokens=500)), Request)
+    dearer = decode_event(cfg, SRC, None, body(model="gpt-5"))
+    assert isinstance(dearer, Rejection) and dearer.reason == "invalid_request"
+    assert "'gpt-5' is not one of the pipeline's models (gpt-5-mini, gpt-5-nano)" in dearer.message
+    for name in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
+        longer = decode_event(cfg, SRC, None, body(**{name: 501}))
+        assert isinstance(longer, Rejection) and longer.reason == "invalid_request", name
+    gemini = decode_event(cfg, SRC, None, body(generationConfig={"maxOutputTokens": 9000}))
+    assert isinstance(gemini, Rejection) and "9000 output tokens" in gemini.message
+    open_cfg = parse_settings(settings_document(api_key="k"), env={}).pipelines[0]
+    assert isinstance(decode_event(open_cfg, SRC, None, body(model="gpt-5", max_tokens=10**6)), Request), "unset: open"
