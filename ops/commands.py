@@ -204,8 +204,9 @@ def dlq(args: argparse.Namespace) -> int:
         asyncio.run(letters.replay(bootstrap, options, plan))
     console.print(letters.replay_table(plan, dry_run=args.dry_run))
     if plan.skipped_gone:
-        console.print(f"skipped {plan.skipped_gone} input_gone dead letters: their events are no longer in the "
-                      "input topic, so there is nothing to replay")  # fmt: skip
+        console.print(f"skipped {plan.skipped_gone} dead letters without their event (input_gone, or a reference "
+                      "to an original too large to carry): their events are no longer in the input topic, so there "
+                      "is nothing to replay")  # fmt: skip
     verb = "would replay" if args.dry_run else "replayed"
     console.print(f"{verb} {len(plan.publish)} events to {plan.target}" + (" (dry run: nothing published)"
                                                                           if args.dry_run else ""))  # fmt: skip

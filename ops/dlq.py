@@ -112,7 +112,8 @@ class ReplayPlan:
     publish: list[tuple[Letter, Record]] = field(default_factory=list)
     skipped_max: Counter[str] = field(default_factory=Counter)
     skipped_done: Counter[str] = field(default_factory=Counter)
-    #: ``input_gone`` dead letters whose event is not in the input topic any more: nothing to replay.
+    #: Dead letters carrying no event (``input_gone``, or a reference to an original too large to
+    #: travel with them) whose event is not in the input topic any more: nothing to replay.
     skipped_gone: int = 0
     chosen: Counter[str] = field(default_factory=Counter)
 
@@ -166,8 +167,11 @@ async def plan_replay(
         done = {mark.decode() for mark in marks if mark is not None}
     for coordinate, letter in unique.items():
         plan.chosen[letter.reason] += 1
-        if letter.reason == "input_gone" and coordinate not in originals:
-            plan.skipped_gone += 1  # the dead letter carries no event, and the topic no longer has it
+        carried = letter.body.get("original_base64") or letter.body.get("event") is not None
+        if coordinate not in originals and (letter.reason == "input_gone" or not carried):
+            # the dead letter carries no event (input_gone, or only a reference to an original too
+            # large to travel with it), and the topic no longer has it
+            plan.skipped_gone += 1
             continue
         original = originals.get(coordinate) or _original(letter)
         if "/".join(map(str, coordinate)) in done:

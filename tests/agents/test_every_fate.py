@@ -63,6 +63,21 @@ def fates_by_offset(records: list[dict[str, Any]]) -> Counter[tuple[int, int]]:
     return Counter((r["source"]["partition"], r["source"]["offset"]) for r in records)
 
 
+async def submitted_then_killed(
+    emu: Any, start_worker: Any, config: Any, bootstrap: str, group: str, topic: str, *, batches: int, events: int
+) -> None:
+    """Run a worker until ``batches`` batches are created and all ``events`` are committed
+    (sealed windows), then SIGKILL it: its windows are in flight at the provider."""
+    worker = start_worker(config, "before")
+
+    async def submitted() -> bool:
+        return emu.stats.get("batches_created", 0) >= batches
+
+    await wait_until(submitted, timeout=90, what=f"{batches} batches submitted")
+    await wait_committed(bootstrap, group, topic, events)
+    worker.kill()
+
+
 def deep_event(levels: int) -> bytes:
     return (
         b'{"id": "deep", "body": {"messages": [{"role": "user", "content": "x"}], "x": '
@@ -206,14 +221,7 @@ async def test_windows_in_flight_finish_as_sealed_when_model_and_template_change
     sealed_with = task_version(load_settings(config, env={"OPENAI_API_KEY": "k"}).pipelines[0])
     values = [{"id": f"c{i}", "text": f"ticket {i}"} for i in range(40)]
     await produce(bootstrap, topic, values, keys=[b"k%d" % (i % 2) for i in range(40)])
-    worker = start_worker(config, "before")
-
-    async def submitted() -> bool:
-        return emu.stats.get("batches_created", 0) >= 4
-
-    await wait_until(submitted, timeout=90, what="every window submitted")
-    await wait_committed(bootstrap, group, topic, 40)
-    worker.kill()
+    await submitted_then_killed(emu, start_worker, config, bootstrap, group, topic, batches=4, events=40)
     after = pipeline("p", topic, window=window, model="gpt-5-nano", template={"user": "After: {text} ({id})"})
     configure(after, processing_guarantee=guarantee)
     now_version = task_version(load_settings(config, env={"OPENAI_API_KEY": "k"}).pipelines[0])
@@ -366,14 +374,7 @@ async def test_a_read_back_starts_at_the_oldest_event_still_in_the_topic(
     config, group = configure(pipeline("p", topic, window={"max_requests": 20, "max_wait": "300ms"}))
     values = [{"id": f"t{i}", "text": f"event {i}"} for i in range(20)]
     await produce(bootstrap, topic, values)
-    worker = start_worker(config, "before")
-
-    async def submitted() -> bool:
-        return emu.stats.get("batches_created", 0) >= 1
-
-    await wait_until(submitted, timeout=90, what="the window submitted")
-    await wait_committed(bootstrap, group, topic, 20)
-    worker.kill()
+    await submitted_then_killed(emu, start_worker, config, bootstrap, group, topic, batches=1, events=20)
     # retention cut into the window while no worker ran: offsets 0-7 are gone
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
