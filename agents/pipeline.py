@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -120,12 +121,14 @@ class Pipeline:
         self.commits = Commits(app, cfg.input_topic)
         self.tasks = PartitionTasks()
         runner = FlexRunner(cfg, client, self.metrics)
+        #: Where rounds stage their files and download results; removed at stop.
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"batchstream-{cfg.name}-"))
         self.watch = BatchWatch(client, provider, cfg.retry, self.metrics)
         services = WindowServices(
             cfg=cfg, provider=provider, client=client, ledger=self.ledger, outbox=self.outbox,
             flex=runner, tasks=self.tasks,
             reader=InputReader(bootstrap, cfg.input_topic, read_committed=self.exactly_once, **kafka_options),
-            workdir=Path(tempfile.mkdtemp(prefix=f"batchstream-{cfg.name}-")), metrics=self.metrics,
+            workdir=self.workdir, metrics=self.metrics,
             watch=self.watch, quotas=quotas or Quotas(provider.max_enqueued_tokens),
             held=HeldRequests(cfg.max_held_requests, self.policy.max_requests),
         )  # fmt: skip
@@ -181,6 +184,7 @@ class Pipeline:
     async def _commit(self) -> None:
         self.metrics.unfinished_events.set(self.commits.unfinished)
         await self.commits.commit()
+        await self.ledger.prune(self.commits.committed)
         if isinstance(self.store, TransactionalStore):
             await self.store.prune(self.commits.committed, self.ledger.unpinned)
 
@@ -281,3 +285,4 @@ class Pipeline:
         await self.ledger.close(self.ledger.partitions)
         await self.client.close()
         await self.writer.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)  # the rounds' staged and downloaded files

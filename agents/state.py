@@ -18,6 +18,7 @@ skips them; then they are tombstoned.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from typing import Any, Literal, Protocol
 
@@ -29,6 +30,8 @@ from agents.retry import retry_forever
 from sinks.limits import SizeRefused
 from sinks.transactions import Record
 from streams.offsets import Frontier
+
+log = logging.getLogger(__name__)
 
 Status = Literal["sealed", "submitted", "hedged", "done"]
 
@@ -221,6 +224,9 @@ class PartitionState:
         #: Served marks loaded from the state topic: offset -> the mark's key.
         self.served: dict[int, bytes] = {}
         self.horizon = -1
+        #: Windows finished in this assignment and forgotten at once: (last offset, key), to be
+        #: tombstoned once the committed offset passes them (the state topic does not grow with uptime).
+        self.finished: list[tuple[int, bytes]] = []
 
     def loaded(self) -> None:
         """Everything from the state topic is in: fix the replay horizon."""
@@ -230,6 +236,7 @@ class PartitionState:
     def put(self, record: WindowRecord) -> None:
         if record.status == "done" and record.first_offset > self.horizon:
             self.records.pop(record.window_id, None)
+            self.finished.append((record.last_offset, record.window_id.encode()))
         else:
             self.records[record.window_id] = record
 
@@ -257,7 +264,9 @@ class PartitionState:
         for record in gone:
             del self.records[record.window_id]
         marks = self.unpinned(o for o in self.served if o < committed)
-        return [r.window_id.encode() for r in gone] + [self.served.pop(offset) for offset in marks]
+        passed = [key for last, key in self.finished if last < committed]
+        self.finished = [(last, key) for last, key in self.finished if last >= committed]
+        return [r.window_id.encode() for r in gone] + [self.served.pop(offset) for offset in marks] + passed
 
 
 class StateBackend(Protocol):
@@ -278,6 +287,8 @@ class StateBackend(Protocol):
     async def load(self, partitions: Iterable[int]) -> dict[int, PartitionState]: ...
 
     async def release(self, partitions: Iterable[int]) -> None: ...
+
+    async def tombstone(self, partition: int, keys: list[bytes]) -> None: ...
 
 
 class Unit(Protocol):
@@ -311,6 +322,20 @@ class Ledger:
     def release(self, partitions: Iterable[int]) -> None:
         for partition in partitions:
             self._owned.pop(partition, None)
+
+    async def prune(self, committed: dict[int, int]) -> None:
+        """Tombstone the done windows (and loaded served marks) the committed offsets have passed:
+        their events are never replayed, so their records are no longer needed. Best effort: what
+        fails is tried again after the next commit, or at the next load."""
+        for partition, offset in committed.items():
+            state = self._owned.get(partition)
+            keys = [] if state is None else state.forget_done_before(offset)
+            if not keys:
+                continue
+            try:
+                await self.backend.tombstone(partition, keys)
+            except Exception as exc:  # noqa: BLE001 - the keys are tombstoned at the next load instead
+                log.info("state of partition %d: tombstoning %d finished records failed: %s", partition, len(keys), exc)
 
     async def close(self, partitions: Iterable[int]) -> None:
         """After a revocation's tasks have stopped: the backend lets the partitions go too."""

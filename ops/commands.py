@@ -200,14 +200,20 @@ def dlq(args: argparse.Namespace) -> int:
         bootstrap, options, cfg, reasons=args.reason, since_ms=_moment("since", args.since),
         until_ms=_moment("until", args.until), ids=args.ids, target=args.to, max_replays=args.max_replays,
     ))  # fmt: skip
+    published, refused = 0, list[str]()
     if not args.dry_run:
-        asyncio.run(letters.replay(bootstrap, options, plan))
+        published, refused = asyncio.run(letters.replay(bootstrap, options, plan))
     console.print(letters.replay_table(plan, dry_run=args.dry_run))
     if plan.skipped_gone:
         console.print(f"skipped {plan.skipped_gone} dead letters without their event (input_gone, or a reference "
                       "to an original too large to carry): their events are no longer in the input topic, so there "
                       "is nothing to replay")  # fmt: skip
-    verb = "would replay" if args.dry_run else "replayed"
-    console.print(f"{verb} {len(plan.publish)} events to {plan.target}" + (" (dry run: nothing published)"
-                                                                          if args.dry_run else ""))  # fmt: skip
+    if args.dry_run:
+        console.print(f"would replay {len(plan.publish)} events to {plan.target} (dry run: nothing published)")
+        return 0
+    console.print(f"replayed {published} events to {plan.target}")
+    if refused:
+        console.print(f"[red]{len(refused)} events were refused by the broker and not replayed[/red] "
+                      f"(first: {refused[0]}); run the replay again once the cause is fixed")  # fmt: skip
+        return 1
     return 0

@@ -46,6 +46,9 @@ class MemoryBackend:
     async def release(self, partitions: Iterable[int]) -> None:
         pass
 
+    async def tombstone(self, partition: int, keys: list[bytes]) -> None:
+        pass
+
     async def load(self, partitions: Iterable[int]) -> dict[int, PartitionState]:
         return {p: PartitionState(p) for p in partitions}
 

@@ -9,7 +9,9 @@ import base64
 import hashlib
 import os
 import random
+import tempfile
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -395,3 +397,33 @@ async def test_a_read_back_starts_at_the_oldest_event_still_in_the_topic(
     assert sorted(r["source"]["offset"] for r in results.values) == list(range(8, 20)), "the events still there"
     assert sorted(d["source"]["offset"] for d in dlq.values) == list(range(8))
     assert {d["reason"] for d in dlq.values} == {"input_gone"}
+
+
+@pytest.mark.parametrize("guarantee", GUARANTEES)
+async def test_finished_windows_leave_the_state_topic_and_a_stop_removes_the_work_folder(
+    bootstrap, emulator, make_topic, configure, start_worker, unique, guarantee
+):
+    topic = await make_topic("tidy", partitions=2)
+    name = f"tidy{unique}"
+    config, group = configure(pipeline(name, topic, window={"max_requests": 10, "max_wait": "300ms"}),
+                              processing_guarantee=guarantee)  # fmt: skip
+    values = [{"id": f"d{i}", "text": f"event {i}"} for i in range(60)]
+    await produce(bootstrap, topic, [*values, b"{oops"], keys=[b"k%d" % (i % 2) for i in range(61)])
+    worker = start_worker(config)
+    async with TopicReader(bootstrap, f"{topic}.results") as results:
+        await results.until(60, timeout=90)
+    await wait_committed(bootstrap, group, topic, 61)
+    async with TopicReader(bootstrap, f"{topic}.state") as state:
+
+        async def only_tombstones() -> bool:
+            await state.poll()
+            latest: dict[bytes | None, Any] = {}
+            for key, value in state.records:
+                latest[key] = value
+            return bool(latest) and all(value is None for value in latest.values())
+
+        await wait_until(only_tombstones, timeout=60, what="every finished window tombstoned while the worker runs")
+    folders = list(Path(tempfile.gettempdir()).glob(f"batchstream-{name}-*"))
+    assert len(folders) == 1, "the worker's work folder while it runs"
+    assert worker.terminate() == 0, worker.log()
+    assert not folders[0].exists(), "a stop removes the work folder"

@@ -10,6 +10,8 @@ from pathlib import Path
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from tests.support import TopicReader, end_offsets, pipeline, produce, run_cli, wait_every_id, wait_until
 
@@ -100,3 +102,25 @@ async def test_dead_letters_are_inspected_and_replayed_after_the_cause_is_fixed(
         assert "replayed 0 events" in skipped, "nothing to replay: the event is gone"
     assert len(await records_from(bootstrap, topic, before)) == 3, "a second replay publishes nothing"
     assert worker.terminate() == 0, worker.log()
+
+
+async def test_a_replay_counts_only_what_the_broker_acknowledged(
+    bootstrap, emulator, make_topic, configure, run_pipeline
+):
+    big = orjson.dumps({"id": "big", "text": "x" * 3000})  # over max_event_bytes: dead-lettered with its bytes
+    fates = await run_pipeline([big, b"{oops"], max_event_bytes=2000, template={"user": "{text}"})
+    assert {d["reason"] for d in fates.dead} == {"oversized", "invalid_json"}
+    config = next(Path(fates.worker.log_path).parent.glob("c.yaml"))
+    target = await make_topic("small", partitions=1)
+    admin_configs = {"max.message.bytes": "1000"}  # the oversized event cannot be replayed there
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, target, configs=admin_configs)])
+    finally:
+        await admin.close()
+    proc = run_cli("dlq", "replay", "-c", str(config), "--pipeline", "p", "--to", target)
+    out = " ".join(proc.stdout.split())
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "replayed 1 events to" in out and "1 events were refused by the broker and not replayed" in out
+    assert len(await records_from(bootstrap, target, {0: 0})) == 1, "only the acknowledged one is there"
