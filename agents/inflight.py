@@ -277,7 +277,7 @@ class InFlightWindow(FailedRounds):
         try:
             outcomes = await self.s.client.results(batch, self.s.workdir) if batch is not None and terminal else {}
         except ProviderRejected as exc:
-            if exc.status_code != 404 and not isinstance(exc, SdkRefused):
+            if exc.status_code != 404:
                 raise
             await self._vanished(BatchVanished(f"the results of batch {self.record.batch_id}: {exc}"))
             return

@@ -235,10 +235,10 @@ class Outbox:
     async def flush(self) -> None:
         """Write what was added; return once the broker has it all, or raise.
 
-        A draft (``at_least_once``) hands its records to the pipeline's sinks, whose flushes
-        are shared by every writer (group commit). When that flush fails, the draft takes its
-        records back out of the sinks, so a retry (of this flush, or of the step that built the
-        draft) writes each of them once, never twice; the draft keeps them until written."""
+        A draft (``at_least_once``) writes its records through the pipeline's sinks, whose
+        writes are shared by every writer waiting at the time (group commit). A failed write
+        keeps none of them in the sinks: the draft keeps them until written, so a retry (of this
+        flush, or of the step that built the draft) writes each of them again, once."""
         shared = self._shared
         if shared is None:
             try:
@@ -249,28 +249,16 @@ class Outbox:
                 raise
             return
         self.rescreen()
-        results, letters = list(self.results.pending), list(self.dead_letters.pending)
-        for key, value in results:
-            shared.results.add(value, key=key)
-        for key, value in letters:
-            shared.dead_letters.add(value, key=key)
         try:
-            await shared.results.flush()
-            await shared.dead_letters.flush()
-        except BaseException as exc:
-            discard(shared.results.pending, results)
-            discard(shared.dead_letters.pending, letters)
-            if isinstance(exc, SizeRefused):
-                await self.limits.after_refusal(exc)  # the retry re-screens against the new limits
+            if self.results.pending:
+                await shared.results.write(list(self.results.pending))
+                self.results.pending.clear()  # written: a retry of this flush writes only the rest
+            if self.dead_letters.pending:
+                await shared.dead_letters.write(list(self.dead_letters.pending))
+                self.dead_letters.pending.clear()
+        except SizeRefused as exc:
+            await self.limits.after_refusal(exc)  # the retry re-screens against the new limits
             raise
-        self.results.pending.clear()
-        self.dead_letters.pending.clear()
-
-
-def discard(pending: list[tuple[bytes | None, bytes]], taken: list[tuple[bytes | None, bytes]]) -> None:
-    """Remove ``taken``'s records (these very objects) from a sink's ``pending``, where a failed flush left them."""
-    ids = {id(value) for _, value in taken}
-    pending[:] = [(key, value) for key, value in pending if id(value) not in ids]
 
 
 def result_too_large(value: bytes, topic: str, limit: int) -> DeadLetter:

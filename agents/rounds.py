@@ -79,8 +79,6 @@ async def reread_round(
         if source.offset not in ended:  # once per event, however often the window reads back
             unit.rejected(source, key, value, rejection)
             letters.append(source.offset)
-            if not ledger.transactional:  # added to the outbox's sinks, which keep it until written
-                ended.add(source.offset)
 
     for offset, ts, key, value in rows:
         source = Source(cfg.input_topic, record.partition, offset, ts)
@@ -105,7 +103,7 @@ async def reread_round(
         ))  # fmt: skip
     if letters:
         await ledger.mark(record.partition, letters, unit)
-        ended.update(letters)  # exactly_once: only once written (a failed draft is built again)
+        ended.update(letters)  # only once written: a failed write's dead letters are built again
     if gone:
         log.warning("%s: %d of the round's events are no longer in the input topic: dead-lettered as input_gone "
                     "(the topic's retention must outlast a batch)", record.window_id, len(gone))  # fmt: skip

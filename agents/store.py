@@ -20,7 +20,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from agents.state import PartitionState, WindowRecord
+from agents.partitions import PartitionState
+from agents.state import WindowRecord
 from sinks.transactions import Record, Transactions
 
 log = logging.getLogger(__name__)

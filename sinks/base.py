@@ -29,6 +29,9 @@ from sinks.limits import SIZE_ERRORS, RecordLimits, SizeRefused
 
 #: Bytes per record batch handed to the producer: under the broker's default ``message.max.bytes``.
 BATCH_BYTES = 1_000_000
+#: What a record adds to a batch beside its key and value (length varints, attributes, deltas,
+#: header count): counted so that a batch never outgrows the topic's limit.
+RECORD_FRAMING = 32
 
 
 class Sink(Protocol):
@@ -39,6 +42,8 @@ class Sink(Protocol):
 
     @property
     def pending(self) -> list[tuple[bytes | None, bytes]]: ...
+
+    async def write(self, records: list[tuple[bytes | None, bytes]], timeout: float = ...) -> None: ...
 
     async def flush(self, timeout: float = ...) -> int: ...
 
@@ -104,7 +109,7 @@ async def produce(
         batch = producer.create_batch()
         held = 0
         for key, value in items:
-            size = len(key or b"") + len(value or b"")
+            size = len(key or b"") + len(value or b"") + RECORD_FRAMING
             if (held and held + size > batch_bytes) or batch.append(key=key, value=value, timestamp=None) is None:
                 futures.append(await producer.send_batch(batch, topic, partition=chosen))  # full: another
                 batch = producer.create_batch()
@@ -138,6 +143,36 @@ class TopicSink:
         self.topic = topic
         self._pending: list[tuple[bytes | None, bytes]] = []
         self._flushing = asyncio.Lock()
+        #: Writers of :meth:`write` waiting for a flush: their records and their outcome.
+        self._queue: list[tuple[list[tuple[bytes | None, bytes]], asyncio.Future[None]]] = []
+
+    async def write(self, records: list[tuple[bytes | None, bytes]], timeout: float = 60.0) -> None:
+        """Write ``records``; return once the broker has them, or raise (then none of them is
+        kept: the caller writes them again, or not, as it decides).
+
+        Writers that arrive while a flush is under way share the next one (group commit). A
+        failed flush fails every writer whose records it held, and keeps none of them; a writer
+        cancelled while it waits leaves its records to the flush that takes them, at most once.
+        """
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((records, done))
+        async with self._flushing:
+            if not done.done():
+                taken, self._queue = self._queue, []
+                batch = [record for held, _ in taken for record in held]
+                try:
+                    await asyncio.wait_for(self.writer.write(self.topic, batch), timeout)
+                except BaseException as exc:
+                    error = exc if isinstance(exc, Exception) else ConnectionError(f"{self.topic}: write cut short")
+                    for _, waiter in taken:
+                        if not waiter.done():
+                            waiter.set_exception(error)
+                            waiter.exception()  # a writer cancelled meanwhile never reads it
+                    raise
+                for _, waiter in taken:
+                    if not waiter.done():
+                        waiter.set_result(None)
+        await done
 
     def add(self, value: bytes, *, key: bytes | None) -> None:
         self._pending.append((key, value))
@@ -181,6 +216,13 @@ class MemorySink:
 
     def add(self, value: bytes, *, key: bytes | None) -> None:
         self._pending.append((key, value))
+
+    async def write(self, records: list[tuple[bytes | None, bytes]], timeout: float = 60.0) -> None:
+        """As :meth:`TopicSink.write`: ``records`` written, or an error and none of them."""
+        if self.fail_next:
+            self.fail_next -= 1
+            raise ConnectionError("memory sink: injected write failure")
+        self.records.extend(records)
 
     @property
     def pending(self) -> list[tuple[bytes | None, bytes]]:

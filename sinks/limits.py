@@ -30,6 +30,8 @@ PRODUCER_MAX_REQUEST = 1_048_576
 BROKER_DEFAULT = 1_048_588
 #: Bytes kept free in a batch for its header and a record's framing (key length aside).
 FRAMING = 512
+#: The most bytes a batch holds before any refusal (``sinks.base.BATCH_BYTES``).
+BATCH_CEILING = 1_000_000
 #: The least ``max.message.bytes`` a dead-letter topic may have: a dead letter's reference
 #: form (``streams/letters.py``) always fits it.
 DEAD_LETTER_FLOOR = 4_096 + FRAMING
@@ -75,6 +77,9 @@ class RecordLimits:
         self.default = default
         #: Where to read the limits again after a refusal (None: only lower them).
         self.bootstrap = bootstrap
+        #: Topic -> a smaller cap on a batch's bytes, after the broker refused a batch whose
+        #: records each fit (what the framing of many records adds was more than allowed for).
+        self.batch_caps: dict[str, int] = {}
         self.options = options
 
     def topic_bytes(self, topic: str) -> int:
@@ -89,7 +94,7 @@ class RecordLimits:
 
     def batch_bytes(self, topic: str, ceiling: int) -> int:
         """Bytes of records one batch for ``topic`` may hold (``ceiling``: the writer's own cap)."""
-        return min(ceiling, self.topic_bytes(topic) - FRAMING)
+        return min(ceiling, self.topic_bytes(topic) - FRAMING, self.batch_caps.get(topic, ceiling))
 
     def learn(self, configs: dict[str, dict[str, str]]) -> None:
         for topic, config in configs.items():
@@ -99,7 +104,15 @@ class RecordLimits:
 
     def refused(self, topic: str, largest: int) -> None:
         """The broker refused a write to ``topic`` whose largest record held ``largest`` bytes
-        (key and value): from now on the topic's limit is below that record."""
+        (key and value). When that record alone fits the topic's limit, the batch was too
+        large: batches of the topic get half the room. Otherwise the topic's limit goes below
+        that record."""
+        if largest <= self.max_value(topic):
+            cap = max(FRAMING, min(self.batch_caps.get(topic, BATCH_CEILING), self.topic_bytes(topic)) // 2)
+            self.batch_caps[topic] = cap
+            log.warning("%s: the broker refused a batch of records that each fit; batches hold at most %d bytes "
+                        "from now on", topic, cap)  # fmt: skip
+            return
         lowered = min(self.topics.get(topic, self.default), largest + FRAMING - 1)
         if lowered < self.topics.get(topic, self.default):
             log.warning("%s: the broker refused a record of %d bytes; records over %d bytes are written as "

@@ -230,8 +230,10 @@ def task_of(cfg: PipelineSettings) -> dict[str, Any]:
 def as_sealed(cfg: PipelineSettings, task: dict[str, Any] | None) -> PipelineSettings:
     """The pipeline's configuration as a window was sealed with it (``task``: :func:`task_of`;
     None: as it is now), for re-rendering events that were already accepted: no local
-    validation and no size limit (a newer version, or a changed limit, may judge differently)."""
-    update: dict[str, Any] = {"validate_requests": False, "max_event_bytes": 2**62}
+    validation, no size limit and no model or token limits (a newer version, or a changed limit,
+    may judge differently)."""
+    update: dict[str, Any] = {"validate_requests": False, "max_event_bytes": 2**62, "models": None,
+                              "max_output_tokens": None}  # fmt: skip
     if task:
         update.update({k: task[k] for k in ("endpoint", "model", "max_tokens") if k in task})
         if "template" in task:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support import TopicReader, events, pipeline, produce, wait_committed
+from tests.support import TopicReader, events, pipeline, produce, wait_committed, wait_until
 
 pytestmark = pytest.mark.kafka
 
@@ -35,10 +35,24 @@ async def test_ten_thousand_events_over_four_partitions(bootstrap, make_topic, c
     assert worker.terminate() == 0, worker.log()
 
 
-async def test_a_pipeline_re_pointed_to_a_new_topic_ignores_the_old_topics_windows(run_pipeline, unique):
+async def test_a_pipeline_re_pointed_to_a_new_topic_ignores_the_old_topics_windows(
+    bootstrap, emulator, make_topic, configure, start_worker, run_pipeline, unique
+):
     shared = {"state_topic": f"shared-{unique}.state", "window": {"max_requests": 50, "max_wait": "500ms"}}
-    first = await run_pipeline(events(120), **shared)
-    assert first.worker.terminate() == 0, first.worker.log()
+    emulator.emulator.faults.batch_seconds = (
+        600  # the old topic's windows stay in flight (finished ones are tombstoned)
+    )
+    old = await make_topic("old", partitions=2)
+    config, _ = configure(pipeline("p", old, **shared))
+    await produce(bootstrap, old, events(120))
+    first = start_worker(config, "first")
+
+    async def submitted() -> bool:
+        return emulator.emulator.stats.get("batches_created", 0) >= 2
+
+    await wait_until(submitted, timeout=90, what="the old topic's windows submitted")
+    first.kill()
+    emulator.emulator.faults.batch_seconds = 0.2
     # same pipeline name, group and state topic; a new input topic whose offsets overlap the old windows
     second = await run_pipeline(events(120), **shared)
     assert sorted(r["id"] for r in second.results) == sorted(e["id"] for e in events(120))

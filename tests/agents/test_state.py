@@ -9,7 +9,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import ProducerFenced
 
-from agents.state import PartitionState, WindowRecord, runs
+from agents.partitions import PartitionState
+from agents.state import WindowRecord, runs
 from agents.store import StateStore, TransactionalStore
 from sinks.transactions import Transactions
 from streams.models import Request, Source
