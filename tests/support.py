@@ -18,7 +18,8 @@ from typing import Any
 import orjson
 import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -349,3 +350,23 @@ def run_cli(*args: str, timeout: float = 120, columns: int = 160) -> subprocess.
     env = {**os.environ, "OPENAI_API_KEY": "sk-test-secret-key", "COLUMNS": str(columns)}
     return subprocess.run([sys.executable, "-m", "agents.cli", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env=env)  # fmt: skip
+
+
+async def create_topic(bootstrap: str, name: str, partitions: int, **configs: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [NewTopic(name, num_partitions=partitions, replication_factor=1, topic_configs=configs)]
+        )
+    finally:
+        await admin.close()
+
+
+async def set_topic_config(bootstrap: str, name: str, **configs: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, name, configs=configs)])
+    finally:
+        await admin.close()

@@ -17,18 +17,19 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.records_to_delete import RecordsToDelete
 
 from streams.config import load_settings
 from streams.models import task_version
 from tests.support import (
     TopicReader,
+    create_topic,
     end_offsets,
     pipeline,
     produce,
     produce_placed,
+    set_topic_config,
     wait_committed,
     wait_committed_offsets,
     wait_every_id,
@@ -39,26 +40,6 @@ from tests.support import (
 pytestmark = pytest.mark.kafka
 
 GUARANTEES = ["at_least_once", "exactly_once"]
-
-
-async def create_topic(bootstrap: str, name: str, partitions: int, **configs: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics(
-            [NewTopic(name, num_partitions=partitions, replication_factor=1, topic_configs=configs)]
-        )
-    finally:
-        await admin.close()
-
-
-async def set_topic_config(bootstrap: str, name: str, **configs: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, name, configs=configs)])
-    finally:
-        await admin.close()
 
 
 def fates_by_offset(records: list[dict[str, Any]]) -> Counter[tuple[int, int]]:

@@ -10,10 +10,17 @@ from pathlib import Path
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from tests.support import TopicReader, end_offsets, pipeline, produce, run_cli, wait_every_id, wait_until
+from tests.support import (
+    TopicReader,
+    end_offsets,
+    pipeline,
+    produce,
+    run_cli,
+    set_topic_config,
+    wait_every_id,
+    wait_until,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -112,13 +119,7 @@ async def test_a_replay_counts_only_what_the_broker_acknowledged(
     assert {d["reason"] for d in fates.dead} == {"oversized", "invalid_json"}
     config = next(Path(fates.worker.log_path).parent.glob("c.yaml"))
     target = await make_topic("small", partitions=1)
-    admin_configs = {"max.message.bytes": "1000"}  # the oversized event cannot be replayed there
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, target, configs=admin_configs)])
-    finally:
-        await admin.close()
+    await set_topic_config(bootstrap, target, **{"max.message.bytes": "1000"})  # the oversized event cannot fit
     proc = run_cli("dlq", "replay", "-c", str(config), "--pipeline", "p", "--to", target)
     out = " ".join(proc.stdout.split())
     assert proc.returncode == 1, proc.stdout + proc.stderr
