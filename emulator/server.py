@@ -249,6 +249,8 @@ class Emulator:
         self.stats: Counter[str] = Counter()
         #: Flex calls per distinct request body (to check retry budgets).
         self.flex_calls: Counter[int] = Counter()
+        #: Flex answers served, by response id (a digest of the prompt).
+        self.flex_served_ids: Counter[str] = Counter()
         self._seen: Counter[str] = Counter()
         self._ids = itertools.count(1)
 
@@ -732,6 +734,8 @@ class Emulator:
         if isinstance(body, dict) and body.get("service_tier") != "flex":
             self.stats["standard_requests"] += 1
         status, payload = self.respond(endpoint, body, custom_id=None)
+        if isinstance(body, dict) and body.get("service_tier") == "flex" and status == 200:
+            self.flex_served_ids[str(payload.get("id"))] += 1
         if self.faults.minimal:
             payload.pop("service_tier", None)
         return _json(payload, status=status)

@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tests.support import (
     TopicReader,
@@ -201,6 +203,34 @@ SOAK_KILLS = int(os.environ.get("BATCHSTREAM_SOAK_KILLS", 10 if SOAK_LONG else 3
 SOAK_MODES = ["batch", "flex", "auto"] if SOAK_LONG else ["auto"]
 
 
+async def durable_flex_responses(bootstrap: str, topic: str, partitions: int) -> set[str]:
+    """The provider response ids of the flex results committed on ``topic`` so far (read up to the
+    last stable offset, as a ``read_committed`` consumer sees them)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+                                isolation_level="read_committed")  # fmt: skip
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        stable = await consumer.end_offsets(tps)
+        ids: set[str] = set()
+
+        async def read_to_stable() -> bool:
+            for messages in (await consumer.getmany(*tps, timeout_ms=200)).values():
+                for message in messages:
+                    value = orjson.loads(message.value) if message.value is not None else None
+                    if isinstance(value, dict) and value.get("service_tier") == "flex":
+                        ids.add(value["response"]["id"])
+            positions = [await consumer.position(tp) for tp in tps]
+            return all(position >= stable[tp] for position, tp in zip(positions, tps, strict=True))
+
+        await wait_until(read_to_stable, timeout=60, interval=0, what=f"{topic} read to its last stable offset")
+        return ids
+    finally:
+        await consumer.stop()
+
+
 def soak_inputs(rng: random.Random, n: int, mode: str) -> tuple[list[bytes | dict[str, Any]], list[bytes]]:
     """``n`` events and their keys: template events, ~3% malformed, ~25% request events of two
     models sharing one key (so one partition has two windows sealing independently); in
@@ -221,7 +251,7 @@ def soak_inputs(rng: random.Random, n: int, mode: str) -> tuple[list[bytes | dic
         event: dict[str, Any]
         if roll < 0.28:
             model = "gpt-5-nano" if i % 2 else "gpt-5-mini"
-            event = {"id": f"s{i}", "body": {"model": model, "messages": [{"role": "user", "content": "hi"}]}}
+            event = {"id": f"s{i}", "body": {"model": model, "messages": [{"role": "user", "content": f"hi {i}"}]}}
             keys.append(b"two-models")
         else:
             event = {"id": f"s{i}", "text": f"event {i}"}
@@ -265,13 +295,17 @@ async def test_random_kills_lose_nothing(
     waves = SOAK_KILLS + 1
     size = -(-len(values) // waves)
     ids: set[str] = set()
+    malformed: set[str] = set()  # not JSON, or not an object: their dead letters are the only ones decided locally
     kills: list[float] = []
+    kill_marks: list[tuple[set[str], Counter[str]]] = []
     started = time.monotonic()
     for n in range(waves):
         chunk, chunk_keys = values[n * size : (n + 1) * size], keys[n * size : (n + 1) * size]
         placed = await produce_placed(bootstrap, topic, chunk, keys=chunk_keys)
         for value, (partition, offset) in zip(chunk, placed, strict=True):
             ids.add(value["id"] if isinstance(value, dict) else f"{topic}/{partition}/{offset}")
+            if not isinstance(value, dict):
+                malformed.add(f"{topic}/{partition}/{offset}")
         worker = start_worker(config, f"w{n}")
         if n == SOAK_KILLS:
             break
@@ -280,6 +314,9 @@ async def test_random_kills_lose_nothing(
         kills.append(delay)
         await asyncio.sleep(delay)  # the kill's timing, not a synchronisation
         worker.kill()
+        if guarantee == "exactly_once":  # what was durable at the kill, and the calls made so far
+            kill_marks.append((await durable_flex_responses(bootstrap, f"{topic}.results", 3),
+                               Counter(emulator.emulator.flex_served_ids)))  # fmt: skip
 
     async with TopicReader(bootstrap, f"{topic}.results") as results, TopicReader(bootstrap, f"{topic}.dlq") as dlq:
         await wait_fates(results, dlq, ids, timeout=240 if SOAK_LONG else 120)
@@ -287,6 +324,16 @@ async def test_random_kills_lose_nothing(
         await wait_committed_offsets(bootstrap, group, topic, ends, timeout=60)
         fates = Counter(v["id"] for v in results.values + dlq.values)
     assert set(fates) == ids, f"ids with a fate that were never produced: {sorted(set(fates) - ids)[:10]}"
+    # Every well-formed event is served: results for all of them but those the provider failed
+    # on every attempt (a rare roll), dead letters for exactly the malformed ones.
+    local = {v["id"] for v in dlq.values if v["reason"] in ("invalid_json", "wrong_shape")}
+    assert local == malformed, (
+        f"malformed events without their dead letter, or served ones with one: {local ^ malformed}"
+    )
+    served = {v["id"] for v in results.values}
+    provider_failed = {v["id"] for v in dlq.values} - local
+    assert served == ids - malformed - provider_failed, "a well-formed event neither served nor failed by the provider"
+    assert len(provider_failed) <= 0.05 * len(ids), Counter(v["reason"] for v in dlq.values)
     duplicates = sum(n - 1 for n in fates.values())
     reasons = Counter(v["reason"] for v in dlq.values)
     flex_results = sum(1 for v in results.values if v["service_tier"] == "flex")
@@ -298,6 +345,10 @@ async def test_random_kills_lose_nothing(
     )
     if guarantee == "exactly_once":
         assert duplicates == 0, [i for i, n in fates.items() if n > 1][:10]
-        # A call the provider answered but whose record a kill cut off is made again; at most
-        # the calls in flight at each kill. One whose record was written is never made again.
-        assert flex_calls <= flex_results + flex["concurrency"] * SOAK_KILLS
+        # A call the provider answered but whose record a kill cut off is made again; one whose
+        # record was written (committed before the kill) is never made again.
+        served = emulator.emulator.flex_served_ids
+        for n, (durable, served_then) in enumerate(kill_marks):
+            again = {rid: served[rid] - served_then[rid] for rid in durable if served[rid] != served_then[rid]}
+            assert not again, f"flex calls made again after kill {n} although their results were committed: {again}"
+        assert flex_calls >= flex_results
