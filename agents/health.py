@@ -95,16 +95,21 @@ class _Cached:
 class Health:
     """The endpoints of one worker process."""
 
-    def __init__(
-        self, pipelines: Sequence[Assignable], providers: Sequence[Provider], *, bootstrap: str,
-        kafka_options: dict[str, Any],
-    ) -> None:  # fmt: skip
-        self.pipelines = pipelines
+    def __init__(self, *, bootstrap: str, kafka_options: dict[str, Any]) -> None:
+        self.pipelines: Sequence[Assignable] = ()
         self._admin: AIOKafkaAdminClient | None = None
         self._bootstrap, self._options = bootstrap, kafka_options
         self._broker = _Cached(self._check_broker, BROKER_TTL)
-        self._providers = {p.name: _Cached(self._pinger(p), PROVIDER_TTL) for p in providers}
+        self._providers: dict[str, _Cached] = {}
         self._runner: web.AppRunner | None = None
+        #: Why the worker is not running yet (start-up waits for Kafka); None once it runs.
+        self.starting: str | None = "starting"
+
+    def attach(self, pipelines: Sequence[Assignable], providers: Sequence[Provider]) -> None:
+        """Start-up is over: readiness now checks these pipelines and providers."""
+        self.pipelines = pipelines
+        self._providers = {p.name: _Cached(self._pinger(p), PROVIDER_TTL) for p in providers}
+        self.starting = None
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -141,6 +146,8 @@ class Health:
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Whether the worker is ready, and each check's outcome ("ok" or why not)."""
+        if self.starting is not None:
+            return False, {"starting": self.starting}
         partitions: dict[str, str] = {}
         for pipeline in self.pipelines:
             assigned, owned = pipeline.assignment

@@ -6,11 +6,12 @@ import asyncio
 import gc
 import logging
 import ssl
+import time
 from typing import Any, NamedTuple
 
 import faust
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from agents.health import Health
 from agents.pipeline import Pipeline
@@ -20,9 +21,11 @@ from providers import make_provider
 from sinks.limits import DEAD_LETTER_FLOOR, RecordLimits, topic_configs
 from streams.app import create_app
 from streams.config import KafkaSettings, PipelineSettings, Settings
-from streams.errors import ConfigError
+from streams.errors import ConfigError, Unreachable
 
 log = logging.getLogger(__name__)
+#: Seconds between tries to reach Kafka at start-up: the first, and the most (doubling between).
+STARTUP_BACKOFF = (1.0, 30.0)
 
 
 def kafka_options(kafka: KafkaSettings) -> dict[str, Any]:
@@ -62,7 +65,7 @@ async def prepare_topics(settings: Settings) -> Topology:
         await admin.start()
     except KafkaError as exc:
         await admin.close()
-        raise ConfigError(f"kafka.bootstrap_servers: cannot reach Kafka at {servers}: {exc}") from None
+        raise Unreachable(f"cannot reach Kafka at {servers}: {exc}") from None
     try:
         existing = await _partition_counts(admin)
         counts: dict[str, int] = {}
@@ -109,8 +112,33 @@ async def prepare_topics(settings: Settings) -> Topology:
                 raise ConfigError(f"pipelines.{pipeline.name}.dead_letter_topic: topic {dlq!r} has max.message.bytes="
                                   f"{have}; a dead letter needs at least {DEAD_LETTER_FLOOR}")  # fmt: skip
         return Topology(counts, limits)
+    except KafkaError as exc:
+        if isinstance(exc, KafkaConnectionError) or getattr(exc, "retriable", False):
+            raise Unreachable(f"Kafka at {servers} did not answer: {type(exc).__name__}: {exc}") from None
+        raise
     finally:
         await admin.close()
+
+
+async def reach_kafka(settings: Settings, health: Health | None) -> Topology:
+    """:func:`prepare_topics`, tried again with backoff while Kafka cannot be reached, for up to
+    ``startup_timeout`` (a broker that starts after its workers is the usual case under an
+    orchestrator); then :class:`Unreachable`. Configuration errors are raised at once."""
+    deadline = time.monotonic() + settings.startup_timeout
+    delay = STARTUP_BACKOFF[0]
+    while True:
+        try:
+            return await prepare_topics(settings)
+        except Unreachable as exc:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Unreachable(f"{exc} (gave up after startup_timeout={settings.startup_timeout:g}s)") from None
+            wait = min(delay, left)
+            log.warning("waiting for Kafka: %s; trying again in %.1fs (startup_timeout ends in %.0fs)", exc, wait, left)
+            if health is not None:
+                health.starting = f"waiting for Kafka: {exc}"
+            await asyncio.sleep(wait)
+            delay = min(delay * 2, STARTUP_BACKOFF[1])
 
 
 def check_state_topic(pipeline: PipelineSettings, config: dict[str, str]) -> None:
@@ -175,17 +203,23 @@ def run(settings: Settings, *, loglevel: str = "info") -> None:
     gc.set_threshold(*GC_THRESHOLD)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    topology = loop.run_until_complete(prepare_topics(settings))
-    app, pipelines = build(settings, topology)
-    if settings.metrics_port:
-        providers = list({p.client.name: p.client for p in pipelines}.values())
-        health = Health(pipelines, providers, bootstrap=settings.kafka.bootstrap_servers,
-                        kafka_options=kafka_options(settings.kafka))  # fmt: skip
+    health: Health | None = None
+    if settings.metrics_port:  # served from the start: /healthz answers, /readyz says what start-up waits for
+        health = Health(bootstrap=settings.kafka.bootstrap_servers, kafka_options=kafka_options(settings.kafka))
         try:
             loop.run_until_complete(health.start(settings.metrics_host, settings.metrics_port))
         except OSError as exc:
             where = f"{settings.metrics_host}:{settings.metrics_port}"
             raise ConfigError(f"metrics_port: cannot serve on {where}: {exc.strerror or exc}") from None
+    try:
+        topology = loop.run_until_complete(reach_kafka(settings, health))
+    except BaseException:
+        if health is not None:
+            loop.run_until_complete(health.stop())
+        raise
+    app, pipelines = build(settings, topology)
+    if health is not None:
+        health.attach(pipelines, list({p.client.name: p.client for p in pipelines}.values()))
         app.on_before_shutdown.connect(health.stop)
     if settings.webhooks is not None:
         listener = WebhookListener(settings.kafka.bootstrap_servers, settings.webhooks.topic,

@@ -34,7 +34,7 @@ import yaml
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from ops.topics import Record, TopicMissingError, TopicReader, json_object
+from ops.topics import Record, TopicMissingError, TopicReader, json_object, start
 from streams.config import PipelineSettings, Settings
 from streams.errors import ConfigError
 
@@ -96,7 +96,7 @@ async def copy_input(settings: Settings, options: dict[str, Any], topic: str, so
     """Create the backfill topic if needed and append what it lacks; its record count."""
     bootstrap, partitions = settings.kafka.bootstrap_servers, max(1, len(source.records))
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **options)
-    await admin.start()
+    await start(admin)
     try:
         if topic not in await admin.list_topics():
             await admin.create_topics([NewTopic(topic, partitions, settings.kafka.replication_factor)])
@@ -105,7 +105,7 @@ async def copy_input(settings: Settings, options: dict[str, Any], topic: str, so
     async with TopicReader(bootstrap, options) as reader:
         have = await reader.end_offsets(topic)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, **options)
-    await producer.start()
+    await start(producer)
     try:
         for partition, items in source.records.items():
             for item in items[have.get(partition, 0) :]:

@@ -6,16 +6,37 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
-from streams.errors import ConfigError
+from streams.errors import ConfigError, Unreachable, UsageError
+
+T = TypeVar("T")
+
+
+def _run(coro: Coroutine[Any, Any, T], bootstrap: str) -> T:
+    """``asyncio.run(coro)``; Kafka that cannot be reached is :class:`Unreachable` (one line, exit 1)."""
+    import asyncio
+    import logging
+
+    from aiokafka.errors import KafkaError
+
+    # aiokafka logs each failed connection; the one line below says what failed, once
+    quiet, level = logging.getLogger("aiokafka"), logging.getLogger("aiokafka").level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        return asyncio.run(coro)
+    except KafkaError as exc:
+        raise Unreachable(f"cannot reach Kafka at {bootstrap}: {exc}") from None
+    finally:
+        quiet.setLevel(level)
 
 
 def _pipelines(settings: Any, names: list[str]) -> list[Any]:
     known = {p.name: p for p in settings.pipelines}
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise ConfigError(f"--pipeline: no pipeline named {unknown[0]!r} (configured: {', '.join(known)})")
+        raise UsageError(f"--pipeline: no pipeline named {unknown[0]!r} (configured: {', '.join(known)})")
     return [known[n] for n in names] if names else list(settings.pipelines)
 
 
@@ -31,7 +52,7 @@ def status(args: argparse.Namespace) -> int:
     from streams.config import load_settings
 
     if args.json and args.watch:
-        raise ConfigError("--json and --watch: choose one (--json prints one document)")
+        raise UsageError("--json and --watch: choose one (--json prints one document)")
     settings = load_settings(args.config)
     pipelines = _pipelines(settings, args.pipeline)
 
@@ -50,7 +71,7 @@ def status(args: argparse.Namespace) -> int:
                     live.update(render(await reader.snapshot()))
 
     try:
-        asyncio.run(run())
+        _run(run(), settings.kafka.bootstrap_servers)
     except KeyboardInterrupt:
         pass
     return 0
@@ -62,11 +83,10 @@ def _moment(option: str, value: str | None) -> int | None:
     try:
         return None if value is None else int(parse_deadline(value) * 1000)
     except ValueError as exc:
-        raise ConfigError(f"--{option}: {exc}") from None
+        raise UsageError(f"--{option}: {exc}") from None
 
 
 def backfill(args: argparse.Namespace) -> int:
-    import asyncio
     import signal as signals
     import subprocess
 
@@ -80,9 +100,11 @@ def backfill(args: argparse.Namespace) -> int:
     from streams.config import load_settings
 
     if args.file is not None and (args.since or args.until or args.offsets):
-        raise ConfigError("--since, --until and --offsets select records of --topic, not of --file")
+        raise UsageError("--since, --until and --offsets select records of --topic, not of --file")
     if args.offsets and (args.since or args.until):
-        raise ConfigError("--offsets: choose offsets or --since/--until, not both")
+        raise UsageError("--offsets: choose offsets or --since/--until, not both")
+    if args.file is not None and not args.file.is_file():
+        raise UsageError(f"--file: {args.file}: no such file")
     settings = load_settings(args.config)
     [cfg] = _pipelines(settings, [args.pipeline])
     version, options, console = args.task_version, kafka_options(settings.kafka), Console()
@@ -100,13 +122,13 @@ def backfill(args: argparse.Namespace) -> int:
         topic = f"batchstream.backfill.{cfg.name}.{source.name}"
         return topic, await filling.copy_input(settings, options, topic, source)
 
-    topic, count = asyncio.run(prepare())
+    topic, count = _run(prepare(), settings.kafka.bootstrap_servers)
     console.print(f"backfill of {cfg.name} as task version {version!r}: {count} events from {topic} "
-                  f"to {args.output}")  # fmt: skip
+                  f"to {args.to}")  # fmt: skip
     raw = yaml.safe_load(args.config.read_text())
     workdir = filling.workdir()
     worker = filling.start_worker(
-        filling.worker_config(raw, cfg, topic=topic, output=args.output, version=version), workdir
+        filling.worker_config(raw, cfg, topic=topic, output=args.to, version=version), workdir
     )
     columns = (TextColumn("events with their fate"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
@@ -116,10 +138,10 @@ def backfill(args: argparse.Namespace) -> int:
             def moved(done: int, total: int) -> None:
                 progress.update(bar, completed=done, total=total)
 
-            expected, fates = asyncio.run(filling.follow(
-                settings, options, cfg, topic=topic, output=args.output, version=version, worker=worker,
+            expected, fates = _run(filling.follow(
+                settings, options, cfg, topic=topic, output=args.to, version=version, worker=worker,
                 on_progress=moved, timeout=args.timeout,
-            ))  # fmt: skip
+            ), settings.kafka.bootstrap_servers)  # fmt: skip
     except ConfigError as exc:
         console.print(f"[red]{exc}; see {workdir / 'worker.log'}")
         return 1
@@ -149,12 +171,12 @@ def backfill(args: argparse.Namespace) -> int:
 
 
 def webhooks(args: argparse.Namespace) -> int:
-    import asyncio
 
     from aiohttp import web
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     from agents.worker import kafka_options
+    from ops.topics import start
     from ops.webhooks import WebhookReceiver
     from streams.config import load_settings
 
@@ -165,14 +187,14 @@ def webhooks(args: argparse.Namespace) -> int:
 
     async def ensure_topic() -> None:
         admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers, **options)
-        await admin.start()
+        await start(admin)
         try:
             if hooks.topic not in await admin.list_topics():
                 await admin.create_topics([NewTopic(hooks.topic, 1, settings.kafka.replication_factor)])
         finally:
             await admin.close()
 
-    asyncio.run(ensure_topic())
+    _run(ensure_topic(), settings.kafka.bootstrap_servers)
     receiver = WebhookReceiver(hooks, settings.kafka.bootstrap_servers, options)
     print(f"listening on http://{args.host}:{args.port}/ (publishing to {hooks.topic})", flush=True)  # noqa: T201
     web.run_app(receiver.app(), host=args.host, port=args.port, print=None)
@@ -180,7 +202,6 @@ def webhooks(args: argparse.Namespace) -> int:
 
 
 def dlq(args: argparse.Namespace) -> int:
-    import asyncio
 
     from rich.console import Console
 
@@ -192,17 +213,17 @@ def dlq(args: argparse.Namespace) -> int:
     [cfg] = _pipelines(settings, [args.pipeline])
     bootstrap, options, console = settings.kafka.bootstrap_servers, kafka_options(settings.kafka), Console()
     if args.dlq_command == "inspect":
-        rows = asyncio.run(letters.inspect(bootstrap, options, cfg))
+        rows = _run(letters.inspect(bootstrap, options, cfg), bootstrap)
         console.print(letters.inspect_table(cfg, rows))
         return 0
 
-    plan = asyncio.run(letters.plan_replay(
+    plan = _run(letters.plan_replay(
         bootstrap, options, cfg, reasons=args.reason, since_ms=_moment("since", args.since),
         until_ms=_moment("until", args.until), ids=args.ids, target=args.to, max_replays=args.max_replays,
-    ))  # fmt: skip
+    ), bootstrap)  # fmt: skip
     published, refused = 0, list[str]()
     if not args.dry_run:
-        published, refused = asyncio.run(letters.replay(bootstrap, options, plan))
+        published, refused = _run(letters.replay(bootstrap, options, plan), bootstrap)
     console.print(letters.replay_table(plan, dry_run=args.dry_run))
     if plan.skipped_gone:
         console.print(f"skipped {plan.skipped_gone} dead letters without their event (input_gone, or a reference "

@@ -31,7 +31,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from ops.topics import Record, TopicMissingError, TopicReader
+from ops.topics import Record, TopicMissingError, TopicReader, start
 from sinks.limits import SIZE_ERRORS
 from streams.config import PipelineSettings
 
@@ -190,7 +190,7 @@ async def replay(bootstrap: str, options: dict[str, Any], plan: ReplayPlan) -> t
     """Publish the plan's events (acks=all, idempotent): how many the broker acknowledged, and
     why the others were refused (each send's result is read; a refusal is never counted)."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, **options)
-    await producer.start()
+    await start(producer)
 
     async def send(letter: Letter, original: Record) -> asyncio.Future[Any]:
         headers = [(k, v) for k, v in original.headers if k not in (REPLAYS, REPLAY_OF)]

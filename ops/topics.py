@@ -15,6 +15,16 @@ from aiokafka.errors import KafkaError
 from streams.errors import BatchstreamError
 
 
+async def start(client: Any) -> None:
+    """``await client.start()`` for a Kafka consumer, producer or admin client; one whose start
+    failed is stopped before the error goes on (never left to warn "Unclosed" at exit)."""
+    try:
+        await client.start()
+    except BaseException:
+        await (client.stop() if hasattr(client, "stop") else client.close())
+        raise
+
+
 class TopicMissingError(BatchstreamError):
     """A topic the command needs does not exist."""
 
@@ -59,8 +69,12 @@ class TopicReader:
         self._partitions: dict[str, list[TopicPartition]] = {}
 
     async def __aenter__(self) -> TopicReader:
-        await self._consumer.start()
-        await self._admin.start()
+        await start(self._consumer)
+        try:
+            await start(self._admin)
+        except BaseException:
+            await self._consumer.stop()
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -227,6 +227,8 @@ class Settings(Frozen):
     #: Providers by name, for pipelines that name one (``provider: claude``).
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
     pipelines: list[PipelineSettings] = Field(min_length=1)
+    #: How long a starting worker tries to reach Kafka (with backoff) before it exits with code 1.
+    startup_timeout: Duration = Field(300.0, ge=0)
     #: Port of the Prometheus metrics endpoint; 0 disables it.
     metrics_port: int = Field(0, ge=0, le=65535)
     #: Address the metrics endpoint binds to (``0.0.0.0`` to be scraped from outside a container).

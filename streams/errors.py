@@ -1,7 +1,9 @@
 """The one exception hierarchy of batchstream.
 
     BatchstreamError
-     +-- ConfigError                  bad configuration: raised at start-up, names the field
+     +-- UsageError                   bad command-line arguments (exit 2)
+     +-- ConfigError                  bad configuration: raised at start-up, names the field (exit 3)
+     +-- Unreachable                  Kafka could not be reached (in time) (exit 1)
      +-- InvalidOutputError           a response is not the JSON its request asked for
      +-- DuplicateCustomIdError       two lines of one window would share a custom_id
      +-- ProviderError                a provider call failed (mapped at the SDK boundary)
@@ -26,8 +28,16 @@ class BatchstreamError(Exception):
     retriable: bool = False
 
 
+class UsageError(BatchstreamError):
+    """The command line is wrong: a flag, a combination of flags, a file it names."""
+
+
 class ConfigError(BatchstreamError):
     """The configuration file or environment is invalid."""
+
+
+class Unreachable(BatchstreamError):
+    """A service the command needs could not be reached (a worker waits ``startup_timeout`` first)."""
 
 
 class InvalidOutputError(BatchstreamError, ValueError):

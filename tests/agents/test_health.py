@@ -34,6 +34,12 @@ async def test_ready_only_once_assigned_and_every_provider_answers(emulator, mak
         return (await asyncio.to_thread(probe, port, "/healthz"))[0] == 200
 
     await wait_until(alive, timeout=60, interval=0.02, what="/healthz")
+
+    async def started() -> bool:  # /healthz answers from the start; /readyz says "starting" until topics are ready
+        _, body = await asyncio.to_thread(probe, port, "/readyz")
+        return "partitions" in body["checks"]
+
+    await wait_until(started, timeout=60, interval=0.02, what="start-up over")
     status, body = await asyncio.to_thread(probe, port, "/readyz")
     assert status == 503 and "waiting for its assignment" in body["checks"]["partitions"].values(), body
 
@@ -75,6 +81,6 @@ async def test_a_metrics_port_in_use_fails_at_start_up_naming_the_field(make_top
             subprocess.run, [sys.executable, "-m", "agents.cli", "worker", "-c", str(config)], cwd=ROOT,
             capture_output=True, text=True, timeout=120, env={**os.environ, "OPENAI_API_KEY": "sk-test-secret-key"},
         )  # fmt: skip
-    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "batchstream: metrics_port: cannot serve on 127.0.0.1:" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -37,7 +37,7 @@ async def test_a_file_is_backfilled_as_a_task_version_once_and_a_topic_range_by_
     source.write_bytes(b"\n".join([*map(orjson.dumps, events), b"{not json"]) + b"\n")
     output = f"backfill-{unique}"
 
-    code, shown = backfill(config, "--task-version", "v1", "--file", str(source), "--output", output)
+    code, shown = backfill(config, "--task-version", "v1", "--file", str(source), "--to", output)
     assert code == 0, shown
     assert (row(shown, "events"), row(shown, "results"), row(shown, "missing")) == ("31", "28", "0"), shown
     assert row(shown, "dead letters").startswith("3 "), shown
@@ -47,13 +47,13 @@ async def test_a_file_is_backfilled_as_a_task_version_once_and_a_topic_range_by_
         f"f{i}" for i in range(30) if i not in (4, 9)}  # fmt: skip
     before = await end_offsets(bootstrap, output, 1)
 
-    code, shown = backfill(config, "--task-version", "v1", "--file", str(source), "--output", output)
+    code, shown = backfill(config, "--task-version", "v1", "--file", str(source), "--to", output)
     assert code == 0 and row(shown, "missing") == "0", shown
     assert await end_offsets(bootstrap, output, 1) == before, "the same version again adds nothing"
 
     await produce(bootstrap, topic, [{"id": f"t{i}", "text": f"ticket {i}"} for i in range(20)])
     code, shown = backfill(config, "--task-version", "v2", "--topic", topic, "--offsets", "0:5-14",
-                           "--output", output)  # fmt: skip
+                           "--to", output)  # fmt: skip
     assert code == 0 and (row(shown, "events"), row(shown, "results")) == ("10", "10"), shown
     async with TopicReader(bootstrap, output) as results:
         second = [r for r in await results.until(38, timeout=30) if r["task_version"] == "v2"]
