@@ -131,3 +131,38 @@ def test_the_deployment_probes_the_health_endpoints_of_its_configuration() -> No
     assert sorted(kustomization["resources"]) == sorted(p.name for p in K8S.glob("*.yaml") if p.name not in outside)
     assert [i["name"] for i in kustomization["images"]] == [container["image"].split(":")[0]]
     assert manifests["PodDisruptionBudget"]["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+
+
+def test_lag_based_autoscaling_follows_the_workers_group_and_stops_at_the_partitions() -> None:
+    manifests = _manifests()
+    scaled = yaml.safe_load((K8S / "autoscaling" / "scaledobject.yaml").read_text())
+    settings = parse_settings(yaml.safe_load(manifests["ConfigMap"]["data"]["batchstream.yaml"]),
+                              env=manifests["Secret"]["stringData"])  # fmt: skip
+    assert (scaled["apiVersion"], scaled["kind"]) == ("keda.sh/v1alpha1", "ScaledObject")
+    spec = scaled["spec"]
+    assert spec["scaleTargetRef"]["name"] == manifests["Deployment"]["metadata"]["name"]
+    assert spec["minReplicaCount"] >= 1, "never to zero: batches in flight need a worker to follow them"
+    (trigger,) = spec["triggers"]
+    kafka = trigger["metadata"]
+    assert trigger["type"] == "kafka"
+    assert kafka["consumerGroup"] == settings.kafka.group_id
+    assert kafka["topic"] in {p.input_topic for p in settings.pipelines}
+    assert kafka["bootstrapServers"] == manifests["Secret"]["stringData"]["KAFKA_BOOTSTRAP_SERVERS"]
+    assert kafka["allowIdleConsumers"] == "false", "no more workers than input partitions"
+    assert kafka["excludePersistentLag"] == "true", "lag of events at the provider stands still: not a shortage"
+    assert int(kafka["lagThreshold"]) >= max(p.window.max_requests for p in settings.pipelines)
+
+
+def test_the_memory_request_covers_the_measured_peak() -> None:
+    (container,) = _manifests()["Deployment"]["spec"]["template"]["spec"]["containers"]
+    resources = container["resources"]
+
+    def mib(quantity: str) -> int:
+        return int(quantity.removesuffix("Gi")) * 1024 if quantity.endswith("Gi") else int(quantity.removesuffix("Mi"))
+
+    request, limit = mib(resources["requests"]["memory"]), mib(resources["limits"]["memory"])
+    results = (ROOT / "bench" / "RESULTS.md").read_text()
+    peaks = [int(m) for m in re.findall(r"(?:Worker peak RSS|peak RSS)[^0-9]{0,40}(\d+) MB", results)]
+    assert peaks, "bench/RESULTS.md records the worker's peak RSS"
+    assert request * 1.048576 >= max(peaks), f"request {request}Mi under the measured peak {max(peaks)} MB"
+    assert limit >= 1.5 * request, "room above the request for larger events and windows"
