@@ -173,6 +173,7 @@ def build(settings: Settings, topology: Topology) -> tuple[faust.App, list[Pipel
         settings.kafka,
         partitions=max(partitions.values()),
         read_committed=settings.processing_guarantee == "exactly_once",
+        startup_timeout=settings.startup_timeout,
     )
     options = kafka_options(settings.kafka)
     pipelines: list[Pipeline] = []

@@ -136,7 +136,11 @@ class KafkaBroker:
         port: int | None = None,
         data_dir: Path | str | None = None,
         heap: str = "512m",
+        external: tuple[int, int] | None = None,
     ) -> None:
+        #: A second client listener (port, advertised port), for clients reaching the broker
+        #: through a proxy: its metadata names the advertised port, so they stay on the proxy.
+        self._external = external
         self._requested_port = port
         self._data_dir = Path(data_dir).resolve() if data_dir is not None else None
         self._heap = heap
@@ -191,13 +195,17 @@ class KafkaBroker:
         lib = ensure_classpath()
         cluster_id, fresh = self._prepare()
         props = self.workdir / "server.properties"
-        props.write_text(
-            SERVER_PROPERTIES.format(
-                port=self.port,
-                controller_port=self.controller_port,
-                log_dir=self.workdir / "data",
-            )
-        )
+        text = SERVER_PROPERTIES.format(port=self.port, controller_port=self.controller_port,
+                                        log_dir=self.workdir / "data")  # fmt: skip
+        if self._external is not None:
+            listen, advertised = self._external
+            text = (
+                text.replace("CONTROLLER://127.0.0.1:", f"EXTERNAL://127.0.0.1:{listen},CONTROLLER://127.0.0.1:", 1)
+                .replace(f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port},",
+                         f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port},EXTERNAL://127.0.0.1:{advertised},")
+                .replace("PLAINTEXT:PLAINTEXT", "PLAINTEXT:PLAINTEXT,EXTERNAL:PLAINTEXT")
+            )  # fmt: skip
+        props.write_text(text)
         classpath = f"{lib}/*"
         java_log = [f"-Dlog4j.configuration=file:{LOG4J}"]
         if fresh:

@@ -3,20 +3,48 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 import tempfile
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
 
 import aiokafka
 import faust
+from aiokafka.errors import KafkaConnectionError, KafkaError
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_kafka
 from faust.types import TP
 from mode import Service, ServiceT
 
 from streams.config import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+
+async def start_when_reachable(
+    start: Callable[[], Awaitable[None]], undo: Callable[[], Awaitable[None]], what: str, timeout: float
+) -> None:
+    """``start()`` a Kafka client, again with backoff (1 s doubling to 30 s) while Kafka cannot be
+    reached, for up to ``timeout`` seconds; ``undo()`` cleans up after each failed try. A broker
+    that went away between the worker's topic checks and faust's start is waited for like one
+    that was away from the first (``startup_timeout``)."""
+    deadline, delay = time.monotonic() + timeout, 1.0
+    while True:
+        try:
+            await start()
+            return
+        except KafkaError as exc:
+            await undo()
+            left = deadline - time.monotonic()
+            if not (isinstance(exc, KafkaConnectionError) or getattr(exc, "retriable", False)) or left <= 0:
+                raise
+            log.warning("waiting for Kafka (%s): %s: %s; trying again in %.1fs", what, type(exc).__name__, exc,
+                        min(delay, left))  # fmt: skip
+            await asyncio.sleep(min(delay, left))
+            delay = min(delay * 2, 30.0)
 
 
 def broker_credentials(kafka: KafkaSettings) -> faust.auth.Credentials | None:
@@ -33,7 +61,32 @@ def broker_credentials(kafka: KafkaSettings) -> faust.auth.Credentials | None:
     return None
 
 
-class _ReadCommittedConsumerThread(faust_kafka.AIOKafkaConsumerThread):
+class _Producer(faust_kafka.Producer):
+    """faust's producer, whose start waits for Kafka (``startup_timeout``) instead of failing the worker."""
+
+    async def on_start(self) -> None:
+        async def undo() -> None:
+            producer, self._producer = self._producer, None
+            if producer is not None:
+                await producer.stop()
+
+        await start_when_reachable(super().on_start, undo, "faust's producer",
+                                   cast(Transport, self.transport).startup_timeout)  # fmt: skip
+
+
+class _ConsumerThread(faust_kafka.AIOKafkaConsumerThread):
+    """faust's consumer thread, whose consumer's start waits for Kafka like the producer's."""
+
+    async def on_start(self) -> None:
+        async def undo() -> None:
+            if self._consumer is not None:
+                await self._consumer.stop()
+
+        await start_when_reachable(super().on_start, undo, "faust's consumer",
+                                   cast(Transport, self.consumer.transport).startup_timeout)  # fmt: skip
+
+
+class _ReadCommittedConsumerThread(_ConsumerThread):
     def _create_worker_consumer(self, transport: faust_kafka.Transport) -> aiokafka.AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)
         # faust reads read_committed only under its own transactions (its processing_guarantee),
@@ -55,6 +108,9 @@ class _Consumer(faust_kafka.Consumer):
     those holds, the callback cannot block, and it is awaited directly; otherwise faust's wait
     is used as faust uses it. The method is faust-streaming 0.15's, otherwise unchanged.
     """
+
+    def _new_consumer_thread(self) -> faust_kafka.AIOKafkaConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     def _delivers_at_once(self, tp: TP) -> bool:
         app = self.app
@@ -131,9 +187,12 @@ class _ReadCommittedConsumer(_Consumer):
 
 
 class Transport(faust_kafka.Transport):
-    """faust's Kafka transport with :class:`_Consumer`'s delivery."""
+    """faust's Kafka transport with :class:`_Consumer`'s delivery, its clients waiting for
+    Kafka at start for up to ``startup_timeout``."""
 
     Consumer = _Consumer
+    Producer = _Producer
+    startup_timeout: float = 300.0
 
 
 class ReadCommittedTransport(Transport):
@@ -142,7 +201,9 @@ class ReadCommittedTransport(Transport):
     Consumer = _ReadCommittedConsumer
 
 
-def create_app(kafka: KafkaSettings, *, partitions: int = 1, read_committed: bool = False) -> faust.App:
+def create_app(
+    kafka: KafkaSettings, *, partitions: int = 1, read_committed: bool = False, startup_timeout: float = 300.0
+) -> faust.App:
     """A faust app tuned for micro-batching.
 
     - ``stream_wait_empty=False``: events sit unacked in open windows by design; a rebalance
@@ -180,4 +241,5 @@ def create_app(kafka: KafkaSettings, *, partitions: int = 1, read_committed: boo
     )
     transport = ReadCommittedTransport if read_committed else Transport
     app.transport = transport(app.conf.broker_consumer, app)
+    app.transport.startup_timeout = startup_timeout
     return app
