@@ -51,6 +51,14 @@ async def test_status_shows_batches_in_flight_then_every_fate_and_the_cost(
     assert during["lag"]["total"] == sum(v["lag"] for v in lag.values())
     view = status(config)
     assert "batches in flight" in view and "in_progress" in view and "0/10" in view, view
+    # a revoked key: the provider's 401 (its text names the key, partly masked) reaches neither
+    # the JSON document nor the view; each batch reads as unreadable, with the kind of failure
+    emu.faults.refused_keys = ["sk-test-secret-key"]
+    refused = orjson.loads(status(config, "--json"))["pipelines"]["p"]["in_flight"]
+    assert {b["state"] for b in refused} == {"unreadable"}, refused
+    shown = orjson.dumps(refused).decode() + status(config)
+    assert "sk-" not in shown and "secret-key" not in shown, shown
+    emu.faults.refused_keys = []
 
     emu.faults.batch_seconds = 0.2
     async with TopicReader(bootstrap, f"{topic}.results") as results:
