@@ -130,7 +130,8 @@ class Pipeline:
             reader=InputReader(bootstrap, cfg.input_topic, read_committed=self.exactly_once, **kafka_options),
             workdir=self.workdir, metrics=self.metrics,
             watch=self.watch, quotas=quotas or Quotas(provider.max_enqueued_tokens),
-            held=HeldRequests(cfg.max_held_requests, self.policy.max_requests),
+            held=HeldRequests(cfg.max_held_requests, self.policy.max_requests, limit_bytes=cfg.max_held_bytes,
+                              window_bytes=self.policy.max_bytes),
         )  # fmt: skip
         self.batches = BatchLane(services, self.policy)
         self.flex = FlexLane(runner, self.outbox, self.ledger, self.tasks, to_batch=self.batches.add)

@@ -111,7 +111,8 @@ async def reread_round(
 
 
 class HeldRequests:
-    """How many events of waiting windows a pipeline keeps in memory (``max_held_requests``).
+    """How many events of waiting windows a pipeline keeps in memory (``max_held_requests``,
+    and their bytes of JSONL lines: ``max_held_bytes``).
 
     A window waiting on something slow (the provider running its batch, the token quota, a
     backoff) keeps its requests only while they fit this budget; otherwise it lets them go and
@@ -121,21 +122,27 @@ class HeldRequests:
     events into memory at once.
     """
 
-    def __init__(self, limit: int, window_size: int) -> None:
-        self.limit = limit
-        self.held = 0
-        #: Windows allowed to hold read-back requests at once: as many as fit the budget, at least one.
-        self.slots = asyncio.Semaphore(max(1, limit // max(1, window_size)))
+    def __init__(
+        self, limit: int, window_size: int, *, limit_bytes: int = 256 * 1000**2, window_bytes: int = 10 * 1000**2
+    ) -> None:
+        self.limit, self.limit_bytes = limit, limit_bytes
+        self.held = self.held_bytes = 0
+        #: Windows allowed to hold read-back requests at once: as many full windows as fit the
+        #: budget, by count and by bytes, at least one.
+        self._slots = max(1, min(limit // max(1, window_size), limit_bytes // max(1, window_bytes)))
+        self.slots = asyncio.Semaphore(self._slots)
 
-    def keep(self, count: int) -> bool:
-        """Count ``count`` more events as held, if they fit."""
-        if self.held + count > self.limit:
+    def keep(self, count: int, size: int = 0) -> bool:
+        """Count ``count`` more events (``size`` bytes) as held, if they fit."""
+        if self.held + count > self.limit or self.held_bytes + size > self.limit_bytes:
             return False
         self.held += count
+        self.held_bytes += size
         return True
 
-    def release(self, count: int) -> None:
+    def release(self, count: int, size: int = 0) -> None:
         self.held -= count
+        self.held_bytes -= size
 
 
 class RoundRequests:
@@ -151,8 +158,8 @@ class RoundRequests:
         self._known: dict[int, Request] = {r.source.offset: r for r in requests or ()}
         self._budget = budget
         self._read = read
-        #: Events counted in the budget (0: not counted).
-        self._held = 0
+        #: Events (and their bytes) counted in the budget (0: not counted).
+        self._held = self._held_bytes = 0
         #: Whether a read-back slot is held (the requests were read back and are in use).
         self._slot = False
         #: Offsets a read-back gave a fate (dead letters): never given another.
@@ -183,9 +190,9 @@ class RoundRequests:
     def park(self) -> None:
         """About to wait on something slow: keep the requests only while they fit the budget."""
         if self.current is not None and not self._held:
-            count = len(self._known)
-            if self._budget.keep(count):
-                self._held = count
+            count, size = len(self._known), sum(len(r.jsonl_line()) for r in self._known.values())
+            if self._budget.keep(count, size):
+                self._held, self._held_bytes = count, size
             else:
                 self.let_go()
         self._free_slot()
@@ -195,8 +202,8 @@ class RoundRequests:
         self.current = None
         self._known = {}
         if self._held:
-            self._budget.release(self._held)
-            self._held = 0
+            self._budget.release(self._held, self._held_bytes)
+            self._held = self._held_bytes = 0
         self._free_slot()
 
     def _free_slot(self) -> None:

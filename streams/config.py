@@ -149,6 +149,8 @@ class PipelineSettings(Frozen):
     #: rest are read back from the input topic when their batch ends, so memory does not grow
     #: with the events in flight.
     max_held_requests: int = Field(50_000, ge=0)
+    #: The same budget in bytes of JSONL lines: large events reach it before the count does.
+    max_held_bytes: ByteSize = Field(256 * 1000**2, ge=0)
     #: Metadata added to every batch (at most 14 pairs: two are batchstream's).
     metadata: dict[str, str] = Field(default_factory=dict, max_length=14)
     flex: FlexSettings = FlexSettings()

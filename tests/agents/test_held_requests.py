@@ -40,12 +40,16 @@ def _with(lane: Lane, held: HeldRequests) -> CountingReader:
     return reader
 
 
-@pytest.mark.parametrize(("budget", "reads"), [(0, 1), (N, 0)], ids=["beyond-the-budget", "within-it"])
+@pytest.mark.parametrize(
+    ("budget", "budget_bytes", "reads"),
+    [(0, 10**9, 1), (N, 10**9, 0), (N, 500, 1)],
+    ids=["beyond-the-budget", "within-it", "within-the-count-beyond-the-bytes"],
+)
 async def test_a_window_beyond_the_budget_reads_its_requests_back_when_its_batch_ends(
-    emulator, make_lane, budget: int, reads: int
+    emulator, make_lane, budget: int, budget_bytes: int, reads: int
 ):
     lane = make_lane()
-    held = HeldRequests(budget, window_size=N)
+    held = HeldRequests(budget, window_size=N, limit_bytes=budget_bytes)
     reader = _with(lane, held)
     record, requests = await lane.run(N)
     results, dead = lane.fates()
@@ -54,6 +58,17 @@ async def test_a_window_beyond_the_budget_reads_its_requests_back_when_its_batch
     assert [r.source.offset for r in results] == sorted(r.source.offset for r in results)
     assert reader.reads == reads
     assert held.held == 0, "a finished window counts nothing in the budget"
+
+
+def test_read_backs_at_once_are_bounded_by_count_and_by_bytes() -> None:
+    """As many windows read back at once as fit the budget whole, by count and by bytes, at least one."""
+    assert HeldRequests(50_000, 5_000, limit_bytes=10**9, window_bytes=10**7)._slots == 10
+    assert HeldRequests(50_000, 5_000, limit_bytes=2 * 10**7, window_bytes=10**7)._slots == 2
+    assert HeldRequests(50_000, 5_000, limit_bytes=10**6, window_bytes=10**7)._slots == 1
+    held = HeldRequests(100, 10, limit_bytes=1000, window_bytes=100)
+    assert held.keep(50, 900) and not held.keep(1, 101), "the bytes refuse what the count would take"
+    held.release(50, 900)
+    assert (held.held, held.held_bytes) == (0, 0)
 
 
 async def test_windows_waiting_on_the_provider_hold_no_more_than_the_budget(emulator, make_lane):
