@@ -94,6 +94,22 @@ class TopicReader:
                 self.records.append((message.key, value))
         return self.records
 
+    async def to_end(self, *, timeout: float = 30) -> list[tuple[bytes | None, Any]]:
+        """Read up to the topic's end as it is now (its last stable offset: a transaction under way
+        is waited for), so a record written before this call is certain to be among ``records``."""
+        consumer = self._consumer
+        assert consumer is not None
+        partitions = consumer.partitions_for_topic(self.topic) or set()
+        ends = await consumer.end_offsets([TopicPartition(self.topic, p) for p in partitions])
+
+        async def read() -> bool:
+            await self.poll()
+            positions = {tp: await consumer.position(tp) for tp in ends}
+            return all(positions[tp] >= end for tp, end in ends.items())
+
+        await wait_until(read, timeout=timeout, interval=0, what=f"the end of {self.topic} ({ends})")
+        return self.records
+
     async def until(self, count: int, *, timeout: float) -> list[Any]:
         async def enough() -> bool:
             return len(await self.poll()) >= count

@@ -1,38 +1,79 @@
-"""The shape of the code: small modules and classes, and no import cycle between them."""
+"""The shape of the code: small modules and classes, and no import cycle between them.
+
+Every package the wheel ships (``[tool.setuptools] packages`` in ``pyproject.toml``) is read,
+and every form of import counts as an edge: ``import a.b``, ``from a import b`` (``a.b`` when
+``b`` is a module of ``a``, else ``a``), ``from a.b import c`` and relative imports.
+"""
 
 from __future__ import annotations
 
 import ast
+import tomllib
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("streams", "agents", "providers", "sinks", "ops")
+#: The top-level packages (``demo.data`` holds data files only, read as part of ``demo``).
+PACKAGES = tuple(p for p in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+                 if "." not in p)  # fmt: skip
 MAX_MODULE_LINES = 400
 MAX_CLASS_LINES = 300
+#: Oversized modules and classes that are let be, each with its reason. An entry that is no longer
+#: needed fails the test, so the list only shrinks.
+TOO_BIG_BUT_KNOWN = {
+    "emulator.server": "the provider emulator (a test double, not shipped behaviour): one route table "
+    "over OpenAI's Files, Batches, sync and Azure APIs; to be split by API as anthropic.py and gemini.py are",
+    "emulator.server.Emulator": "as emulator.server: the OpenAI handlers share its state and faults",
+    "emulator.gemini": "Gemini's Batch Mode, Files and generateContent in one emulated API",
+    "emulator.gemini.GeminiApi": "as emulator.gemini",
+}
+#: Import cycles let be, by their modules, each with its reason.
+CYCLES_BUT_KNOWN = {
+    frozenset({"emulator.server", "emulator.anthropic"}): "a type-only import (TYPE_CHECKING) of the Emulator "
+    "that owns the API object; no import at run time",
+    frozenset({"emulator.server", "emulator.gemini"}): "as emulator.anthropic",
+}
 
 
-def _modules() -> dict[str, Path]:
+def _modules(root: Path = ROOT) -> dict[str, Path]:
     modules = {}
     for package in PACKAGES:
-        for path in sorted((ROOT / package).glob("*.py")):
-            name = f"{package}.{path.stem}".removesuffix(".__init__")
+        for path in sorted((root / package).rglob("*.py")):
+            name = ".".join(path.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
             modules[name] = path
     return modules
 
 
-def _imports(path: Path) -> set[str]:
-    found = set()
+def _imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """The project's modules that module ``name`` (at ``path``) imports, by any form of import."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
         if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        found.update(name for name in names if name.split(".")[0] in PACKAGES)
-    return found
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: ``from . import x``, ``from ..a import x``
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                source = ".".join([*base, *([node.module] if node.module else [])])
+            else:
+                source = node.module or ""
+            for alias in node.names:
+                submodule = f"{source}.{alias.name}".lstrip(".")
+                found.add(submodule if submodule in known else source)
+    # ``import a.b.c`` imports a.b.c; a name that is not a module counts as its package
+    resolved = set()
+    for imported in found:
+        while imported and imported not in known:
+            imported = imported.rpartition(".")[0]
+        if imported:
+            resolved.add(imported)
+    return resolved
 
 
-def test_no_module_or_class_is_too_big():
+def _too_big(modules: dict[str, Path]) -> list[str]:
     too_big = []
-    for name, path in _modules().items():
+    for name, path in modules.items():
         source = path.read_text()
         if len(source.splitlines()) > MAX_MODULE_LINES:
             too_big.append(f"{name}: {len(source.splitlines())} lines")
@@ -41,21 +82,84 @@ def test_no_module_or_class_is_too_big():
                 size = node.end_lineno - node.lineno + 1
                 if size > MAX_CLASS_LINES:
                     too_big.append(f"{name}.{node.name}: {size} lines")
-    assert too_big == [], f"split these by job: {too_big}"
+    return too_big
 
 
-def test_no_import_cycle():
-    graph = {name: _imports(path) - {name} for name, path in _modules().items()}
+def _cycle(modules: dict[str, Path], known_cycles: dict[frozenset[str], str] | None = None) -> list[str] | None:
+    known = set(modules)
+    graph = {name: _imports(name, path, known) - {name} for name, path in modules.items()}
+    for cycle in known_cycles or {}:
+        first, second = sorted(cycle)
+        graph[first].discard(second)
+        graph[second].discard(first)
     done: set[str] = set()
 
-    def visit(name: str, path: list[str]) -> None:
+    def visit(name: str, path: list[str]) -> list[str] | None:
         if name in path:
-            raise AssertionError("import cycle: " + " -> ".join([*path[path.index(name) :], name]))
+            return [*path[path.index(name) :], name]
         if name in done:
-            return
-        for dependency in graph.get(name, ()):
-            visit(dependency, [*path, name])
+            return None
+        for dependency in sorted(graph.get(name, ())):
+            if (cycle := visit(dependency, [*path, name])) is not None:
+                return cycle
         done.add(name)
+        return None
 
-    for name in graph:
-        visit(name, [])
+    for name in sorted(graph):
+        if (cycle := visit(name, [])) is not None:
+            return cycle
+    return None
+
+
+def test_every_shipped_package_is_read() -> None:
+    assert {"streams", "agents", "providers", "sinks", "ops", "emulator", "devkafka", "demo"} <= set(PACKAGES)
+    read = {name.split(".")[0] for name in _modules()}
+    assert read == set(PACKAGES)
+
+
+def test_no_module_or_class_is_too_big() -> None:
+    too_big = _too_big(_modules())
+    names = {entry.partition(":")[0] for entry in too_big}
+    assert [e for e in too_big if e.partition(":")[0] not in TOO_BIG_BUT_KNOWN] == [], f"split these by job: {too_big}"
+    assert set(TOO_BIG_BUT_KNOWN) <= names, f"no longer too big: {set(TOO_BIG_BUT_KNOWN) - names}"
+
+
+def test_no_import_cycle() -> None:
+    modules = _modules()
+    cycle = _cycle(modules, CYCLES_BUT_KNOWN)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+    for pair in CYCLES_BUT_KNOWN:
+        assert _cycle({name: modules[name] for name in pair}) is not None, f"no longer a cycle: {sorted(pair)}"
+
+
+@pytest.mark.parametrize(
+    ("statement", "edge"),
+    [
+        ("import streams.errors", "streams.errors"),
+        ("import streams.errors as errors", "streams.errors"),
+        ("from streams import errors", "streams.errors"),
+        ("from streams.errors import ConfigError", "streams.errors"),
+        ("from streams import ConfigError", "streams"),
+        ("from . import errors", "streams.errors"),
+        ("from .errors import ConfigError", "streams.errors"),
+        ("from .. import streams", "streams"),
+    ],
+)
+def test_every_import_form_is_an_edge(tmp_path: Path, statement: str, edge: str) -> None:
+    module = tmp_path / "streams" / "config.py"
+    module.parent.mkdir()
+    module.write_text(statement + "\n")
+    known = {"streams", "streams.config", "streams.errors"}
+    assert _imports("streams.config", module, known) == {edge}
+
+
+def test_a_planted_cycle_and_a_planted_giant_are_found(tmp_path: Path) -> None:
+    """The rules can fail: a cycle through ``from pkg import module`` and an oversized module."""
+    for package in PACKAGES:
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text("")
+    (tmp_path / "demo" / "a.py").write_text("from emulator import b\n")
+    (tmp_path / "emulator" / "b.py").write_text("from ..demo import a\n" + "x = 1\n" * MAX_MODULE_LINES)
+    modules = _modules(tmp_path)
+    assert _cycle(modules) == ["demo.a", "emulator.b", "demo.a"]
+    assert _too_big(modules) == [f"emulator.b: {MAX_MODULE_LINES + 1} lines"]

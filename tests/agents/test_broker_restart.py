@@ -39,6 +39,7 @@ from tests.support import (
     assert_each_window_submitted_once,
     end_offsets,
     free_port,
+    metric,
     pipeline,
     probe,
     produce,
@@ -126,7 +127,6 @@ async def test_broker_restart_mid_run_loses_nothing_and_keeps_the_worker(
     keys = [f"k{i % 60}".encode() for i in range(BEFORE + AFTER)]
     await produce(bootstrap, topic, inputs(0, BEFORE, mode), keys=keys[:BEFORE])
     worker = WorkerProcess(config, tmp_path / "worker.log")
-    pid = worker.proc.pid
 
     def alive() -> None:
         assert worker.proc.poll() is None, f"the worker exited ({worker.proc.returncode}):\n{worker.log()[-6000:]}"
@@ -142,6 +142,8 @@ async def test_broker_restart_mid_run_loses_nothing_and_keeps_the_worker(
             await wait_until(some_results, timeout=60, what="the first 200 results")
             before_stop = len(results.values)
             assert (await asyncio.to_thread(probe, port, "/readyz"))[0] == 200
+            # The process serving the worker's endpoints, as a supervisor or a probe knows it.
+            born = await asyncio.to_thread(metric, port, "process_start_time_seconds")
             await asyncio.to_thread(stop_broker, own_broker, how)
             down_at = time.monotonic()
 
@@ -176,8 +178,15 @@ async def test_broker_restart_mid_run_loses_nothing_and_keeps_the_worker(
                 return (await asyncio.to_thread(probe, port, "/readyz"))[0] == 200
 
             await wait_until(ready, timeout=30, what="/readyz ready again after the restart")
+            reborn = await asyncio.to_thread(metric, port, "process_start_time_seconds")
             records = results.values + dlq.values
-        assert worker.proc.pid == pid and worker.log().count("[^Worker]: Starting") == 1, "never restarted"
+        # Never restarted: the process the test started is still running (alive() saw it at every
+        # step), the one serving the endpoints is the one that served them before the stop (not a
+        # new process on the same port), and faust did not restart the worker inside it.
+        assert worker.proc.poll() is None, "the worker exited"
+        assert reborn == born, f"another process serves the worker's endpoints (started {reborn}, not {born})"
+        starts = worker.log().count("[^Worker]: Starting")
+        assert starts == 1, f"the worker started {starts} times"
         assert dlq.values == [], f"dead letters: {Counter(v['reason'] for v in dlq.values)}"
         copies: dict[str, set[str]] = {}
         for record in records:

@@ -4,6 +4,7 @@ the provider's token limit shrinks what is assumed to fit, and the estimate lear
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
@@ -12,11 +13,27 @@ from agents.quota import TokenEstimate, TokenQuota
 from agents.state import WindowRecord
 
 
-async def test_a_round_waits_until_it_fits_and_a_round_alone_always_goes():
+@pytest.fixture(autouse=True)
+def _quota_log(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="agents.quota")
+
+
+async def parked(caplog: pytest.LogCaptureFixture, holder: str, task: asyncio.Task[float]) -> None:
+    """Return once ``holder``'s round (``task``) has looked for room in the quota: it took its
+    tokens (done), or it logged that it waits, and waits without yielding in between."""
+
+    async def looked() -> None:
+        while not (task.done() or any(r.getMessage().startswith(f"{holder}: waiting for") for r in caplog.records)):
+            await asyncio.sleep(0)
+
+    await asyncio.wait_for(looked(), 1)
+
+
+async def test_a_round_waits_until_it_fits_and_a_round_alone_always_goes(caplog: pytest.LogCaptureFixture):
     quota = TokenQuota(100)
     await quota.acquire("a", 60)
     second = asyncio.create_task(quota.acquire("b", 60))
-    await asyncio.sleep(0)
+    await parked(caplog, "b", second)
     assert not second.done() and quota.enqueued == 60, "60 + 60 does not fit in 100"
     await quota.release("a")
     await asyncio.wait_for(second, 1)
@@ -26,13 +43,13 @@ async def test_a_round_waits_until_it_fits_and_a_round_alone_always_goes():
     assert quota.enqueued == 1_000
 
 
-async def test_a_waiting_round_is_sized_afresh_by_an_estimate_sharpened_meanwhile():
+async def test_a_waiting_round_is_sized_afresh_by_an_estimate_sharpened_meanwhile(caplog: pytest.LogCaptureFixture):
     quota = TokenQuota(100)
     await quota.acquire("a", 60)
     await quota.acquire("c", 10)
     estimate = {"b": 45}
     waiting = asyncio.create_task(quota.acquire("b", lambda: estimate["b"]))
-    await asyncio.sleep(0)
+    await parked(caplog, "b", waiting)
     assert not waiting.done(), "45 beside 70 does not fit in 100"
     estimate["b"] = 30  # results of another round showed fewer tokens per byte
     await quota.release("c")
@@ -40,14 +57,16 @@ async def test_a_waiting_round_is_sized_afresh_by_an_estimate_sharpened_meanwhil
     assert quota.held == {"a": 60, "b": 30}
 
 
-async def test_a_token_limit_refusal_shrinks_what_fits_and_creates_let_it_grow_back():
+async def test_a_token_limit_refusal_shrinks_what_fits_and_creates_let_it_grow_back(
+    caplog: pytest.LogCaptureFixture,
+):
     quota = TokenQuota(1_000)
     await quota.acquire("a", 300)
     await quota.acquire("b", 300)
     quota.refused("b")  # the provider's real limit is below 600
     assert quota.fits == 300
     waiting = asyncio.create_task(quota.acquire("b", 300))
-    await asyncio.sleep(0)
+    await parked(caplog, "b", waiting)
     assert not waiting.done(), "b waits for a to drain"
     await quota.release("a")
     await asyncio.wait_for(waiting, 1)

@@ -22,10 +22,11 @@ async def test_revoke_cancels_only_the_revoked_partitions_tasks():
 
 async def test_a_shielded_step_outlives_the_cancelled_task_and_revoke_waits_for_it():
     tasks = PartitionTasks()
-    release = asyncio.Event()
+    release, started = asyncio.Event(), asyncio.Event()
     written: list[str] = []
 
     async def emit() -> str:
+        started.set()
         await release.wait()
         written.append("records")
         return "done"
@@ -33,10 +34,20 @@ async def test_a_shielded_step_outlives_the_cancelled_task_and_revoke_waits_for_
     async def tracker() -> None:
         await tasks.shield(3, emit())
 
+    async def plain() -> None:
+        running.set()
+        await asyncio.Event().wait()
+
+    running = asyncio.Event()
     task = tasks.spawn(3, tracker(), name="window")
-    await asyncio.sleep(0)  # let the tracker start its step
+    other = tasks.spawn(4, plain(), name="no step")
+    await started.wait()
+    await running.wait()
     revoking = asyncio.create_task(tasks.revoke([3], timeout=5))
-    await asyncio.sleep(0)
+    # The control: a revocation started just after, of a partition whose running task has no
+    # step, goes through the same cancel-and-wait; once it has returned, the first would have
+    # too, had it not waited for the step.
+    assert await asyncio.create_task(tasks.revoke([4], timeout=5)) == 1 and other.cancelled()
     assert not revoking.done(), "revoke waits for the shielded step"
     release.set()
     await revoking

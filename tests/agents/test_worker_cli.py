@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,9 @@ import yaml
 from tests.support import ROOT, settings_document
 
 SECRET = "sk-do-not-print-me"
+#: "Fails fast": well within a start-up probe's patience (the interpreter's start-up included),
+#: far below the minutes a worker retrying forever, or the subprocess timeout (120 s), would take.
+FAST = 30.0
 
 
 def batchstream(*args: str) -> subprocess.CompletedProcess[str]:
@@ -49,8 +53,11 @@ def test_invalid_configuration_names_the_field_and_hides_the_key(tmp_path: Path,
 
 @pytest.mark.kafka
 def test_missing_input_topic_fails_fast(tmp_path: Path, bootstrap: str) -> None:
+    started = time.monotonic()
     proc = batchstream("worker", "-c", config(tmp_path, bootstrap, input_topic="no-such-topic"))
+    took = time.monotonic() - started
     assert proc.returncode == 3, proc.stderr
+    assert took < FAST, f"took {took:.1f}s to refuse a missing input topic"
     assert "pipelines.t.input_topic: topic 'no-such-topic' does not exist" in proc.stderr
 
 
