@@ -9,6 +9,7 @@ COPY streams streams
 COPY agents agents
 COPY providers providers
 COPY sinks sinks
+COPY ops ops
 COPY emulator emulator
 COPY devkafka devkafka
 COPY demo demo
