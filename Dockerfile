@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # The batchstream image: the installed package only (no tests, benches or work tree), run as
 # a non-root user. `docker build -t batchstream .`; `docker run batchstream worker -c FILE`.
 

@@ -57,4 +57,4 @@ def compose(image: str) -> Iterator[Compose]:
     try:
         yield stack
     finally:
-        stack("down", "-v", "--remove-orphans", check=False)
+        stack("--profile", "demo", "down", "-v", "--remove-orphans", check=False)
