@@ -1,14 +1,14 @@
-# syntax=docker/dockerfile:1
 # The batchstream image: the installed package only (no tests, benches or work tree), run as
 # a non-root user. `docker build -t batchstream .`; `docker run batchstream worker -c FILE`.
 
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY streams streams
 COPY agents agents
 COPY providers providers
 COPY sinks sinks
+COPY ops ops
 COPY emulator emulator
 COPY devkafka devkafka
 COPY demo demo

@@ -63,6 +63,7 @@ def test_compose_checks_readiness_and_gives_the_worker_its_stop_grace() -> None:
     published = [port for service in services.values() for port in service.get("ports", [])]
     assert published and all(port.startswith("127.0.0.1:") for port in published), "only on the host's loopback"
     assert int(worker["stop_grace_period"].removesuffix("s")) > 30, "longer than the worker's own 30 s grace"
+    assert worker["restart"] == "unless-stopped", "a worker that exits comes back, as under Kubernetes"
     assert worker["depends_on"]["emulator"]["condition"] == "service_healthy"
     built = [name for name, service in services.items() if "build" in service]
     assert built == ["worker"], "one service builds the image the others run (parallel builds of one tag collide)"
