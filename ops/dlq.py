@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -55,6 +56,16 @@ class Letter:
     body: dict[str, Any]
 
 
+async def _scan_letters(reader: TopicReader, topic: str, *, since_ms: int | None = None) -> AsyncIterator[Letter]:
+    """The dead letters of ``topic``, streamed (none when the topic does not exist yet)."""
+    try:
+        async for batch in reader.scan(topic, since_ms=since_ms):
+            for letter in _letters(batch):
+                yield letter
+    except TopicMissingError:
+        return  # no worker has run the pipeline yet
+
+
 def _letters(records: list[Record]) -> list[Letter]:
     out = []
     for record in records:
@@ -79,17 +90,13 @@ class ReasonRow:
 
 async def inspect(bootstrap: str, options: dict[str, Any], cfg: PipelineSettings) -> dict[str, ReasonRow]:
     """Dead letters by reason (most frequent first)."""
-    async with TopicReader(bootstrap, options) as reader:
-        try:
-            letters = _letters(await reader.read(cfg.dead_letter_topic))
-        except TopicMissingError:
-            letters = []  # no worker has run the pipeline yet
     rows: dict[str, ReasonRow] = {}
-    for letter in letters:
-        row = rows.setdefault(letter.reason, ReasonRow(first_ms=letter.record.timestamp_ms, sample=letter.message))
-        row.count += 1
-        row.first_ms = min(row.first_ms, letter.record.timestamp_ms)
-        row.last_ms = max(row.last_ms, letter.record.timestamp_ms)
+    async with TopicReader(bootstrap, options) as reader:
+        async for letter in _scan_letters(reader, cfg.dead_letter_topic):
+            row = rows.setdefault(letter.reason, ReasonRow(first_ms=letter.record.timestamp_ms, sample=letter.message))
+            row.count += 1
+            row.first_ms = min(row.first_ms, letter.record.timestamp_ms)
+            row.last_ms = max(row.last_ms, letter.record.timestamp_ms)
     return dict(sorted(rows.items(), key=lambda item: (-item[1].count, item[0])))
 
 
@@ -150,24 +157,20 @@ async def plan_replay(
 ) -> ReplayPlan:  # fmt: skip
     plan = ReplayPlan(target or cfg.input_topic)
     async with TopicReader(bootstrap, options) as reader:
-        try:
-            written = await reader.read(cfg.dead_letter_topic, since_ms=since_ms)
-        except TopicMissingError:
-            written = []
-        letters = [
-            letter for letter in _letters(written)
-            if (not reasons or letter.reason in reasons) and (not ids or letter.id in ids)
-            and (until_ms is None or letter.record.timestamp_ms <= until_ms)
-        ]  # fmt: skip
+        # streamed: memory grows with the dead letters chosen, not with the topic
         unique: dict[tuple[str, int, int], Letter] = {}
-        for letter in letters:  # an event dead-lettered twice is replayed once
-            unique.setdefault(letter.source, letter)
+        async for letter in _scan_letters(reader, cfg.dead_letter_topic, since_ms=since_ms):
+            chosen = (not reasons or letter.reason in reasons) and (not ids or letter.id in ids) and (
+                until_ms is None or letter.record.timestamp_ms <= until_ms)  # fmt: skip
+            if chosen:
+                unique.setdefault(letter.source, letter)  # an event dead-lettered twice is replayed once
         if not unique:
             return plan
         originals = await reader.at(unique)
         oldest = min(letter.record.timestamp_ms for letter in unique.values())
-        marks = (r.header(REPLAY_OF) for r in await reader.read(plan.target, since_ms=oldest))
-        done = {mark.decode() for mark in marks if mark is not None}
+        done: set[str] = set()
+        async for batch in reader.scan(plan.target, since_ms=oldest):
+            done.update(mark.decode() for mark in (r.header(REPLAY_OF) for r in batch) if mark is not None)
     for coordinate, letter in unique.items():
         plan.chosen[letter.reason] += 1
         carried = letter.body.get("original_base64") or letter.body.get("event") is not None

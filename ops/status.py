@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
 from agents.state import WindowRecord
-from ops.topics import TopicMissingError, TopicReader, json_object
+from ops.topics import Record, TopicMissingError, TopicReader, json_object
 from providers import make_provider
 from providers.base import Provider
 from streams.config import PipelineSettings, Settings
@@ -71,12 +72,15 @@ class StatusReader:
             out[cfg.name] = await self._pipeline(cfg, committed)
         return {"generated_at": time.time(), "pipelines": out}
 
-    async def _read(self, tally: Tally, topic: str) -> list[Any]:
+    async def _read(self, tally: Tally, topic: str) -> AsyncIterator[Record]:
+        """The records of ``topic`` this view has not counted yet, streamed (memory independent of the topic)."""
         positions = tally.positions.setdefault(topic, {})
         try:
-            return await self.reader.read_new(topic, positions)
+            async for batch in self.reader.scan(topic, positions):
+                for record in batch:
+                    yield record
         except TopicMissingError:
-            return []  # a pipeline that never ran: its worker creates the topic
+            return  # a pipeline that never ran: its worker creates the topic
 
     async def _pipeline(self, cfg: PipelineSettings, committed: dict[tuple[str, int], int]) -> dict[str, Any]:
         tally = self.tallies[cfg.name]
@@ -89,18 +93,18 @@ class StatusReader:
                      "lag": max(0, end - committed.get((cfg.input_topic, p), 0))}
             for p, end in sorted(ends.items())
         }  # fmt: skip
-        for record in await self._read(tally, cfg.output_topic):
+        async for record in self._read(tally, cfg.output_topic):
             result = json_object(record.value)
             if result.get("pipeline") == cfg.name:
                 tally.results += 1
                 cost = result.get("cost") or {}
                 tally.paid += float(cost.get("paid") or 0.0)
                 tally.realtime += float(cost.get("realtime") or 0.0)
-        for record in await self._read(tally, cfg.dead_letter_topic):
+        async for record in self._read(tally, cfg.dead_letter_topic):
             letter = json_object(record.value)
             if letter.get("pipeline") == cfg.name:
                 tally.dead[str(letter.get("reason"))] += 1
-        for record in await self._read(tally, cfg.state_topic_name):
+        async for record in self._read(tally, cfg.state_topic_name):
             window_id = (record.key or b"").decode()
             if record.value is None:
                 tally.windows.pop(window_id, None)

@@ -3,7 +3,7 @@ at an offset. No consumer group: nothing is committed, nothing changes."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,10 @@ async def start(client: Any) -> None:
     except BaseException:
         await (client.stop() if hasattr(client, "stop") else client.close())
         raise
+
+
+#: Records handed over at a time by :meth:`TopicReader.scan`.
+SCAN_BATCH = 2000
 
 
 class TopicMissingError(BatchstreamError):
@@ -91,40 +95,48 @@ class TopicReader:
         return self._partitions[topic]
 
     async def read(self, topic: str, *, since_ms: int | None = None) -> list[Record]:
-        """Every record of ``topic`` (from ``since_ms`` when given) up to its end at the call."""
-        positions: dict[int, int] = {}
-        if since_ms is not None:
-            partitions = await self.partitions(topic)
-            self._consumer.assign(partitions)
-            found = await self._consumer.offsets_for_times({tp: since_ms for tp in partitions})
-            ends = await self._consumer.end_offsets(partitions)
-            positions = {tp.partition: found[tp].offset if found.get(tp) is not None else ends[tp] for tp in partitions}
-        return await self.read_new(topic, positions)
+        """Every record of ``topic`` (from ``since_ms`` when given) up to its end at the call, in
+        one list: for inputs known to be small. Large topics are read with :meth:`scan`."""
+        return [record async for batch in self.scan(topic, since_ms=since_ms) for record in batch]
 
     async def read_new(self, topic: str, positions: dict[int, int]) -> list[Record]:
-        """The records of ``topic`` after ``positions`` (partition -> next offset; updated to the
-        end at the call), for a view refreshed again and again."""
+        """The records of ``topic`` after ``positions``, in one list (see :meth:`scan`)."""
+        return [record async for batch in self.scan(topic, positions) for record in batch]
+
+    async def scan(
+        self, topic: str, positions: dict[int, int] | None = None, *, since_ms: int | None = None
+    ) -> AsyncIterator[list[Record]]:
+        """The records of ``topic`` up to its end at the call, a fetched batch at a time (memory
+        independent of the topic's size): after ``positions`` (partition -> next offset, updated
+        to the end once the scan is over; for a view refreshed again and again), or from
+        ``since_ms``, or from the beginning."""
         partitions = await self.partitions(topic)
         consumer = self._consumer
         consumer.assign(partitions)
+        positions = positions if positions is not None else {}
+        if since_ms is not None:
+            found = await consumer.offsets_for_times({tp: since_ms for tp in partitions})
+            ends = await consumer.end_offsets(partitions)
+            positions.update({tp.partition: found[tp].offset if found.get(tp) is not None else ends[tp]
+                              for tp in partitions})  # fmt: skip
         ends = await consumer.end_offsets(partitions)
         starts = await consumer.beginning_offsets(partitions)
-        records: list[Record] = []
         pending = set()
         for tp in partitions:
-            start = max(positions.get(tp.partition, 0), starts[tp])
-            if start < ends[tp]:
-                consumer.seek(tp, start)
+            begin = max(positions.get(tp.partition, 0), starts[tp])
+            if begin < ends[tp]:
+                consumer.seek(tp, begin)
                 pending.add(tp)
         while pending:
-            batches = await consumer.getmany(*pending, timeout_ms=1000)
+            batches = await consumer.getmany(*pending, timeout_ms=1000, max_records=SCAN_BATCH)
             for tp, messages in batches.items():
-                records.extend(_record(m) for m in messages if m.offset < ends[tp])
+                records = [_record(m) for m in messages if m.offset < ends[tp]]
+                if records:
+                    yield records
             for tp in list(pending):
                 if await consumer.position(tp) >= ends[tp]:
                     pending.discard(tp)
         positions.update({tp.partition: ends[tp] for tp in partitions})
-        return records
 
     async def committed(self, group: str) -> dict[tuple[str, int], int]:
         """The group's committed offsets by (topic, partition); none before the group has a coordinator."""
