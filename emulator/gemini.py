@@ -130,7 +130,7 @@ class GeminiBatch:
     unreadable_until: float = 0.0
     task: asyncio.Task[None] | None = None
 
-    def as_json(self, *, reversed_inline: bool, unkeyed: bool) -> dict[str, Any]:
+    def as_json(self, *, reversed_inline: bool, unkeyed: bool, file_origin: str | None = None) -> dict[str, Any]:
         done = len(self.results)
         failed = sum(1 for r in self.results if "error" in r)
         metadata: dict[str, Any] = {
@@ -145,7 +145,11 @@ class GeminiBatch:
             metadata["endTime"] = _iso(self.ended_at)
         ended = self.state in ("BATCH_STATE_SUCCEEDED", "BATCH_STATE_CANCELLED", "BATCH_STATE_EXPIRED")
         if ended and self.responses_file is not None:
-            metadata["output"] = {"responsesFile": self.responses_file}
+            # a gateway may name the file by its URI on another origin (Files API URIs are https)
+            shown = self.responses_file
+            if file_origin:
+                shown = f"https://{file_origin.split('://', 1)[-1].rstrip('/')}/v1beta/{shown}"
+            metadata["output"] = {"responsesFile": shown}
         elif ended and self.inline:
             items = []
             for result in self.results:
@@ -191,7 +195,8 @@ class GeminiApi:
 
     def _view(self, batch: GeminiBatch) -> dict[str, Any]:
         faults = self.e.faults
-        return batch.as_json(reversed_inline=faults.gemini_inline_reversed, unkeyed=faults.gemini_inline_unkeyed)
+        return batch.as_json(reversed_inline=faults.gemini_inline_reversed, unkeyed=faults.gemini_inline_unkeyed,
+                             file_origin=faults.foreign_file_origin)  # fmt: skip
 
     # -- files -----------------------------------------------------------------------------
     async def upload(self, request: web.Request) -> web.Response:
@@ -346,7 +351,7 @@ class GeminiApi:
         else:
             batch.state = "BATCH_STATE_SUCCEEDED"
         if not batch.inline and batch.results:
-            name = f"files/{self.e._new_id('results').replace('_', '-')}"
+            name = f"files/{self.e._new_id('results').replace('_', '')}"  # ids as the Files API makes them
             lines = [orjson.dumps({k: v for k, v in r.items() if k != "metadata"}) for r in reversed(batch.results)]
             self.e.gemini_files[name] = b"\n".join(lines) + b"\n"
             batch.responses_file = name

@@ -125,6 +125,10 @@ class Faults(BaseModel):
     anthropic_relative_results_url: bool = False
     #: Anthropic: ``results_url`` on this origin (``http://host:port``) instead of the emulator's own.
     anthropic_results_origin: str | None = None
+    #: OpenAI and Gemini shapes: a batch's result files are named as URLs on this origin
+    #: (``http://host:port``), as a gateway in front of another might hand them out; the files
+    #: are still served here under such a name.
+    foreign_file_origin: str | None = None
     #: Anthropic: an ended message batch names no ``results_url`` (its results are still served).
     anthropic_no_results_url: bool = False
     #: OpenAI shapes: requests bearing one of these keys answer 401 ``invalid_api_key`` (a key
@@ -262,7 +266,7 @@ class Emulator:
         app.add_routes([
             web.post("/v1/files", self.upload_file),
             web.get("/v1/files/{id}", self.retrieve_file),
-            web.get("/v1/files/{id}/content", self.file_content),
+            web.get("/v1/files/{id:.+}/content", self.file_content),
             web.delete("/v1/files/{id}", self.delete_file),
             web.post("/v1/batches", self.create_batch),
             web.get("/v1/batches", self.list_batches),
@@ -363,7 +367,8 @@ class Emulator:
         return _json(stored.as_json())
 
     async def file_content(self, request: web.Request) -> web.StreamResponse:
-        stored = self.files.get(request.match_info["id"])
+        # a file named by a URL (foreign_file_origin): the gateway serves it by its last segment
+        stored = self.files.get(request.match_info["id"].rsplit("/", 1)[-1])
         if stored is None:
             return _error(404, "No such File object", param="id")
         return await self.download(request, stored.data, "application/octet-stream")
@@ -666,7 +671,7 @@ class Emulator:
             ordered = ordered[ids.index(after) + 1 :] if after in ids else []
         page = ordered[:limit]
         return _json({
-            "object": "list", "data": [b.as_json() for b in page],
+            "object": "list", "data": [self._batch_json(b) for b in page],
             "first_id": page[0].id if page else None, "last_id": page[-1].id if page else None,
             "has_more": len(ordered) > limit,
         })  # fmt: skip
@@ -679,7 +684,15 @@ class Emulator:
         if time.monotonic() < batch.unreadable_until:
             self.stats["status_500"] += 1
             return _error(500, "The server had an error while processing your request.")
-        return _json(batch.as_json())
+        return _json(self._batch_json(batch))
+
+    def _batch_json(self, batch: StoredBatch) -> dict[str, Any]:
+        shown = batch.as_json()
+        origin = (self.faults.foreign_file_origin or "").rstrip("/")
+        for key in ("output_file_id", "error_file_id") if origin else ():
+            if shown[key]:
+                shown[key] = f"{origin}/v1/files/{shown[key]}"
+        return shown
 
     async def cancel_batch(self, request: web.Request) -> web.Response:
         batch = self.batches.get(request.match_info["id"])

@@ -53,6 +53,7 @@ from providers.base import (
     Reply,
     download_checked,
     guarded,
+    local_file,
     quietly,
 )
 from streams.errors import ProviderError, ProviderRejected, ProviderUnavailable
@@ -166,7 +167,7 @@ class AnthropicProvider(Provider):
         return job_of(await guarded("cancel message batch", lambda: batches.cancel(job_id), ERRORS))
 
     async def results(self, job: Job, workdir: Path) -> dict[str, LineOutcome]:
-        path = workdir / f"{job.id}.results.jsonl"
+        path = local_file(workdir, job.id, ".results.jsonl")
 
         def stream() -> Any:
             return self._open_results(job.id)

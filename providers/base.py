@@ -17,6 +17,7 @@ downloads -> ProviderUnavailable, any other 4xx -> ProviderRejected. Messages ne
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterator
@@ -312,6 +313,12 @@ class Provider(ABC):
     def refuses_flex(self, exc: ProviderRejected) -> bool:
         """Whether a refusal says the model does not offer the flex tier."""
         return exc.param == "service_tier" or "service_tier" in str(exc)
+
+
+def local_file(workdir: Path, name: str, suffix: str) -> Path:
+    """A file in ``workdir`` for something the provider named (a file id, a batch id): by a digest
+    of the name, never the name itself, so that no name (``../x``, a URL) reaches outside ``workdir``."""
+    return workdir / f"{hashlib.sha256(name.encode()).hexdigest()[:24]}{suffix}"
 
 
 def iter_jsonl(path: Path) -> Iterator[Any]:

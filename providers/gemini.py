@@ -59,6 +59,7 @@ from providers.base import (
     Reply,
     fetch_checked,
     guarded,
+    local_file,
     quietly,
 )
 from streams.errors import ProviderRejected, ProviderUnavailable
@@ -269,7 +270,7 @@ class GeminiProvider(Provider):
         return self._inline_results(job.id, dest.inlined_responses or [])
 
     async def _file_results(self, name: str, workdir: Path, stem: str) -> dict[str, LineOutcome]:
-        path = workdir / f"{stem}.results.jsonl"
+        path = local_file(workdir, stem, ".results.jsonl")
 
         async def download() -> None:
             await self._aio.files.download(file=name, destination=path)

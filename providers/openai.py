@@ -30,6 +30,7 @@ from providers.base import (
     Reply,
     download_checked,
     guarded,
+    local_file,
     quietly,
 )
 from streams.errors import ProviderUnavailable
@@ -162,7 +163,7 @@ class OpenAIProvider(Provider):
     async def results(self, job: Job, workdir: Path) -> dict[str, LineOutcome]:
         lines: dict[str, dict[str, Any]] = {}
         for file_id in job.result_files:
-            path = workdir / f"{file_id}.jsonl"
+            path = local_file(workdir, file_id, ".jsonl")
 
             @asynccontextmanager
             async def stream(file_id: str = file_id) -> AsyncIterator[tuple[Any, AsyncIterator[bytes]]]:

@@ -201,9 +201,11 @@ async def test_a_call_whose_body_the_server_never_reads_fails_within_its_timeout
         server.close()
 
 
-async def test_anthropic_results_on_another_origin_are_never_fetched_with_the_key(emulator, make_lane):
-    """A gateway rewrote ``results_url`` to another origin: nothing is sent there (the key least
-    of all), and the results are read from the configured origin's documented path."""
+@pytest.mark.parametrize("kind", ["openai", "azure", "anthropic", "gemini"])
+async def test_result_urls_on_another_origin_are_never_fetched_with_the_key(emulator, make_lane, kind: str):
+    """A gateway names a batch's results by a URL on another origin (Anthropic's ``results_url``,
+    OpenAI's and Azure's result file ids, Gemini's result file URI): nothing is sent there (the key
+    least of all), and the results are read from the configured origin."""
     from aiohttp import web
 
     seen: list[dict[str, str]] = []
@@ -219,12 +221,26 @@ async def test_anthropic_results_on_another_origin_are_never_fetched_with_the_ke
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    faults = emulator.emulator.faults
     try:
-        emulator.emulator.faults.anthropic_results_origin = f"http://127.0.0.1:{port}"
-        lane = make_lane(provider={"kind": "anthropic", "api_key": "sk-ant-secret-of-the-test"})
+        if kind == "anthropic":
+            faults.anthropic_results_origin = f"http://127.0.0.1:{port}"
+        else:
+            faults.foreign_file_origin = f"http://127.0.0.1:{port}"
+        options = {"inline_bytes": 0} if kind == "gemini" else {}  # its results as a file, not inline
+        lane = make_lane(provider={"kind": kind, "api_key": "sk-secret-of-the-test-0123456789", **options})
         _, requests = await lane.run(12)
         results, dead = lane.fates()
     finally:
         await runner.cleanup()
     assert (_ids(results), dead) == (_ids(requests), [])
     assert seen == [], "no request of any kind reached the other origin"
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd", "/etc/passwd", "http://elsewhere/v1/files/f", "files/a/../../b"])
+def test_a_name_the_provider_hands_back_never_names_a_file_outside_the_work_folder(tmp_path, name: str) -> None:
+    from providers.base import local_file
+
+    path = local_file(tmp_path, name, ".jsonl")
+    assert path.parent == tmp_path and path.name.endswith(".jsonl") and "/" not in path.name
+    assert local_file(tmp_path, name, ".jsonl") == path and local_file(tmp_path, name + "x", ".jsonl") != path
