@@ -207,9 +207,12 @@ def _worker(config: Path, log_level: str) -> int:
 
 
 def _dev_kafka(port: int | None, data_dir: Path | None) -> int:
+    import logging
+
     from devkafka import KafkaBroker, ToolMissingError
     from devkafka.broker import BrokerStartError
 
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # readiness probes of a starting broker fail by design
     broker = KafkaBroker(port=port, data_dir=data_dir)
     try:
         bootstrap = broker.start()
@@ -218,8 +221,10 @@ def _dev_kafka(port: int | None, data_dir: Path | None) -> int:
     except BrokerStartError as exc:
         broker.stop()
         first, *rest = str(exc).splitlines() or [""]
-        causes = [line.strip() for line in rest if "ERROR" in line or "Exception" in line or "error" in line]
-        cause = f": {causes[-1][:300]}" if causes else ""
+        # the log's first line that says why: a port taken, else the first error
+        causes = [line.strip() for line in rest if "Address already in use" in line or "failed to bind" in line]
+        causes += [line.strip() for line in rest if " ERROR " in line]
+        cause = f": {causes[0][:300]}" if causes else ""
         raise Unreachable(f"dev kafka: {first.rstrip(':')}{cause}") from None
 
     def stop(_signum: int, _frame: FrameType | None) -> None:

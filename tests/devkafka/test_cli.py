@@ -62,3 +62,32 @@ def test_missing_java_and_maven_fail_at_once_with_what_to_install(tmp_path: Path
     assert "java and mvn not found on PATH" in proc.stderr
     assert "openjdk" in proc.stderr and "maven" in proc.stderr and "docker compose" in proc.stderr
     assert proc.stdout == ""
+
+
+@pytest.mark.kafka
+def test_a_broker_that_cannot_start_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        proc = subprocess.run(
+            [sys.executable, "-m", "agents.cli", "dev", "kafka", "--port", str(taken.getsockname()[1])],
+            cwd=ROOT, capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stderr.startswith("batchstream: dev kafka: Kafka "), proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_the_set_up_scripts_name_java_and_maven_when_they_are_missing(tmp_path: Path) -> None:
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    for tool in ("bash", "sed", "head", "cat"):
+        found = shutil.which(tool)
+        assert found is not None
+        (bare / tool).symlink_to(found)
+    proc = subprocess.run([str(ROOT / "scripts" / "need-java")], env={**os.environ, "PATH": str(bare)},
+                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert proc.returncode == 1
+    assert "java mvn not found on PATH" in proc.stderr and "openjdk-17-jre-headless maven" in proc.stderr
