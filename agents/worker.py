@@ -10,6 +10,7 @@ import time
 from typing import Any, NamedTuple
 
 import faust
+from aiokafka import errors
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
@@ -98,7 +99,11 @@ async def prepare_topics(settings: Settings) -> Topology:
                 settings.webhooks.topic, num_partitions=1, replication_factor=settings.kafka.replication_factor
             )
         if wanted:
-            await admin.create_topics(list(wanted.values()))
+            refused = topics_refused(await admin.create_topics(list(wanted.values())))
+            if refused:
+                # e.g. INVALID_REPLICATION_FACTOR from a broker that restarted and has not
+                # registered yet: waited for like an unreachable broker (startup_timeout)
+                raise Unreachable(f"Kafka at {servers} did not create {refused}") from None
             log.info("created topics %s", sorted(wanted))
         written = {t for p in settings.pipelines for t in (p.output_topic, p.dead_letter_topic, p.state_topic_name)}
         configs = await topic_configs(admin, written)
@@ -118,6 +123,18 @@ async def prepare_topics(settings: Settings) -> Topology:
         raise
     finally:
         await admin.close()
+
+
+def topics_refused(response: Any) -> str:
+    """What a CreateTopics response refused, as ``topic: Error: message; ...`` ("" when nothing):
+    aiokafka's ``create_topics`` returns the per-topic errors without raising them. A topic
+    another worker created meanwhile is not refused."""
+    refused = []
+    for entry in getattr(response, "topic_errors", ()):
+        name, code, message = entry[0], entry[1], entry[2] if len(entry) > 2 else None
+        if code and errors.for_code(code) is not errors.TopicAlreadyExistsError:
+            refused.append(f"{name}: {errors.for_code(code).__name__}: {message or ''}".rstrip(": "))
+    return "; ".join(refused)
 
 
 async def reach_kafka(settings: Settings, health: Health | None) -> Topology:

@@ -113,3 +113,26 @@ async def test_a_dead_letter_topic_too_small_for_a_dead_letter_is_refused(
     proc = batchstream("worker", "-c", path)
     assert proc.returncode == 3, proc.stderr
     assert f"pipelines.t.dead_letter_topic: topic 'dlq-{unique}' has max.message.bytes=1000" in proc.stderr
+
+
+@pytest.mark.kafka
+def test_topics_the_broker_refuses_to_create_are_waited_for_then_named(
+    tmp_path: Path, bootstrap: str, unique: str
+) -> None:
+    """A CreateTopics refusal (here a replication factor the one-broker cluster cannot meet; also
+    what a broker that has just restarted answers) is not taken for success: the worker waits for
+    it like an unreachable broker, then exits naming the topic and the error."""
+    import asyncio
+
+    asyncio.run(_topic(bootstrap, f"in-{unique}"))
+    path = config(tmp_path, bootstrap, input_topic=f"in-{unique}", state_topic=f"state-{unique}",
+                  output_topic=f"out-{unique}", dead_letter_topic=f"dlq-{unique}")  # fmt: skip
+    document = yaml.safe_load(Path(path).read_text())
+    document["kafka"]["replication_factor"] = 3
+    document["startup_timeout"] = "3s"
+    Path(path).write_text(yaml.safe_dump(document))
+    proc = batchstream("worker", "-c", path)
+    assert proc.returncode == 1, proc.stderr
+    assert "did not create" in proc.stderr and "InvalidReplicationFactorError" in proc.stderr, proc.stderr
+    assert f"out-{unique}" in proc.stderr and "waiting for Kafka" in proc.stderr
+    assert "Traceback" not in proc.stderr
