@@ -386,3 +386,22 @@ async def set_topic_config(bootstrap: str, name: str, **configs: str) -> None:
         await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, name, configs=configs)])
     finally:
         await admin.close()
+
+
+async def committed_values(bootstrap: str, topic: str, partitions: int = 1) -> list[bytes | None]:
+    """Every record a read_committed consumer sees in the topic, up to its last stable offset."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                isolation_level="read_committed")  # fmt: skip
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        values: list[bytes | None] = []
+        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+            for messages in (await consumer.getmany(timeout_ms=500)).values():
+                values.extend(m.value for m in messages)
+        return values
+    finally:
+        await consumer.stop()

@@ -25,12 +25,12 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tests.support import (
     TopicReader,
     WorkerProcess,
     committed_offsets,
+    committed_values,
     end_offsets,
     free_port,
     metric,
@@ -206,29 +206,8 @@ SOAK_MODES = ["batch", "flex", "auto"] if SOAK_LONG else ["auto"]
 async def durable_flex_responses(bootstrap: str, topic: str, partitions: int) -> set[str]:
     """The provider response ids of the flex results committed on ``topic`` so far (read up to the
     last stable offset, as a ``read_committed`` consumer sees them)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
-                                isolation_level="read_committed")  # fmt: skip
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        stable = await consumer.end_offsets(tps)
-        ids: set[str] = set()
-
-        async def read_to_stable() -> bool:
-            for messages in (await consumer.getmany(*tps, timeout_ms=200)).values():
-                for message in messages:
-                    value = orjson.loads(message.value) if message.value is not None else None
-                    if isinstance(value, dict) and value.get("service_tier") == "flex":
-                        ids.add(value["response"]["id"])
-            positions = [await consumer.position(tp) for tp in tps]
-            return all(position >= stable[tp] for position, tp in zip(positions, tps, strict=True))
-
-        await wait_until(read_to_stable, timeout=60, interval=0, what=f"{topic} read to its last stable offset")
-        return ids
-    finally:
-        await consumer.stop()
+    values = [orjson.loads(v) for v in await committed_values(bootstrap, topic, partitions) if v is not None]
+    return {v["response"]["id"] for v in values if isinstance(v, dict) and v.get("service_tier") == "flex"}
 
 
 def soak_inputs(rng: random.Random, n: int, mode: str) -> tuple[list[bytes | dict[str, Any]], list[bytes]]:

@@ -6,30 +6,11 @@ import asyncio
 import uuid
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from sinks.transactions import Fenced, Record, Transactions
+from tests.support import committed_values
 
 pytestmark = pytest.mark.kafka
-
-
-async def committed_values(bootstrap: str, topic: str, partitions: int = 1) -> list[bytes | None]:
-    """Every record a read_committed consumer sees in the topic, up to its last stable offset."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                isolation_level="read_committed")  # fmt: skip
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        values: list[bytes | None] = []
-        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
-            for messages in (await consumer.getmany(timeout_ms=500)).values():
-                values.extend(m.value for m in messages)
-        return values
-    finally:
-        await consumer.stop()
 
 
 def records(topic: str, *values: bytes) -> list[Record]:
