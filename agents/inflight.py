@@ -59,7 +59,7 @@ from agents.rounds import RoundRequests, reread_round
 from agents.services import WindowServices
 from agents.state import WindowRecord
 from providers import Job, LineOutcome
-from providers.base import MISSING, BatchRefused, BatchVanished, Lookup, SdkRefused
+from providers.base import MISSING, Admit, BatchRefused, BatchVanished, Lookup, ResultsTooLarge, SdkRefused
 from providers.openai import META_PIPELINE
 from streams.errors import ProviderBackpressure, ProviderRejected
 from streams.models import Request
@@ -270,12 +270,27 @@ class InFlightWindow(FailedRounds):
         except BatchVanished as exc:
             await self._vanished(exc)
             return
-        # Requests first (a read-back slot bounds how many windows hold theirs, and their results, at once).
+        # Requests first (a read-back slot bounds how many windows hold theirs at once), then
+        # results (each file admitted by the pipeline's budget of result bytes before it is read).
         requests = await self.memory.ensure()
+        grant = self.s.held.results.grant()
+        try:
+            await self._settle_ended(batch, hedged, requests, staged, grant.admit)
+        finally:
+            grant.release()
+
+    async def _settle_ended(
+        self, batch: Job | None, hedged: bool, requests: list[Request], staged: str | None, admit: Admit
+    ) -> None:
+        """Read a watched batch's results (when it ended) and settle the round."""
         # A batch still cancelling after cancel_wait gives nothing: all of it goes flex.
         terminal = batch is not None and batch.state != "failed" and batch.terminal
         try:
-            outcomes = await self.s.client.results(batch, self.s.workdir) if batch is not None and terminal else {}
+            outcomes = await self.s.client.results(batch, self.s.workdir, admit) if terminal and batch else {}
+        except ResultsTooLarge as exc:
+            assert batch is not None
+            await self._too_large(batch, exc)
+            return
         except ProviderRejected as exc:
             if exc.status_code != 404:
                 raise
@@ -305,6 +320,20 @@ class InFlightWindow(FailedRounds):
             if delay:
                 self.memory.park()
             await asyncio.sleep(delay)
+
+    async def _too_large(self, batch: Job, exc: ResultsTooLarge) -> None:
+        """Results too large to download: every request of the round ends as a dead letter naming
+        the setting (they ran and were billed; raising the cap and replaying them runs them again)."""
+        assert self.requests is not None
+        await self._quota.release()
+        log.error("%s: %s; the round's %d requests end as batch_results_too_large dead letters",
+                  self.record.window_id, exc, len(self.requests))  # fmt: skip
+        unit = self._unit()
+        for request in self.requests:
+            unit.dead_letter(request, "batch_results_too_large", str(exc), attempts=self.record.attempts,
+                             batch_id=batch.id)  # fmt: skip
+        await self.s.tasks.shield(self.record.partition, self._save(self.record.done(), unit))
+        await self.s.client.cleanup(batch)
 
     async def _settle(self, batch: Job, outcomes: dict[str, LineOutcome], hedged: bool) -> None:
         """Emit a finished batch's records, then record what comes next: done, a next round, or hedged."""

@@ -131,6 +131,8 @@ class HeldRequests:
         #: budget, by count and by bytes, at least one.
         self._slots = max(1, min(limit // max(1, window_size), limit_bytes // max(1, window_bytes)))
         self.slots = asyncio.Semaphore(self._slots)
+        #: Result files parsed into memory at once, in bytes: the same budget.
+        self.results = ResultBudget(limit_bytes)
 
     def keep(self, count: int, size: int = 0) -> bool:
         """Count ``count`` more events (``size`` bytes) as held, if they fit."""
@@ -143,6 +145,56 @@ class HeldRequests:
     def release(self, count: int, size: int = 0) -> None:
         self.held -= count
         self.held_bytes -= size
+
+
+class ResultBudget:
+    """Bytes of result files parsed into memory at once, by every window of a pipeline
+    (``max_held_bytes``): a window whose result file is on disk waits for room before reading it.
+
+    A window's first file waits; its later files (an error file after an output file) are added
+    without waiting, so two windows never hold part of the budget each while waiting for the
+    rest. A file larger than the whole budget counts as the whole budget (it is read alone).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self.held = 0
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def grant(self) -> ResultGrant:
+        return ResultGrant(self)
+
+    async def take(self, size: int, *, wait: bool) -> int:
+        size = min(size, self.limit)
+        while wait and self.held + size > self.limit:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                self._waiters.remove(waiter)
+        self.held += size
+        return size
+
+    def give_back(self, size: int) -> None:
+        self.held -= size
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+class ResultGrant:
+    """One window's share of a :class:`ResultBudget`, given back at once by :meth:`release`."""
+
+    def __init__(self, budget: ResultBudget) -> None:
+        self._budget, self.size = budget, 0
+
+    async def admit(self, size: int) -> None:
+        self.size += await self._budget.take(size, wait=self.size == 0)
+
+    def release(self) -> None:
+        self._budget.give_back(self.size)
+        self.size = 0
 
 
 class RoundRequests:

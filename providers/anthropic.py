@@ -32,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, ClassVar
@@ -44,6 +44,7 @@ from anthropic.types.messages import MessageBatch
 
 from providers.base import (
     MISSING,
+    Admit,
     BatchRefused,
     Job,
     JobState,
@@ -51,11 +52,11 @@ from providers.base import (
     Lookup,
     Provider,
     Reply,
-    download_checked,
+    admit_all,
     guarded,
-    local_file,
     quietly,
 )
+from providers.downloads import download_checked, keyed, local_file
 from streams.errors import ProviderError, ProviderRejected, ProviderUnavailable
 from streams.models import Request
 from streams.provider_config import ProviderSettings
@@ -166,20 +167,19 @@ class AnthropicProvider(Provider):
         batches = self._client.messages.batches
         return job_of(await guarded("cancel message batch", lambda: batches.cancel(job_id), ERRORS))
 
-    async def results(self, job: Job, workdir: Path) -> dict[str, LineOutcome]:
+    async def results(self, job: Job, workdir: Path, admit: Admit = admit_all) -> dict[str, LineOutcome]:
         path = local_file(workdir, job.id, ".results.jsonl")
 
         def stream() -> Any:
             return self._open_results(job.id)
 
+        def parse(lines: Iterator[Any]) -> dict[str, LineOutcome]:
+            return {_unmarked(custom_id): outcome for custom_id, outcome in keyed(lines, "custom_id", classify).items()}
+
         try:
-            parsed = await download_checked(f"results of {job.id}", stream, path,
-                                            attempts=self.settings.download_attempts, errors=ERRORS)  # fmt: skip
-            return {
-                _unmarked(str(line["custom_id"])): classify(line)
-                for line in parsed
-                if isinstance(line, dict) and "custom_id" in line
-            }
+            return await download_checked(f"results of {job.id}", stream, path, parse,
+                                          attempts=self.settings.download_attempts, cap=self.settings.max_result_bytes,
+                                          admit=admit, errors=ERRORS)  # fmt: skip
         finally:
             path.unlink(missing_ok=True)
 

@@ -17,10 +17,9 @@ downloads -> ProviderUnavailable, any other 4xx -> ProviderRejected. Messages ne
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
@@ -99,6 +98,14 @@ class LineOutcome:
 
 MISSING = LineOutcome("retry", error={"code": "missing_result", "message": "no result line for this request"})
 
+#: Awaited with a result file's size once it is on disk, before it is parsed into memory: the
+#: caller's budget of results held at once (``agents/rounds.ResultBudget``).
+Admit = Callable[[int], Awaitable[None]]
+
+
+async def admit_all(_size: int) -> None:
+    """No budget: every result file is parsed as soon as it is on disk."""
+
 
 @dataclass(frozen=True, slots=True)
 class Lookup:
@@ -125,6 +132,13 @@ class SdkRefused(ProviderRejected):
 class BatchVanished(ProviderRejected):
     """The provider no longer knows a batch (or its results file) it created: HTTP 404. The
     window's round goes again; its results cannot be had."""
+
+
+class ResultsTooLarge(ProviderRejected):
+    """A job's result file is larger than the provider's ``max_result_bytes``: it is not
+    downloaded further, and the round's requests end as ``batch_results_too_large`` dead letters."""
+
+    retriable = False
 
 
 class BatchRefused(ProviderRejected):
@@ -260,8 +274,10 @@ class Provider(ABC):
     async def cancel(self, job_id: str) -> Job: ...
 
     @abstractmethod
-    async def results(self, job: Job, workdir: Path) -> dict[str, LineOutcome]:
-        """Per-request outcomes of an ended job, by custom id (downloads retried when cut off)."""
+    async def results(self, job: Job, workdir: Path, admit: Admit = admit_all) -> dict[str, LineOutcome]:
+        """Per-request outcomes of an ended job, by custom id: result files stream to ``workdir``
+        (at most ``max_result_bytes`` each: :class:`ResultsTooLarge`; retried when cut off), each
+        admitted by ``admit`` before it is parsed, line by line."""
 
     @abstractmethod
     async def find(self, tag: str, *, created_after: float, create_started: float | None, count: int) -> Lookup:
@@ -313,70 +329,6 @@ class Provider(ABC):
     def refuses_flex(self, exc: ProviderRejected) -> bool:
         """Whether a refusal says the model does not offer the flex tier."""
         return exc.param == "service_tier" or "service_tier" in str(exc)
-
-
-def local_file(workdir: Path, name: str, suffix: str) -> Path:
-    """A file in ``workdir`` for something the provider named (a file id, a batch id): by a digest
-    of the name, never the name itself, so that no name (``../x``, a URL) reaches outside ``workdir``."""
-    return workdir / f"{hashlib.sha256(name.encode()).hexdigest()[:24]}{suffix}"
-
-
-def iter_jsonl(path: Path) -> Iterator[Any]:
-    """Parsed lines of a JSONL file, skipping blank lines."""
-    with path.open("rb") as fh:
-        for raw in fh:
-            if raw.strip():
-                yield orjson.loads(raw)
-
-
-async def download_checked(
-    what: str, stream: Callable[[], Any], dest: Path, *, attempts: int,
-    errors: tuple[type[Exception], ...] = OPENAI_ERRORS,
-) -> list[Any]:  # fmt: skip
-    """Stream a result file to ``dest`` and return its parsed lines; retried when cut off.
-
-    ``stream()`` opens the SDK's streaming response: an async context manager giving the
-    response headers and its body's chunks. A download counts as complete only when every line
-    parses as JSON and, for a response sent as is (no Content-Encoding), when the byte count
-    matches Content-Length.
-    """
-    return await fetch_checked(what, lambda: _download_once(what, stream, dest), dest, attempts=attempts,
-                               errors=errors)  # fmt: skip
-
-
-async def fetch_checked(
-    what: str, fetch: Callable[[], Awaitable[None]], dest: Path, *, attempts: int,
-    errors: tuple[type[Exception], ...] = OPENAI_ERRORS,
-) -> list[Any]:  # fmt: skip
-    """Fetch a JSONL file to ``dest`` with ``fetch()`` and return its parsed lines; retried while it
-    is cut off (a line that does not parse) or fails transiently."""
-    last: ProviderError | None = None
-    for attempt in range(1, attempts + 1):
-        try:
-            await guarded(what, fetch, errors)
-            return list(iter_jsonl(dest))
-        except orjson.JSONDecodeError as exc:
-            last = ProviderUnavailable(f"{what} is truncated: {exc}")
-        except ProviderError as exc:
-            if not exc.retriable:
-                raise
-            last = exc
-        log.warning("%s failed (attempt %d): %s", what, attempt, last)
-    assert last is not None
-    raise last
-
-
-async def _download_once(what: str, stream: Callable[[], Any], dest: Path) -> None:
-    async with stream() as (headers, chunks):
-        encoded = headers.get("content-encoding", "identity").lower() != "identity"
-        expected = None if encoded else headers.get("content-length")
-        size = 0
-        with dest.open("wb") as fh:
-            async for chunk in chunks:
-                fh.write(chunk)
-                size += len(chunk)
-    if expected is not None and int(expected) != size:
-        raise ProviderUnavailable(f"{what} cut off at {size} of {expected} bytes")
 
 
 async def quietly(

@@ -50,6 +50,7 @@ from google.genai import types
 
 from providers.base import (
     MISSING,
+    Admit,
     BatchRefused,
     Job,
     JobState,
@@ -57,11 +58,11 @@ from providers.base import (
     Lookup,
     Provider,
     Reply,
-    fetch_checked,
+    admit_all,
     guarded,
-    local_file,
     quietly,
 )
+from providers.downloads import CappedFile, fetch_checked, keyed, local_file
 from streams.errors import ProviderRejected, ProviderUnavailable
 from streams.models import Request
 from streams.provider_config import ProviderSettings
@@ -260,25 +261,29 @@ class GeminiProvider(Provider):
         await self._call("cancel batch", lambda: self._aio.batches.cancel(name=job_id))
         return await self.retrieve(job_id)
 
-    async def results(self, job: Job, workdir: Path) -> dict[str, LineOutcome]:
+    async def results(self, job: Job, workdir: Path, admit: Admit = admit_all) -> dict[str, LineOutcome]:
         batch = await self._call("retrieve batch", lambda: self._aio.batches.get(name=job.id))
         dest = batch.dest
         if dest is None:
             return {}
         if dest.file_name:
-            return await self._file_results(dest.file_name, workdir, job.id.replace("/", "_"))
+            return await self._file_results(dest.file_name, workdir, job.id.replace("/", "_"), admit)
         return self._inline_results(job.id, dest.inlined_responses or [])
 
-    async def _file_results(self, name: str, workdir: Path, stem: str) -> dict[str, LineOutcome]:
+    async def _file_results(self, name: str, workdir: Path, stem: str, admit: Admit) -> dict[str, LineOutcome]:
         path = local_file(workdir, stem, ".results.jsonl")
+        cap = self.settings.max_result_bytes
 
         async def download() -> None:
-            await self._aio.files.download(file=name, destination=path)
+            # The SDK streams to a writable destination in chunks: the cap holds as it writes.
+            with CappedFile(path, cap, f"download of {name}") as sink:
+                await self._aio.files.download(file=name, destination=sink)
 
         try:
-            parsed = await fetch_checked(f"download of {name}", download, path,
-                                         attempts=self.settings.download_attempts, errors=ERRORS)  # fmt: skip
-            return {str(line["key"]): classify(line) for line in parsed if isinstance(line, dict) and "key" in line}
+            return await fetch_checked(
+                f"download of {name}", download, path, lambda lines: keyed(lines, "key", classify),
+                attempts=self.settings.download_attempts, admit=admit, errors=ERRORS,
+            )  # fmt: skip
         finally:
             path.unlink(missing_ok=True)
 

@@ -22,17 +22,18 @@ from openai.types import Batch
 from providers.base import (
     MISSING,
     RETRIABLE_CODES,
+    Admit,
     Job,
     JobState,
     LineOutcome,
     Lookup,
     Provider,
     Reply,
-    download_checked,
+    admit_all,
     guarded,
-    local_file,
     quietly,
 )
+from providers.downloads import download_checked, keyed, local_file
 from streams.errors import ProviderUnavailable
 from streams.models import Request
 from streams.provider_config import ProviderSettings
@@ -160,8 +161,8 @@ class OpenAIProvider(Provider):
     async def cancel(self, job_id: str) -> Job:
         return job_of(await guarded("cancel batch", lambda: self._client.batches.cancel(job_id)))
 
-    async def results(self, job: Job, workdir: Path) -> dict[str, LineOutcome]:
-        lines: dict[str, dict[str, Any]] = {}
+    async def results(self, job: Job, workdir: Path, admit: Admit = admit_all) -> dict[str, LineOutcome]:
+        outcomes: dict[str, LineOutcome] = {}
         for file_id in job.result_files:
             path = local_file(workdir, file_id, ".jsonl")
 
@@ -171,14 +172,13 @@ class OpenAIProvider(Provider):
                     yield response.headers, response.iter_bytes()
 
             try:
-                parsed = await download_checked(f"download of {file_id}", stream, path,
-                                                attempts=self.settings.download_attempts)  # fmt: skip
-                for line in parsed:
-                    if isinstance(line, dict) and "custom_id" in line:
-                        lines[str(line["custom_id"])] = line
+                outcomes.update(await download_checked(
+                    f"download of {file_id}", stream, path, lambda lines: keyed(lines, "custom_id", classify),
+                    attempts=self.settings.download_attempts, cap=self.settings.max_result_bytes, admit=admit,
+                ))  # fmt: skip
             finally:
                 path.unlink(missing_ok=True)
-        return {custom_id: classify(line) for custom_id, line in lines.items()}
+        return outcomes
 
     async def find(self, tag: str, *, created_after: float, create_started: float | None, count: int) -> Lookup:
         """The newest batch whose metadata names ``tag``, looking back to ``created_after``."""

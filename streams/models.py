@@ -40,6 +40,7 @@ ReasonCode = Literal[
     "flex_unavailable",
     "input_gone",
     "result_too_large",
+    "batch_results_too_large",
     "unprocessable",
 ]
 

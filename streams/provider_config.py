@@ -72,6 +72,10 @@ class ProviderSettings(Frozen):
     poll_interval: Duration = Field(10.0, gt=0)
     #: Retries of a cut-off or failed result download before the batch is retried later.
     download_attempts: int = Field(5, ge=1)
+    #: The largest result file downloaded (the work folder needs this much free space per
+    #: window reading results at once); a batch whose results are larger ends its requests as
+    #: ``batch_results_too_large`` dead letters.
+    max_result_bytes: ByteSize = Field(2 * 1000**3, ge=1024)
     #: A batch-create call is abandoned after this long (no SDK retries); after a crash, the
     #: window's next owner looks this long for a batch the old owner was creating.
     create_timeout: Duration = Field(60.0, gt=0)

@@ -13,7 +13,7 @@ import dataclasses
 import pytest
 
 from agents.inflight import InFlightWindow
-from agents.rounds import HeldRequests
+from agents.rounds import HeldRequests, ResultBudget
 from emulator import Faults
 from tests.agents.lanes import Lane, ListReader
 
@@ -126,3 +126,23 @@ async def test_events_gone_from_the_input_topic_at_read_back_are_dead_lettered_o
     assert "retention or compaction" in dead[0].message
     assert sorted(r.source.offset for r in results) == [o for o in range(N) if o not in (3, 11)]
     assert window.record.status == "done"
+
+
+async def test_result_files_read_at_once_are_bounded_by_bytes_without_deadlock() -> None:
+    budget = ResultBudget(100)
+    first, second, third = budget.grant(), budget.grant(), budget.grant()
+    await first.admit(60)
+    waiting = asyncio.ensure_future(second.admit(60))  # 60 more would pass 100: waits
+    while not budget._waiters:  # until it is seen waiting
+        await asyncio.sleep(0)
+    assert not waiting.done() and budget.held == 60
+    await first.admit(70)  # a later file of a window already reading: never waits (no deadlock)
+    assert budget.held == 130
+    first.release()
+    await asyncio.wait_for(waiting, 5)
+    assert budget.held == 60
+    second.release()
+    await asyncio.wait_for(third.admit(10**9), 5)  # larger than the budget: read alone, counted as all of it
+    assert budget.held == 100
+    third.release()
+    assert budget.held == 0

@@ -239,8 +239,32 @@ async def test_result_urls_on_another_origin_are_never_fetched_with_the_key(emul
 
 @pytest.mark.parametrize("name", ["../../etc/passwd", "/etc/passwd", "http://elsewhere/v1/files/f", "files/a/../../b"])
 def test_a_name_the_provider_hands_back_never_names_a_file_outside_the_work_folder(tmp_path, name: str) -> None:
-    from providers.base import local_file
+    from providers.downloads import local_file
 
     path = local_file(tmp_path, name, ".jsonl")
     assert path.parent == tmp_path and path.name.endswith(".jsonl") and "/" not in path.name
     assert local_file(tmp_path, name, ".jsonl") == path and local_file(tmp_path, name + "x", ".jsonl") != path
+
+
+@pytest.mark.parametrize("kind", ["openai", "azure", "anthropic", "gemini"])
+async def test_results_larger_than_max_result_bytes_end_the_round_as_dead_letters_naming_the_setting(
+    emulator, make_lane, tmp_path, kind: str
+):
+    options = {"inline_bytes": 0} if kind == "gemini" else {}  # its results as a file, not inline
+    lane = make_lane(provider={"kind": kind, "max_result_bytes": 1024, **options})
+    record, requests = await lane.run(12)
+    results, dead = lane.fates()
+    assert results == [] and _ids(dead) == _ids(requests)
+    assert {d.reason for d in dead} == {"batch_results_too_large"}
+    assert all("max_result_bytes (1024)" in d.message for d in dead), dead[0].message
+    assert record.status == "done"
+    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".jsonl" and "result" in p.name] == []
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic", "gemini"])
+async def test_results_within_max_result_bytes_are_read(emulator, make_lane, kind: str):
+    options = {"inline_bytes": 0} if kind == "gemini" else {}
+    lane = make_lane(provider={"kind": kind, "max_result_bytes": "1MB", **options})
+    _, requests = await lane.run(12)
+    results, dead = lane.fates()
+    assert (_ids(results), dead) == (_ids(requests), [])
