@@ -250,7 +250,7 @@ class AnthropicApi:
         elif rolled or any(custom_id == f or custom_id.endswith(f"_{f}") for f in faults.failing_custom_ids):
             self.e.stats["item_errors"] += 1
             kind = "api_error" if faults.item_error_status >= 500 else "invalid_request_error"
-            message = f"The request failed with status {faults.item_error_status} (injected)."
+            message = f"The request failed with status {faults.item_error_status} (injected).{faults.item_error_text}"
         if kind is not None:
             batch.counts["errored"] = batch.counts.get("errored", 0) + 1
             result = {"type": "errored", "error": {"type": "error", "error": {"type": kind, "message": message}}}

@@ -380,7 +380,8 @@ class GeminiApi:
             out["error"] = {
                 "code": 13 if server else 3,
                 "status": "INTERNAL" if server else "INVALID_ARGUMENT",
-                "message": f"The request failed with status {faults.item_error_status} (injected).",
+                "message": f"The request failed with status {faults.item_error_status} (injected)."
+                + faults.item_error_text,
             }
         else:
             out["response"] = self.answer(batch.model, request, "batch", custom_id)

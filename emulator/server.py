@@ -66,6 +66,8 @@ class Faults(BaseModel):
     item_error_shape: Literal["error", "response", "mixed"] = "mixed"
     #: HTTP status of injected item errors (5xx and 429 are retriable, 4xx are not).
     item_error_status: int = 500
+    #: Text appended to every injected item error's message (a provider quoting a key, say).
+    item_error_text: str = ""
     #: Share of JSON-format requests answered with text that is not JSON.
     invalid_json_rate: float = Field(0.0, ge=0, le=1)
     #: The next N ``POST /v1/batches`` answer HTTP 429.
@@ -633,7 +635,7 @@ class Emulator:
             if shape == "mixed":
                 shape = "error" if digest(custom_id, attempt) % 2 else "response"
             code = "server_error" if faults.item_error_status >= 500 else "invalid_request"
-            message = f"The request failed with status {faults.item_error_status} (injected)."
+            message = f"The request failed with status {faults.item_error_status} (injected).{faults.item_error_text}"
             if shape == "error":
                 err = {"code": code, "message": message}
                 return False, orjson.dumps({"id": self._new_id("batch_req"), "custom_id": custom_id,

@@ -20,6 +20,7 @@ field, not the value, of a ``SecretStr``.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 
 class BatchstreamError(Exception):
@@ -107,3 +108,17 @@ def redact(text: str) -> str:
     """``text`` with anything key-shaped replaced by ``[redacted]``: provider messages reach
     logs, dead letters and ``/readyz`` only through this."""
     return _SECRETS.sub("[redacted]", text)
+
+
+def redact_all(value: Any, depth: int = 32) -> Any:
+    """``value`` (a provider's error object: dicts, lists, strings) with every string redacted;
+    anything nested deeper than ``depth`` is dropped (an error object is never that deep)."""
+    if isinstance(value, str):
+        return redact(value)
+    if depth <= 0:
+        return None
+    if isinstance(value, dict):
+        return {redact(str(k)): redact_all(v, depth - 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_all(v, depth - 1) for v in value]
+    return value

@@ -11,7 +11,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict
 
 from streams.config import PipelineSettings
-from streams.errors import redact
+from streams.errors import redact, redact_all
 from streams.models import ReasonCode, Rejection, Source, SourceRecord
 
 
@@ -65,11 +65,12 @@ def encode_dead_letter(letter: DeadLetter, original: bytes | None, max_bytes: in
     input record, size and SHA-256) and its first bytes, and ``error`` by its size. ``original``:
     the input record's bytes when the caller has them.
     """
-    message = redact(letter.message)  # a provider's text may quote a key
+    message = redact(letter.message)  # a provider's text may quote a key, in its message or error object
     if len(message) > MESSAGE_CHARS:
         message = message[: MESSAGE_CHARS - 3] + "..."
-    if message != letter.message:
-        letter = letter.model_copy(update={"message": message})
+    error = redact_all(letter.error) if letter.error is not None else None
+    if message != letter.message or error != letter.error:
+        letter = letter.model_copy(update={"message": message, "error": error})
     try:
         full = orjson.dumps(letter.model_dump(mode="json"))
     except (TypeError, ValueError):  # nested deeper than pydantic or orjson write
