@@ -34,6 +34,14 @@ BATCH_BYTES = 1_000_000
 RECORD_FRAMING = 32
 
 
+def exact(value: bytes) -> bytes:
+    """``value`` in an allocation of its own size. orjson's output keeps the buffer it was
+    written in (about 4 KiB for a 500-byte record, which the allocator cannot hand to the next
+    one), so records held by the ten thousand until a window's write (its results, a read-back
+    of 50,000) are copied to their size first: 23 MB per 50,000 such records instead of 197 MB."""
+    return bytes(memoryview(value))
+
+
 class Sink(Protocol):
     """Cheap ``add``; ``flush`` writes everything added so far, or raises; ``pending`` is what
     waits (the outbox re-screens it after a size refusal)."""
@@ -175,7 +183,7 @@ class TopicSink:
         await done
 
     def add(self, value: bytes, *, key: bytes | None) -> None:
-        self._pending.append((key, value))
+        self._pending.append((key, exact(value)))
 
     @property
     def pending(self) -> list[tuple[bytes | None, bytes]]:
@@ -215,7 +223,7 @@ class MemorySink:
         self._pending: list[tuple[bytes | None, bytes]] = []
 
     def add(self, value: bytes, *, key: bytes | None) -> None:
-        self._pending.append((key, value))
+        self._pending.append((key, exact(value)))
 
     async def write(self, records: list[tuple[bytes | None, bytes]], timeout: float = 60.0) -> None:
         """As :meth:`TopicSink.write`: ``records`` written, or an error and none of them."""

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import hypothesis  # noqa: F401 - imported (and its modules compiled) before any test recurses deeply
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
