@@ -23,9 +23,9 @@ from collections.abc import Iterable
 from agents.inflight import InFlightWindow
 from agents.retry import retry_forever
 from agents.services import WindowServices
-from agents.state import WindowRecord, runs
 from streams.models import Request, task_of
 from streams.offsets import Frontier, Pending
+from streams.records import WindowRecord, runs
 from streams.windows import Window, Windower, WindowKey, WindowPolicy
 
 log = logging.getLogger(__name__)

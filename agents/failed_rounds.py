@@ -17,10 +17,10 @@ from agents.outcomes import FailedBatch, plan_failed_batch
 from agents.quota import RoundQuota
 from agents.rounds import RoundRequests
 from agents.services import WindowServices
-from agents.state import WindowRecord
 from providers import Job, LineOutcome
 from providers.base import BatchVanished
 from streams.models import Request
+from streams.records import WindowRecord
 
 log = logging.getLogger(__name__)
 

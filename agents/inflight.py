@@ -57,12 +57,12 @@ from agents.quota import RoundQuota
 from agents.retry import backoff, retry_forever
 from agents.rounds import RoundRequests, reread_round
 from agents.services import WindowServices
-from agents.state import WindowRecord
 from providers import Job, LineOutcome
 from providers.base import MISSING, Admit, BatchRefused, BatchVanished, Lookup, ResultsTooLarge, SdkRefused
 from providers.openai import META_PIPELINE
 from streams.errors import ProviderBackpressure, ProviderRejected
 from streams.models import Request
+from streams.records import WindowRecord
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from agents.records import WindowRecord
+from streams.records import WindowRecord
 
 
 class PartitionState:

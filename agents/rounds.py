@@ -10,9 +10,10 @@ from collections.abc import Awaitable, Callable
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from agents.outbox import Outbox
-from agents.state import Ledger, WindowRecord
+from agents.state import Ledger
 from streams.config import PipelineSettings
 from streams.models import Rejection, Request, Source, as_sealed, decode_event
+from streams.records import WindowRecord
 
 log = logging.getLogger(__name__)
 

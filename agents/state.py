@@ -24,13 +24,13 @@ from typing import Protocol
 
 from agents.outbox import WRITE_RETRY_INITIAL, WRITE_RETRY_MAX
 from agents.partitions import PartitionState
-from agents.records import Status as Status
-from agents.records import WindowRecord as WindowRecord
-from agents.records import runs as runs
 from agents.retry import retry_forever
 from sinks.limits import SizeRefused
 from sinks.transactions import Record
 from streams.offsets import Frontier
+from streams.records import Status as Status
+from streams.records import WindowRecord as WindowRecord
+from streams.records import runs as runs
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from agents.partitions import PartitionState
-from agents.state import WindowRecord
 from sinks.transactions import Record, Transactions
+from streams.records import WindowRecord
 
 log = logging.getLogger(__name__)
 

@@ -19,13 +19,14 @@ from agents.polling import BatchWatch
 from agents.quota import Quotas
 from agents.rounds import InputReader
 from agents.services import WindowServices
-from agents.state import Ledger, PartitionState, WindowRecord
+from agents.state import Ledger, PartitionState
 from agents.tasks import PartitionTasks
 from providers import make_provider
 from sinks import MemorySink
 from streams.config import PipelineSettings, Settings
 from streams.letters import DeadLetter
 from streams.models import Request, Result, Source, decode_event
+from streams.records import WindowRecord
 
 
 class MemoryBackend:

@@ -10,7 +10,7 @@ import pytest
 
 from agents.inflight import InFlightWindow
 from agents.quota import TokenEstimate, TokenQuota
-from agents.state import WindowRecord
+from streams.records import WindowRecord
 
 
 @pytest.fixture(autouse=True)

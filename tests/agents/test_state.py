@@ -10,10 +10,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import ProducerFenced
 
 from agents.partitions import PartitionState
-from agents.state import WindowRecord, runs
 from agents.store import StateStore, TransactionalStore
 from sinks.transactions import Transactions
 from streams.models import Request, Source
+from streams.records import WindowRecord, runs
 from tests.support import produce
 
 

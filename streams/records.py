@@ -1,5 +1,6 @@
 """A window's record in the state topic: what the window is, where it stands, and each
-transition to its next record. Pure (the ledger, ``agents/state.py``, writes them)."""
+transition to its next record. Pure: the state topic's schema, written by the ledger
+(``agents/state.py``) and read by ``batchstream status``."""
 
 from __future__ import annotations
 
