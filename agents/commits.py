@@ -24,6 +24,7 @@ import faust
 from faust.types import TP, EventT
 
 from agents.retry import describe
+from streams.app import commit_offsets, request_rejoin
 from streams.offsets import Frontier
 
 log = logging.getLogger(__name__)
@@ -112,13 +113,9 @@ class Commits:
         return generation is not None and generation != self.app.consumer_generation_id
 
     def rejoin(self) -> None:
-        """Ask the group consumer to rejoin the group: a rebalance, then a fresh assignment.
-
-        The consumer runs in faust's consumer thread, on that thread's loop (faust-streaming 0.15.x)."""
+        """Ask the group consumer to rejoin the group: a rebalance, then a fresh assignment."""
         try:
-            thread = self.app.consumer._thread  # type: ignore[attr-defined]
-            coordinator = thread._ensure_consumer()._coordinator
-            thread.thread_loop.call_soon_threadsafe(coordinator.request_rejoin)
+            request_rejoin(self.app)
         except Exception as exc:  # noqa: BLE001 - the next rebalance does the same, later
             log.warning("%s: could not ask the consumer to rejoin the group: %s", self.topic, describe(exc))
 
@@ -144,10 +141,7 @@ class Commits:
         }
         if not offsets:
             return
-        # faust's own commit path for given offsets: assignment check, producer flush, commit
-        # with the group generation (a commit racing a rebalance is refused by the broker,
-        # never misapplied). faust-streaming is pinned to 0.15.x for this method.
-        if await self.app.consumer._commit_offsets(offsets):  # type: ignore[attr-defined]
+        if await commit_offsets(self.app, offsets):
             self._committed.update({tp.partition: offset for tp, offset in offsets.items()})
 
     def _position(self, partition: int) -> int | None:

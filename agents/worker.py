@@ -20,9 +20,9 @@ from agents.quota import Quotas
 from agents.webhooks import WebhookListener
 from providers import make_provider
 from sinks.limits import DEAD_LETTER_FLOOR, RecordLimits, topic_configs
-from streams.app import create_app
+from streams.app import READ_AGAINST, create_app, missing_hooks
 from streams.config import KafkaSettings, PipelineSettings, Settings
-from streams.errors import ConfigError, Unreachable
+from streams.errors import ConfigError, Unreachable, UnsupportedRelease
 
 log = logging.getLogger(__name__)
 #: Seconds between tries to reach Kafka at start-up: the first, and the most (doubling between).
@@ -218,6 +218,10 @@ GC_THRESHOLD = (50_000, 20, 100)
 
 def run(settings: Settings, *, loglevel: str = "info") -> None:
     """Run the worker in the foreground until SIGINT/SIGTERM."""
+    missing = missing_hooks()
+    if missing:
+        raise UnsupportedRelease(f"the installed faust-streaming/aiokafka lack what batchstream relies on "
+                                 f"({', '.join(missing)}); it was read against {READ_AGAINST}")  # fmt: skip
     gc.set_threshold(*GC_THRESHOLD)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)

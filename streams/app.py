@@ -1,4 +1,12 @@
-"""The faust application: one per worker process, configured from Settings."""
+"""The faust application: one per worker process, configured from Settings.
+
+Every use of faust-streaming's (and aiokafka's consumer) private internals is here, read
+against the versions in :data:`READ_AGAINST` (pinned in ``pyproject.toml``): the delivery loop
+(:class:`_Consumer`), the read-committed worker consumer, the commit of given offsets
+(:func:`commit_offsets`) and the group rejoin (:func:`request_rejoin`). :func:`missing_hooks`
+names any that an installed release lacks; the worker refuses to start then, rather than
+deliver or commit wrongly (``tests/streams/test_private_hooks.py`` checks the pins).
+"""
 
 from __future__ import annotations
 
@@ -22,6 +30,61 @@ from mode import Service, ServiceT
 from streams.config import KafkaSettings
 
 log = logging.getLogger(__name__)
+
+#: The releases whose private internals this module (and ``sinks/transactions.py``'s
+#: ``_txn_manager``) was read against; ``pyproject.toml`` pins exactly these.
+READ_AGAINST = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0"}
+
+
+async def commit_offsets(app: faust.App, offsets: dict[TP, int]) -> bool:
+    """Commit exactly ``offsets`` through faust's own path for given offsets (assignment check,
+    producer flush, commit with the group generation: a commit racing a rebalance is refused by
+    the broker, never misapplied); whether it committed."""
+    return bool(await app.consumer._commit_offsets(offsets))  # type: ignore[attr-defined]
+
+
+def request_rejoin(app: faust.App) -> None:
+    """Ask the group consumer to rejoin (a rebalance, then a fresh assignment), on the consumer
+    thread's own loop, where faust-streaming runs it."""
+    thread = app.consumer._thread  # type: ignore[attr-defined]
+    coordinator = thread._ensure_consumer()._coordinator
+    thread.thread_loop.call_soon_threadsafe(coordinator.request_rejoin)
+
+
+def missing_hooks() -> list[str]:
+    """The private attributes batchstream uses that the installed faust-streaming, mode and
+    aiokafka lack (empty when every one is there)."""
+    from aiokafka.consumer.group_coordinator import GroupCoordinator
+    from aiokafka.producer.transaction_manager import TransactionManager
+    from faust.transport.conductor import Conductor
+    from faust.transport.consumer import Consumer
+
+    wanted = {
+        "faust Consumer._commit_offsets": (Consumer, "_commit_offsets"),
+        "faust Consumer._drain_messages": (Consumer, "_drain_messages"),
+        "faust Consumer._add_gap": (Consumer, "_add_gap"),
+        "faust AIOKafkaConsumerThread._create_worker_consumer": (faust_kafka.AIOKafkaConsumerThread,
+                                                                 "_create_worker_consumer"),
+        "faust AIOKafkaConsumerThread._ensure_consumer": (faust_kafka.AIOKafkaConsumerThread, "_ensure_consumer"),
+        "faust Conductor._tp_index": (Conductor, "_tp_index"),
+        "faust Conductor._tp_to_callback_lock": (Conductor, "_tp_to_callback_lock"),
+        "aiokafka GroupCoordinator.request_rejoin": (GroupCoordinator, "request_rejoin"),
+        "aiokafka TransactionManager.is_fatal_error": (TransactionManager, "is_fatal_error"),
+    }  # fmt: skip
+    missing = [name for name, (owner, attribute) in wanted.items() if not _has(owner, attribute)]
+    consumer = aiokafka.AIOKafkaConsumer.__init__.__code__.co_varnames
+    if "isolation_level" not in consumer:
+        missing.append("aiokafka AIOKafkaConsumer(isolation_level=...)")
+    return missing
+
+
+def _has(owner: type, attribute: str) -> bool:
+    """A class attribute, or one its ``__init__`` sets (faust's conductor sets its own there)."""
+    if hasattr(owner, attribute):
+        return True
+    init = getattr(owner, "__init__", None)
+    code = getattr(init, "__code__", None)
+    return code is not None and attribute in code.co_names
 
 
 async def start_when_reachable(

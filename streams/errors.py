@@ -41,6 +41,11 @@ class Unreachable(BatchstreamError):
     """A service the command needs could not be reached (a worker waits ``startup_timeout`` first)."""
 
 
+class UnsupportedRelease(BatchstreamError):
+    """An installed faust-streaming or aiokafka lacks an internal batchstream relies on: the
+    worker refuses to start (exit 1) rather than deliver or commit wrongly."""
+
+
 class InvalidOutputError(BatchstreamError, ValueError):
     """The response's text is not the JSON the request asked for (dead letter ``invalid_output``)."""
 
