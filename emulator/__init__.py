@@ -1,5 +1,6 @@
 """An OpenAI-compatible provider emulator for local runs, tests and benchmarks."""
 
-from emulator.server import Emulator, EmulatorThread, Faults, serve
+from emulator.core import Faults
+from emulator.server import Emulator, EmulatorThread, serve
 
 __all__ = ["Emulator", "EmulatorThread", "Faults", "serve"]

@@ -25,15 +25,13 @@ import re
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from aiohttp import web
 
+from emulator.core import Core
 from emulator.outputs import count_tokens, digest, instance, last_user_text, roll
-
-if TYPE_CHECKING:
-    from emulator.server import Emulator
 
 CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 MAX_REQUESTS = 100_000
@@ -130,7 +128,7 @@ class MessageBatch:
 class AnthropicApi:
     """The routes; state lives on the emulator (``message_batches``), so ``clear`` resets it."""
 
-    def __init__(self, emulator: Emulator) -> None:
+    def __init__(self, emulator: Core) -> None:
         self.e = emulator
 
     def routes(self) -> list[web.RouteDef]:

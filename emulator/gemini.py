@@ -34,16 +34,14 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from aiohttp import web
 
+from emulator.core import Core
 from emulator.outputs import count_tokens, digest, instance, roll
 from emulator.strict import offers_flex
-
-if TYPE_CHECKING:
-    from emulator.server import Emulator
 
 #: The API's limit on a create call's inline requests.
 MAX_INLINE_BYTES = 20 * 1024 * 1024
@@ -169,7 +167,7 @@ class GeminiBatch:
 class GeminiApi:
     """The routes; state lives on the emulator (``gemini_batches``, ``gemini_files``)."""
 
-    def __init__(self, emulator: Emulator) -> None:
+    def __init__(self, emulator: Core) -> None:
         self.e = emulator
         self._uploads: dict[str, dict[str, Any]] = {}
 
