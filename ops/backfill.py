@@ -15,6 +15,13 @@ Running the same version again adds nothing: its group has already committed the
 A run cut short resumes where its group stopped (at-least-once, as a worker). Copying resumes
 too: records are appended in order, so a partition already holding ``k`` records of the range
 gets the rest from the ``k``-th on.
+
+Memory does not grow with the input: a file is read a chunk at a time, twice (its SHA-256 and
+line count, then the lines the backfill topic lacks), and a topic's range is scanned a batch at
+a time, twice (the records it chooses, which name it, then those to copy). Following, a record
+of the backfill topic is known by its position: a bit per offset records whether it has its
+fate (a result or dead letter whose ``source`` is that record); the first fate counts,
+re-emitted ones (at-least-once) add nothing.
 """
 
 from __future__ import annotations
@@ -25,7 +32,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +49,8 @@ from streams.errors import ConfigError
 
 #: Offsets of a topic to back-fill: partition -> (first, end) with ``end`` exclusive.
 Ranges = dict[int, tuple[int, int]]
+#: Bytes read from a ``--file`` at a time.
+CHUNK = 1 << 20
 
 
 def parse_offsets(spec: str) -> Ranges:
@@ -55,80 +66,146 @@ def parse_offsets(spec: str) -> Ranges:
     return ranges
 
 
-@dataclass
-class Source:
-    """What to back-fill: file lines, or topic records by partition."""
+def _chunks(path: Path, digest: Any = None) -> Iterator[bytes]:
+    """The file's bytes, :data:`CHUNK` at a time (fed to ``digest`` on the way when given)."""
+    with path.open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            if digest is not None:
+                digest.update(chunk)
+            yield chunk
 
+
+def _eol(line: bytes) -> bytes:
+    """``line`` without its line break."""
+    return line[:-2] if line.endswith(b"\r\n") else line[:-1] if line.endswith((b"\r", b"\n")) else line
+
+
+def file_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """The non-blank lines of the bytes ``chunks`` make up, split as ``bytes.splitlines`` splits
+    them (at ``\\n``, ``\\r\\n`` and ``\\r``), holding one line at a time."""
+    tail = b""
+    for chunk in chunks:
+        lines = (tail + chunk).splitlines(keepends=True)
+        # the last line may go on in the next chunk (one ending in "\r" too: a "\r\n" cut in two)
+        tail = b"" if lines[-1].endswith(b"\n") else lines.pop()
+        yield from (line for line in map(_eol, lines) if line.strip())
+    yield from (line for line in tail.splitlines() if line.strip())
+
+
+@dataclass(frozen=True)
+class FileSource:
+    """The non-blank lines of a JSONL file, to partition 0; named after the file's SHA-256."""
+
+    path: Path
     name: str
-    records: dict[int, list[Record | bytes]] = field(default_factory=dict)
+    #: partition of the backfill topic -> records the input gives it.
+    counts: dict[int, int]
+
+    async def rest(self, reader: TopicReader, have: dict[int, int]) -> AsyncIterator[tuple[int, Record | bytes]]:
+        """(0, line) for each line from the ``have[0]``-th on, the file read again."""
+        for index, line in enumerate(file_lines(_chunks(self.path))):
+            if index >= have.get(0, 0):
+                yield 0, line
 
 
-def file_source(path: Path) -> Source:
-    data = path.read_bytes()
-    lines: list[Record | bytes] = [line for line in data.splitlines() if line.strip()]
-    return Source(hashlib.sha256(data).hexdigest()[:12], {0: lines})
+@dataclass(frozen=True)
+class TopicSource:
+    """Records of a topic, each to its own partition; named after the topic, the first and last
+    offsets chosen in each partition and the partitions' ends."""
+
+    topic: str
+    name: str
+    counts: dict[int, int]
+    #: partition -> (first, last + 1) offsets of the records chosen there (partitions with some).
+    spans: dict[int, tuple[int, int]]
+    until_ms: int | None
+
+    def chosen(self, record: Record) -> bool:
+        return self.until_ms is None or record.timestamp_ms <= self.until_ms
+
+    async def rest(self, reader: TopicReader, have: dict[int, int]) -> AsyncIterator[tuple[int, Record | bytes]]:
+        """(partition, record) for each chosen record from the ``have[partition]``-th of its partition on."""
+        seen = dict.fromkeys(self.spans, 0)
+        lacking = {p: span for p, span in self.spans.items() if have.get(p, 0) < self.counts[p]}
+        async for batch in reader.scan_between(self.topic, lacking):
+            for record in filter(self.chosen, batch):
+                seen[record.partition] += 1
+                if seen[record.partition] > have.get(record.partition, 0):
+                    yield record.partition, record
+
+
+Source = FileSource | TopicSource
+
+
+def file_source(path: Path) -> FileSource:
+    """A first pass over the file: its name (the SHA-256 of its bytes) and its count of lines."""
+    digest = hashlib.sha256()
+    count = sum(1 for _ in file_lines(_chunks(path, digest)))
+    return FileSource(path, digest.hexdigest()[:12], {0: count})
 
 
 async def topic_source(
     reader: TopicReader, topic: str, *, since_ms: int | None, until_ms: int | None, offsets: Ranges | None
-) -> Source:
+) -> TopicSource:
+    """A first pass over the range, streamed: the records it chooses by partition, and its name."""
     partitions = [tp.partition for tp in await reader.partitions(topic)]
     ends = await reader.end_offsets(topic)
     if offsets is None:
-        records = await reader.read(topic, since_ms=since_ms)
-        if until_ms is not None:
-            records = [r for r in records if r.timestamp_ms <= until_ms]
+        starts = await reader.offsets_for_time(topic, since_ms) if since_ms is not None else dict.fromkeys(ends, 0)
+        bounds = {p: (starts[p], end) for p, end in ends.items()}
     else:
         unknown = sorted(set(offsets) - set(partitions))
         if unknown:
             raise ConfigError(f"--offsets: topic {topic!r} has no partition {unknown[0]}")
-        records = [r for r in await reader.read(topic) if r.partition in offsets
-                   and offsets[r.partition][0] <= r.offset < offsets[r.partition][1]]  # fmt: skip
-    by_partition: dict[int, list[Record | bytes]] = {p: [] for p in partitions}
-    for record in sorted(records, key=lambda r: (r.partition, r.offset)):
-        by_partition[record.partition].append(record)
-    spans = {p: (rs[0].offset, rs[-1].offset) if rs else None for p, rs in by_partition.items()}  # type: ignore[union-attr]
-    material = orjson.dumps({"topic": topic, "spans": spans, "ends": ends}, option=orjson.OPT_NON_STR_KEYS)
-    return Source(hashlib.sha256(material).hexdigest()[:12], by_partition)
+        bounds = {p: (first, min(stop, ends[p])) for p, (first, stop) in offsets.items()}
+    source = TopicSource(topic, "", dict.fromkeys(partitions, 0), {}, until_ms)
+    async for batch in reader.scan_between(topic, bounds):
+        for record in filter(source.chosen, batch):
+            source.counts[record.partition] += 1
+            first = source.spans.get(record.partition, (record.offset, 0))[0]
+            source.spans[record.partition] = (first, record.offset + 1)
+    return replace(source, name=topic_name(topic, partitions, source.spans, ends))
+
+
+def topic_name(topic: str, partitions: list[int], spans: dict[int, tuple[int, int]], ends: dict[int, int]) -> str:
+    """The hash of the topic, each partition's first and last chosen offsets (null: none) and the ends."""
+    named = {p: (spans[p][0], spans[p][1] - 1) if p in spans else None for p in partitions}
+    material = orjson.dumps({"topic": topic, "spans": named, "ends": ends}, option=orjson.OPT_NON_STR_KEYS)
+    return hashlib.sha256(material).hexdigest()[:12]
 
 
 async def copy_input(settings: Settings, options: dict[str, Any], topic: str, source: Source) -> int:
-    """Create the backfill topic if needed and append what it lacks; its record count."""
-    bootstrap, partitions = settings.kafka.bootstrap_servers, max(1, len(source.records))
+    """Create the backfill topic if needed and append what it lacks, streamed; the input's record count."""
+    bootstrap = settings.kafka.bootstrap_servers
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **options)
     await start(admin)
     try:
         if topic not in await admin.list_topics():
+            partitions = max(1, len(source.counts))
             await admin.create_topics([NewTopic(topic, partitions, settings.kafka.replication_factor)])
     finally:
         await admin.close()
     async with TopicReader(bootstrap, options) as reader:
         have = await reader.end_offsets(topic)
+        if any(have.get(p, 0) < count for p, count in source.counts.items()):
+            await _append(bootstrap, options, topic, source.rest(reader, have))
+    return sum(source.counts.values())
+
+
+async def _append(
+    bootstrap: str, options: dict[str, Any], topic: str, items: AsyncIterator[tuple[int, Record | bytes]]
+) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, **options)
     await start(producer)
     try:
-        for partition, items in source.records.items():
-            for item in items[have.get(partition, 0) :]:
-                if isinstance(item, Record):
-                    await producer.send(topic, item.value, key=item.key, headers=list(item.headers),
-                                        partition=partition)  # fmt: skip
-                else:
-                    await producer.send(topic, item, partition=partition)
+        async for partition, item in items:
+            if isinstance(item, Record):
+                await producer.send(topic, item.value, key=item.key, headers=list(item.headers), partition=partition)
+            else:
+                await producer.send(topic, item, partition=partition)
         await producer.flush()
     finally:
         await producer.stop()
-    return sum(len(items) for items in source.records.values())
-
-
-def event_id(record: Record) -> str:
-    """The id the worker gives this record's result or dead letter (``streams/models.py``)."""
-    try:
-        event = orjson.loads(record.value or b"")
-    except orjson.JSONDecodeError:
-        event = None
-    if isinstance(event, dict) and isinstance(event.get("id"), str | int) and not isinstance(event["id"], bool):
-        return str(event["id"])
-    return f"{record.topic}/{record.partition}/{record.offset}"
 
 
 def worker_config(
@@ -147,47 +224,106 @@ def group_of(cfg: PipelineSettings, version: str) -> str:
     return f"batchstream-backfill.{cfg.name}.{version}"
 
 
+class Bitmap:
+    """One bit per offset of ``[first, end)`` of a partition: which were marked."""
+
+    def __init__(self, first: int, end: int) -> None:
+        self.first, self.end = first, max(first, end)
+        self.bits = bytearray((self.end - self.first + 7) // 8)
+
+    def __len__(self) -> int:
+        return self.end - self.first
+
+    def add(self, offset: int) -> bool:
+        """Mark ``offset``; False when it was marked already or lies outside ``[first, end)``."""
+        if not self.first <= offset < self.end:
+            return False
+        index, bit = divmod(offset - self.first, 8)
+        if self.bits[index] >> bit & 1:
+            return False
+        self.bits[index] |= 1 << bit
+        return True
+
+
 @dataclass
 class Fates:
-    results: set[str] = field(default_factory=set)
-    dead: dict[str, str] = field(default_factory=dict)
+    """The fates of a backfill topic's records, by position: per partition, a bitmap of the
+    offsets that have one (the first result or dead letter counts; later ones add nothing)."""
+
+    bitmaps: dict[int, Bitmap]
+    results: int = 0
+    #: reason -> records whose fate is a dead letter for it.
+    reasons: Counter[str] = field(default_factory=Counter)
     paid: float = 0.0
     realtime: float = 0.0
+
+    @classmethod
+    def of(cls, spans: dict[int, tuple[int, int]]) -> Fates:
+        """For partition -> (first, end) offsets of the backfill topic."""
+        return cls({p: Bitmap(first, end) for p, (first, end) in spans.items()})
+
+    @property
+    def total(self) -> int:
+        return sum(len(bitmap) for bitmap in self.bitmaps.values())
+
+    @property
+    def covered(self) -> int:
+        return self.results + self.reasons.total()
+
+    @property
+    def missing(self) -> int:
+        return self.total - self.covered
+
+    def _cover(self, position: tuple[int, int]) -> bool:
+        bitmap = self.bitmaps.get(position[0])
+        return bitmap is not None and bitmap.add(position[1])
+
+    def result(self, position: tuple[int, int], cost: dict[str, Any]) -> None:
+        """A result for the record at (partition, offset); its cost counts when it is the record's first fate."""
+        if self._cover(position):
+            self.results += 1
+            self.paid += float(cost.get("paid") or 0.0)
+            self.realtime += float(cost.get("realtime") or 0.0)
+
+    def dead_letter(self, position: tuple[int, int], reason: str) -> None:
+        if self._cover(position):
+            self.reasons[reason] += 1
+
+
+def source_position(body: dict[str, Any], topic: str) -> tuple[int, int] | None:
+    """(partition, offset) of the record of ``topic`` a result or dead letter is for; None: of no record of it."""
+    source = body.get("source")
+    if not isinstance(source, dict) or source.get("topic") != topic:
+        return None
+    partition, offset = source.get("partition"), source.get("offset")
+    if type(partition) is not int or type(offset) is not int:
+        return None
+    return partition, offset
 
 
 async def follow(
     settings: Settings, options: dict[str, Any], cfg: PipelineSettings, *, topic: str, output: str, version: str,
     worker: subprocess.Popen[bytes], on_progress: Any, timeout: float | None,
-) -> tuple[set[str], Fates]:  # fmt: skip
+) -> Fates:  # fmt: skip
     """Follow the output topics until the group has committed the whole backfill topic."""
     bootstrap, group = settings.kafka.bootstrap_servers, group_of(cfg, version)
-    fates = Fates()
     positions: dict[str, dict[int, int]] = {output: {}, f"{output}.dlq": {}}
     deadline = None if timeout is None else time.monotonic() + timeout
     async with TopicReader(bootstrap, options) as reader:
-        expected = {event_id(r) for r in await reader.read(topic)}
-        ends = await reader.end_offsets(topic)
+        ends, firsts = await reader.end_offsets(topic), await reader.beginning_offsets(topic)
+        fates = Fates.of({p: (firsts.get(p, 0), end) for p, end in ends.items()})
         finished = False
         while True:
-            for record in await _new(reader, output, positions[output]):
-                body = json_object(record.value)
-                if body.get("pipeline") == cfg.name and body.get("task_version") == version and "id" in body:
-                    if str(body["id"]) not in fates.results:
-                        cost = body.get("cost") or {}
-                        fates.paid += float(cost.get("paid") or 0.0)
-                        fates.realtime += float(cost.get("realtime") or 0.0)
-                    fates.results.add(str(body["id"]))
-            for record in await _new(reader, f"{output}.dlq", positions[f"{output}.dlq"]):
-                body = json_object(record.value)
-                if body.get("pipeline") == cfg.name and (body.get("source") or {}).get("topic") == topic:
-                    fates.dead.setdefault(str(body.get("id")), str(body.get("reason")))
-            on_progress(len(expected & (fates.results | fates.dead.keys())), len(expected))
+            async for record in _new(reader, output, positions[output]):
+                _on_result(fates, json_object(record.value), cfg, topic, version)
+            async for record in _new(reader, f"{output}.dlq", positions[f"{output}.dlq"]):
+                _on_dead_letter(fates, json_object(record.value), cfg, topic)
+            on_progress(fates.covered, fates.total)
             if finished:
-                return expected, fates
+                return fates
             # Offsets are committed once a window is recorded, before its results: done when
             # every event has its fate and the group has committed the whole input.
-            finished = expected <= (fates.results | fates.dead.keys()) and _committed_all(
-                await reader.committed(group), topic, ends)  # fmt: skip
+            finished = fates.missing == 0 and _committed_all(await reader.committed(group), topic, ends)
             if finished:
                 continue
             if worker.poll() is not None:
@@ -197,11 +333,27 @@ async def follow(
             await asyncio.sleep(1.0)
 
 
-async def _new(reader: TopicReader, topic: str, positions: dict[int, int]) -> list[Record]:
+def _on_result(fates: Fates, body: dict[str, Any], cfg: PipelineSettings, topic: str, version: str) -> None:
+    position = source_position(body, topic)
+    if position is not None and body.get("pipeline") == cfg.name and body.get("task_version") == version:
+        cost = body.get("cost")
+        fates.result(position, cost if isinstance(cost, dict) else {})
+
+
+def _on_dead_letter(fates: Fates, body: dict[str, Any], cfg: PipelineSettings, topic: str) -> None:
+    position = source_position(body, topic)
+    if position is not None and body.get("pipeline") == cfg.name:
+        fates.dead_letter(position, str(body.get("reason")))
+
+
+async def _new(reader: TopicReader, topic: str, positions: dict[int, int]) -> AsyncIterator[Record]:
+    """The records of ``topic`` after ``positions``, streamed (none before the worker creates the topic)."""
     try:
-        return await reader.read_new(topic, positions)
+        async for batch in reader.scan(topic, positions):
+            for record in batch:
+                yield record
     except TopicMissingError:
-        return []  # not created yet by the worker
+        return
 
 
 def _committed_all(committed: dict[tuple[str, int], int], topic: str, ends: dict[int, int]) -> bool:

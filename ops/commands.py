@@ -111,6 +111,7 @@ def backfill(args: argparse.Namespace) -> int:
     started = time.monotonic()
 
     async def prepare() -> tuple[str, int]:
+        source: filling.Source
         if args.file is not None:
             source = filling.file_source(args.file)
         else:
@@ -138,7 +139,7 @@ def backfill(args: argparse.Namespace) -> int:
             def moved(done: int, total: int) -> None:
                 progress.update(bar, completed=done, total=total)
 
-            expected, fates = _run(filling.follow(
+            fates = _run(filling.follow(
                 settings, options, cfg, topic=topic, output=args.to, version=version, worker=worker,
                 on_progress=moved, timeout=args.timeout,
             ), settings.kafka.bootstrap_servers)  # fmt: skip
@@ -152,22 +153,18 @@ def backfill(args: argparse.Namespace) -> int:
                 worker.wait(60)
             except subprocess.TimeoutExpired:
                 worker.kill()
-    missing = expected - fates.results - fates.dead.keys()
-    reasons: dict[str, int] = {}
-    for letter, reason in fates.dead.items():
-        if letter in expected:
-            reasons[reason] = reasons.get(reason, 0) + 1
     from rich.table import Table
 
+    reasons = dict(fates.reasons)  # by first occurrence
     table = Table(title=f"backfill {cfg.name} @ {version}", show_header=False)
-    table.add_row("events", str(len(expected)))
-    table.add_row("results", str(len(expected & fates.results)))
+    table.add_row("events", str(fates.total))
+    table.add_row("results", str(fates.results))
     table.add_row("dead letters", f"{sum(reasons.values())} {reasons if reasons else ''}".strip())
-    table.add_row("missing", str(len(missing)))
+    table.add_row("missing", str(fates.missing))
     table.add_row("cost", f"${fates.paid:.4f} paid vs ${fates.realtime:.4f} at real-time prices")
     table.add_row("duration", f"{time.monotonic() - started:.1f}s")
     console.print(table)
-    return 0 if not missing else 1
+    return 0 if not fates.missing else 1
 
 
 def webhooks(args: argparse.Namespace) -> int:

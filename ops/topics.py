@@ -138,6 +138,44 @@ class TopicReader:
                     pending.discard(tp)
         positions.update({tp.partition: ends[tp] for tp in partitions})
 
+    async def scan_between(self, topic: str, bounds: dict[int, tuple[int, int]]) -> AsyncIterator[list[Record]]:
+        """The records of ``topic`` with ``first <= offset < stop``, for each ``partition -> (first,
+        stop)`` of ``bounds`` (other partitions are not read; ``stop`` at most the partition's end at
+        the call), a fetched batch at a time like :meth:`scan`."""
+        partitions = [tp for tp in await self.partitions(topic) if tp.partition in bounds]
+        if not partitions:
+            return
+        consumer = self._consumer
+        consumer.assign(partitions)
+        starts, ends = await consumer.beginning_offsets(partitions), await consumer.end_offsets(partitions)
+        stops = {tp: min(bounds[tp.partition][1], ends[tp]) for tp in partitions}
+        pending = set()
+        for tp in partitions:
+            begin = max(bounds[tp.partition][0], starts[tp])
+            if begin < stops[tp]:
+                consumer.seek(tp, begin)
+                pending.add(tp)
+        while pending:
+            batches = await consumer.getmany(*pending, timeout_ms=1000, max_records=SCAN_BATCH)
+            for tp, messages in batches.items():
+                records = [_record(m) for m in messages if m.offset < stops[tp]]
+                if records:
+                    yield records
+            for tp in list(pending):
+                if await consumer.position(tp) >= stops[tp]:
+                    pending.discard(tp)
+
+    async def offsets_for_time(self, topic: str, ms: int) -> dict[int, int]:
+        """Per partition, the offset of its first record written at or after ``ms`` (its end when none)."""
+        partitions = await self.partitions(topic)
+        found = await self._consumer.offsets_for_times({tp: ms for tp in partitions})
+        ends = await self._consumer.end_offsets(partitions)
+        return {tp.partition: found[tp].offset if found.get(tp) is not None else ends[tp] for tp in partitions}
+
+    async def beginning_offsets(self, topic: str) -> dict[int, int]:
+        partitions = await self.partitions(topic)
+        return {tp.partition: offset for tp, offset in (await self._consumer.beginning_offsets(partitions)).items()}
+
     async def committed(self, group: str) -> dict[tuple[str, int], int]:
         """The group's committed offsets by (topic, partition); none before the group has a coordinator."""
         try:
