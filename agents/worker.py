@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import ssl
 import time
 from typing import Any, NamedTuple
 
@@ -20,28 +19,13 @@ from agents.quota import Quotas
 from agents.webhooks import WebhookListener
 from providers import make_provider
 from sinks.limits import DEAD_LETTER_FLOOR, RecordLimits, topic_configs
-from streams.app import READ_AGAINST, create_app, missing_hooks
-from streams.config import KafkaSettings, PipelineSettings, Settings
+from streams.app import READ_AGAINST, create_app, kafka_options, missing_hooks
+from streams.config import PipelineSettings, Settings
 from streams.errors import ConfigError, Unreachable, UnsupportedRelease
 
 log = logging.getLogger(__name__)
 #: Seconds between tries to reach Kafka at start-up: the first, and the most (doubling between).
 STARTUP_BACKOFF = (1.0, 30.0)
-
-
-def kafka_options(kafka: KafkaSettings) -> dict[str, Any]:
-    """aiokafka keyword arguments for the worker's side consumers and admin client."""
-    options: dict[str, Any] = {"security_protocol": kafka.security_protocol}
-    if kafka.security_protocol in ("SSL", "SASL_SSL"):
-        options["ssl_context"] = ssl.create_default_context()
-    if kafka.sasl_mechanism:
-        assert kafka.sasl_password is not None
-        options.update(
-            sasl_mechanism=kafka.sasl_mechanism,
-            sasl_plain_username=kafka.sasl_username,
-            sasl_plain_password=kafka.sasl_password.get_secret_value(),
-        )
-    return options
 
 
 class Topology(NamedTuple):

@@ -47,8 +47,8 @@ def status(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.live import Live
 
-    from agents.worker import kafka_options
     from ops.status import StatusReader, render
+    from streams.app import kafka_options
     from streams.config import load_settings
 
     if args.json and args.watch:
@@ -94,9 +94,9 @@ def backfill(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from agents.worker import kafka_options
     from ops import backfill as filling
     from ops.topics import TopicReader
+    from streams.app import kafka_options
     from streams.config import load_settings
 
     if args.file is not None and (args.since or args.until or args.offsets):
@@ -172,9 +172,9 @@ def webhooks(args: argparse.Namespace) -> int:
     from aiohttp import web
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    from agents.worker import kafka_options
     from ops.topics import start
     from ops.webhooks import WebhookReceiver
+    from streams.app import kafka_options
     from streams.config import load_settings
 
     settings = load_settings(args.config)
@@ -202,8 +202,8 @@ def dlq(args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
-    from agents.worker import kafka_options
     from ops import dlq as letters
+    from streams.app import kafka_options
     from streams.config import load_settings
 
     settings = load_settings(args.config)

@@ -264,6 +264,22 @@ class ReadCommittedTransport(Transport):
     Consumer = _ReadCommittedConsumer
 
 
+def kafka_options(kafka: KafkaSettings) -> dict[str, Any]:
+    """aiokafka keyword arguments for every client beside faust's own (the worker's side consumers,
+    producers and admin clients, and the operator commands')."""
+    options: dict[str, Any] = {"security_protocol": kafka.security_protocol}
+    if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = ssl.create_default_context()
+    if kafka.sasl_mechanism:
+        assert kafka.sasl_password is not None
+        options.update(
+            sasl_mechanism=kafka.sasl_mechanism,
+            sasl_plain_username=kafka.sasl_username,
+            sasl_plain_password=kafka.sasl_password.get_secret_value(),
+        )
+    return options
+
+
 def create_app(
     kafka: KafkaSettings, *, partitions: int = 1, read_committed: bool = False, startup_timeout: float = 300.0
 ) -> faust.App:

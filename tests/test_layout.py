@@ -117,6 +117,26 @@ def test_no_module_or_class_is_too_big() -> None:
     assert set(TOO_BIG_BUT_KNOWN) <= names, f"no longer too big: {set(TOO_BIG_BUT_KNOWN) - names}"
 
 
+#: Each package imports only packages of a lower rank: contracts at the bottom (``streams``: the
+#: configuration, events, results, dead letters, window records), the two outer boundaries on
+#: them (``sinks``: Kafka out; ``providers``: the provider APIs), the operator commands and the
+#: worker above, the CLI (``agents.cli``) at the top. The test doubles and tools stand apart.
+RANKS = {"streams": 0, "emulator": 0, "devkafka": 0, "sinks": 1, "providers": 1, "ops": 2, "demo": 2, "agents": 3}
+
+
+def test_no_package_imports_one_above_it() -> None:
+    assert set(RANKS) == set(PACKAGES), "every shipped package has a rank"
+    modules = _modules()
+    upward = sorted(
+        f"{name} -> {imported}"
+        for name, path in modules.items()
+        for imported in _imports(name, path, set(modules))
+        if name.split(".")[0] != imported.split(".")[0]
+        and RANKS[imported.split(".")[0]] >= RANKS[name.split(".")[0]]
+    )
+    assert upward == [], f"imports of a package at or above the importer's rank: {upward}"
+
+
 def test_no_import_cycle() -> None:
     modules = _modules()
     cycle = _cycle(modules, CYCLES_BUT_KNOWN)
