@@ -267,6 +267,31 @@ async def test_a_batch_the_provider_no_longer_knows_goes_another_round_within_th
     assert "its requests go another round" in worker.log()
 
 
+@pytest.mark.parametrize("guarantee", GUARANTEES)
+async def test_a_result_file_over_max_result_bytes_ends_its_window_as_dead_letters(
+    bootstrap, emulator, make_topic, configure, start_worker, guarantee
+):
+    """A batch whose result file is larger than the provider's ``max_result_bytes``: its events
+    end as ``batch_results_too_large`` dead letters naming the setting, committed, and a window
+    whose results fit is served."""
+    topic = await make_topic("cap", partitions=2)
+    config, group = configure(pipeline("p", topic, window={"max_requests": 10, "max_wait": "300ms"}),
+                              provider={"max_result_bytes": 4096}, processing_guarantee=guarantee)  # fmt: skip
+    small = [{"id": f"s{i}", "text": "hi"} for i in range(2)]  # partition 0: a small result file
+    large = [{"id": f"l{i}", "text": "x" * 300} for i in range(10)]  # partition 1: a file over 4 KiB
+    await produce_placed(bootstrap, topic, small, partition=0)
+    await produce_placed(bootstrap, topic, large, partition=1)
+    worker = start_worker(config)
+    async with TopicReader(bootstrap, f"{topic}.results") as results, TopicReader(bootstrap, f"{topic}.dlq") as dlq:
+        await wait_every_id([results, dlq], {v["id"] for v in small + large}, timeout=90)
+        await wait_committed_offsets(bootstrap, group, topic, {0: 2, 1: 10})
+    assert sorted(r["id"] for r in results.values) == ["s0", "s1"]
+    assert sorted(d["id"] for d in dlq.values) == sorted(v["id"] for v in large)
+    assert {d["reason"] for d in dlq.values} == {"batch_results_too_large"}
+    assert all("max_result_bytes (4096)" in d["message"] and d["event"]["text"] for d in dlq.values)
+    assert worker.proc.poll() is None
+
+
 # -- the mixed soak: what production sends, two pipelines on one topic, SIGKILLs ---------------
 
 SOAK_LONG = os.environ.get("BATCHSTREAM_SOAK") == "long"
