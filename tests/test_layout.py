@@ -131,8 +131,7 @@ def test_no_package_imports_one_above_it() -> None:
         f"{name} -> {imported}"
         for name, path in modules.items()
         for imported in _imports(name, path, set(modules))
-        if name.split(".")[0] != imported.split(".")[0]
-        and RANKS[imported.split(".")[0]] >= RANKS[name.split(".")[0]]
+        if name.split(".")[0] != imported.split(".")[0] and RANKS[imported.split(".")[0]] >= RANKS[name.split(".")[0]]
     )
     assert upward == [], f"imports of a package at or above the importer's rank: {upward}"
 
