@@ -120,22 +120,8 @@ class TopicReader:
             positions.update({tp.partition: found[tp].offset if found.get(tp) is not None else ends[tp]
                               for tp in partitions})  # fmt: skip
         ends = await consumer.end_offsets(partitions)
-        starts = await consumer.beginning_offsets(partitions)
-        pending = set()
-        for tp in partitions:
-            begin = max(positions.get(tp.partition, 0), starts[tp])
-            if begin < ends[tp]:
-                consumer.seek(tp, begin)
-                pending.add(tp)
-        while pending:
-            batches = await consumer.getmany(*pending, timeout_ms=1000, max_records=SCAN_BATCH)
-            for tp, messages in batches.items():
-                records = [_record(m) for m in messages if m.offset < ends[tp]]
-                if records:
-                    yield records
-            for tp in list(pending):
-                if await consumer.position(tp) >= ends[tp]:
-                    pending.discard(tp)
+        async for records in self._ranges({tp: (positions.get(tp.partition, 0), ends[tp]) for tp in partitions}):
+            yield records
         positions.update({tp.partition: ends[tp] for tp in partitions})
 
     async def scan_between(self, topic: str, bounds: dict[int, tuple[int, int]]) -> AsyncIterator[list[Record]]:
@@ -145,24 +131,31 @@ class TopicReader:
         partitions = [tp for tp in await self.partitions(topic) if tp.partition in bounds]
         if not partitions:
             return
+        self._consumer.assign(partitions)
+        ends = await self._consumer.end_offsets(partitions)
+        async for records in self._ranges({tp: (bounds[tp.partition][0], min(bounds[tp.partition][1], ends[tp]))
+                                           for tp in partitions}):  # fmt: skip
+            yield records
+
+    async def _ranges(self, ranges: dict[TopicPartition, tuple[int, int]]) -> AsyncIterator[list[Record]]:
+        """The records of each assigned partition's ``[first, stop)`` (from its beginning when
+        ``first`` was removed by retention), a fetched batch at a time."""
         consumer = self._consumer
-        consumer.assign(partitions)
-        starts, ends = await consumer.beginning_offsets(partitions), await consumer.end_offsets(partitions)
-        stops = {tp: min(bounds[tp.partition][1], ends[tp]) for tp in partitions}
+        starts = await consumer.beginning_offsets(list(ranges))
         pending = set()
-        for tp in partitions:
-            begin = max(bounds[tp.partition][0], starts[tp])
-            if begin < stops[tp]:
+        for tp, (first, stop) in ranges.items():
+            begin = max(first, starts[tp])
+            if begin < stop:
                 consumer.seek(tp, begin)
                 pending.add(tp)
         while pending:
             batches = await consumer.getmany(*pending, timeout_ms=1000, max_records=SCAN_BATCH)
             for tp, messages in batches.items():
-                records = [_record(m) for m in messages if m.offset < stops[tp]]
+                records = [_record(m) for m in messages if m.offset < ranges[tp][1]]
                 if records:
                     yield records
             for tp in list(pending):
-                if await consumer.position(tp) >= stops[tp]:
+                if await consumer.position(tp) >= ranges[tp][1]:
                     pending.discard(tp)
 
     async def offsets_for_time(self, topic: str, ms: int) -> dict[int, int]:
