@@ -36,8 +36,10 @@ LOADED = "loaded state of partitions"
 #: What a worker logs when the broker refuses a partition's transactional producer (another
 #: producer took its transactional id), whether or not it still owns the partition.
 FENCED = ": fenced ("
-#: Runs of the paused-worker scenario at most, until the resumed worker handles its answers
-#: before it learns of the rebalance (a race; it does about every other run).
+#: Runs of the paused-worker scenario at most. The frozen worker answers continuously (many
+#: short calls at once, each answer lingering up to ``sinks.transactions.LINGER`` to share a
+#: transaction), so when it freezes it nearly always holds answers queued for a write or a
+#: transaction under way, which it sends on resuming, before it learns of the rebalance.
 ATTEMPTS = 4
 
 
@@ -48,11 +50,13 @@ async def paused_worker_run(
     served every event, then resumed. Returns the fates a read_committed consumer sees (each
     id's count, read to the topics' end) and the frozen worker's log."""
     emulator.emulator.clear()
-    emulator.emulator.faults.flex_latency = 1.0  # calls are in flight when the worker freezes
+    # 32 calls of 0.2 s at once: an answer every few milliseconds, so a write is always queued
+    # or under way (and calls are in flight) when the worker freezes.
+    emulator.emulator.faults.flex_latency = 0.2
     topic = await make_topic("zombie", partitions=4)
-    flex = {"concurrency": 8, "attempts": 3, "budget": "60s", "fallback": "batch"}
+    flex = {"concurrency": 32, "attempts": 3, "budget": "60s", "fallback": "batch"}
     config, group = configure(pipeline("zombie", topic, mode="flex", flex=flex), processing_guarantee=guarantee)
-    ids = {f"z{i}" for i in range(240)}
+    ids = {f"z{i}" for i in range(3000)}
     await produce(bootstrap, topic, [{"id": i, "text": i} for i in sorted(ids)],
                   keys=[b"k%d" % n for n in range(len(ids))])  # fmt: skip
     frozen = start_worker(config, f"frozen{attempt}")
