@@ -20,11 +20,8 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-import faust
-from faust.types import TP, EventT
-
 from agents.retry import describe
-from streams.app import commit_offsets, request_rejoin
+from streams.app import TP, App, EventT, commit_offsets, request_rejoin
 from streams.offsets import Frontier
 
 log = logging.getLogger(__name__)
@@ -42,7 +39,7 @@ class Commits:
     pipeline never commits past an event a slow one still holds.
     """
 
-    def __init__(self, app: faust.App, topic: str) -> None:
+    def __init__(self, app: App, topic: str) -> None:
         self.app = app
         self.topic = topic
         self.frontiers: dict[int, Frontier] = {}

@@ -27,10 +27,10 @@ from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
-from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from providers import Provider
+from sinks.topics import TopicAdmin
 from streams.errors import ProviderAccountError, ProviderError, ProviderRejected, redact
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ class Health:
 
     def __init__(self, *, bootstrap: str, kafka_options: dict[str, Any]) -> None:
         self.pipelines: Sequence[Assignable] = ()
-        self._admin: AIOKafkaAdminClient | None = None
+        self._admin: TopicAdmin | None = None
         self._bootstrap, self._options = bootstrap, kafka_options
         self._broker = _Cached(self._check_broker, BROKER_TTL)
         self._providers: dict[str, _Cached] = {}
@@ -162,13 +162,8 @@ class Health:
     # -- checks ---------------------------------------------------------------------------
     async def _check_broker(self) -> None:
         if self._admin is None:
-            admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap, request_timeout_ms=int(CHECK_TIMEOUT * 1000),
-                                        **self._options)  # fmt: skip
-            try:
-                await admin.start()
-            except BaseException:
-                await admin.close()  # a client that never started is not kept, nor leaked
-                raise
+            admin = TopicAdmin(self._bootstrap, self._options, request_timeout=CHECK_TIMEOUT)
+            await admin.start()  # a client that never started is closed there: not kept, nor leaked
             self._admin = admin
         await self._admin.describe_cluster()
 

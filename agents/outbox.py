@@ -27,8 +27,8 @@ import orjson
 from agents.metrics import PipelineMetrics
 from agents.outcomes import Failed, Served, extract_output
 from sinks import MemorySink, Sink
-from sinks.limits import RecordLimits, SizeRefused
-from sinks.transactions import Record
+from sinks.base import Outgoing
+from sinks.limits import SizeRefused
 from streams.config import PipelineSettings
 from streams.errors import InvalidOutputError
 from streams.letters import DeadLetter, dead_letter_for, encode_dead_letter
@@ -52,7 +52,6 @@ class Outbox:
     def __init__(
         self, cfg: PipelineSettings, results: Sink, dead_letters: Sink, metrics: PipelineMetrics,
         *, provider: str | None = None, pricing: Pricing | None = None, transactional: bool = False,
-        limits: RecordLimits | None = None,
     ) -> None:  # fmt: skip
         self.cfg = cfg
         #: Prices of the models, for each result's ``cost`` (the defaults unless given).
@@ -66,40 +65,37 @@ class Outbox:
         #: ``exactly_once``: units are drafts, written in transactions by the ledger.
         self.transactional = transactional
         #: The largest record each topic takes: nothing larger is ever added (``sinks/limits.py``).
-        self.limits = limits or RecordLimits()
+        self.limits = results.limits
 
     def unit(self) -> Outbox:
         """Where the records of one atomic write gather (see the module docstring): a draft,
         whose records reach the pipeline's sinks only when it is flushed or staged."""
         unit = copy.copy(self)
-        unit.results, unit.dead_letters = MemorySink(), MemorySink()
+        unit.results, unit.dead_letters = self.results.draft(), self.dead_letters.draft()
         unit._shared = self
         return unit
 
     _shared: Outbox | None = None
 
-    def staged(self) -> list[Record]:
+    def staged(self) -> list[Outgoing]:
         """A draft unit's records, for its transaction (each time the same while the topics'
         limits hold: a failed write is retried; after a size refusal, what no longer fits is
         staged as its dead letter)."""
         assert isinstance(self.results, MemorySink) and isinstance(self.dead_letters, MemorySink)
         self.rescreen()
-        return [
-            *((self.cfg.output_topic, None, key, value) for key, value in self.results.pending),
-            *((self.cfg.dead_letter_topic, None, key, value) for key, value in self.dead_letters.pending),
-        ]
+        return [*self.results.staged(), *self.dead_letters.staged()]
 
     # -- sizes --------------------------------------------------------------------------------
     def _add_result(self, value: bytes, key: bytes | None, too_large: Callable[[str], None]) -> None:
-        limit = self.limits.max_value(self.cfg.output_topic, key)
+        limit = self.results.max_value(key)
         if len(value) > limit:
-            too_large(f"the result is {len(value)} bytes; the output topic {self.cfg.output_topic!r} takes records "
+            too_large(f"the result is {len(value)} bytes; the output topic {self.results.topic!r} takes records "
                       f"of up to {limit} bytes (its max.message.bytes)")  # fmt: skip
             return
         self.results.add(value, key=key)
 
     def _add_letter(self, letter: DeadLetter, original: bytes | None, key: bytes | None) -> None:
-        limit = self.limits.max_value(self.cfg.dead_letter_topic, key)
+        limit = self.dead_letters.max_value(key)
         self.dead_letters.add(encode_dead_letter(letter, original, limit), key=key)
         self.metrics.dead_letter(letter.reason)
 
@@ -112,26 +108,23 @@ class Outbox:
     def rescreen(self) -> None:
         """Records added before a limit was lowered that no longer fit: a result becomes a
         ``result_too_large`` dead letter, a dead letter its reference form."""
-        results, letters = self.results.pending, self.dead_letters.pending
-        if all(self.limits.fits(self.cfg.output_topic, k, v) for k, v in results) and all(
-            self.limits.fits(self.cfg.dead_letter_topic, k, v) for k, v in letters
-        ):
+        output, dead = self.results, self.dead_letters
+        results, letters = output.pending, dead.pending
+        if all(output.fits(k, v) for k, v in results) and all(dead.fits(k, v) for k, v in letters):
             return
-        kept_results = [(k, v) for k, v in results if self.limits.fits(self.cfg.output_topic, k, v)]
-        moved = [(k, v) for k, v in results if not self.limits.fits(self.cfg.output_topic, k, v)]
+        kept_results = [(k, v) for k, v in results if output.fits(k, v)]
+        moved = [(k, v) for k, v in results if not output.fits(k, v)]
         kept_letters = []
         for key, value in letters:
-            if self.limits.fits(self.cfg.dead_letter_topic, key, value):
+            if dead.fits(key, value):
                 kept_letters.append((key, value))
             else:
                 letter = DeadLetter.model_validate_json(value)
-                kept_letters.append((key, encode_dead_letter(letter, None, self.limits.max_value(
-                    self.cfg.dead_letter_topic, key))))  # fmt: skip
+                kept_letters.append((key, encode_dead_letter(letter, None, dead.max_value(key))))
         results[:] = kept_results
         letters[:] = kept_letters
         for key, value in moved:
-            self._add_letter(result_too_large(value, self.cfg.output_topic, self.limits.max_value(
-                self.cfg.output_topic, key)), None, key)  # fmt: skip
+            self._add_letter(result_too_large(value, output.topic, output.max_value(key)), None, key)
 
     def result(
         self, request: Request, body: dict[str, Any], *, attempts: int, batch_id: str | None,

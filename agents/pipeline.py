@@ -29,9 +29,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import faust
-from faust.types import TP, EventT, StreamT
-
 from agents.batches import BatchLane
 from agents.commits import Commits
 from agents.flex import FlexLane, FlexRunner
@@ -49,6 +46,7 @@ from providers import Provider
 from sinks import KafkaWriter, TopicSink
 from sinks.limits import RecordLimits
 from sinks.transactions import Transactions
+from streams.app import TP, App, ChannelT, EventT, StreamT
 from streams.config import PipelineSettings, Settings
 from streams.models import Rejection, Request, Source, decode_event
 from streams.offsets import Pending
@@ -65,7 +63,7 @@ class Pipeline:
     """One configured pipeline (any mode), wired into a faust app."""
 
     def __init__(
-        self, app: faust.App, settings: Settings, cfg: PipelineSettings, client: Provider, *,
+        self, app: App, settings: Settings, cfg: PipelineSettings, client: Provider, *,
         partitions: int, kafka_options: dict[str, Any], quotas: Quotas | None = None,
         limits: RecordLimits | None = None,
     ) -> None:  # fmt: skip
@@ -103,9 +101,8 @@ class Pipeline:
             provider=client.name,
             pricing=Pricing(settings.pricing),
             transactional=self.exactly_once,
-            limits=limits,
         )
-        state_topic = app.topic(cfg.state_topic_name, partitions=partitions)
+        state_topic = cfg.state_topic_name
         group = settings.kafka.group_id
         self.store: StateStore
         if self.exactly_once:
@@ -115,8 +112,8 @@ class Pipeline:
             self.store = TransactionalStore(state_topic, pipeline=cfg.name, txns=txns, input_topic=cfg.input_topic,
                                             bootstrap=bootstrap, group_id=group, **kafka_options)  # fmt: skip
         else:
-            self.store = StateStore(state_topic, pipeline=cfg.name, input_topic=cfg.input_topic, bootstrap=bootstrap,
-                                    group_id=group, **kafka_options)  # fmt: skip
+            self.store = StateStore(state_topic, writer=self.writer, pipeline=cfg.name, input_topic=cfg.input_topic,
+                                    bootstrap=bootstrap, group_id=group, **kafka_options)  # fmt: skip
         self.ledger = Ledger(self.store)
         self.commits = Commits(app, cfg.input_topic)
         self.tasks = PartitionTasks()
@@ -160,7 +157,7 @@ class Pipeline:
         (``agents/commits.py``).
         """
         channel = stream.channel
-        assert isinstance(channel, faust.ChannelT)
+        assert isinstance(channel, ChannelT)
         queue = channel.queue  # the subscribed channel's buffer; faust's fetcher pauses when it fills
         flow = self.app.flow_control
         try:

@@ -7,13 +7,12 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-
 from agents.outbox import Outbox
 from agents.state import Ledger
 from streams.config import PipelineSettings
 from streams.models import Rejection, Request, Source, as_sealed, decode_event
 from streams.records import WindowRecord
+from streams.topics import TopicReader
 
 log = logging.getLogger(__name__)
 
@@ -25,34 +24,19 @@ class InputReader:
         self.bootstrap = bootstrap
         self.topic = topic
         #: As the worker's consumer reads the topic (``streams/app.py``), so an owed offset is found again.
-        self.isolation_level = "read_committed" if read_committed else "read_uncommitted"
+        self.read_committed = read_committed
         self.kafka = kafka
 
     async def read(
         self, partition: int, first: int, last: int
     ) -> list[tuple[int, int | None, bytes | None, bytes | None]]:
-        """(offset, timestamp_ms, key, value) of every record in [first, last]."""
-        tp = TopicPartition(self.topic, partition)
-        # earliest: when retention has cut into the range, reading resumes at the oldest record
-        # still there (aiokafka's default, latest, would skip to the end: every owed event "gone").
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                    auto_offset_reset="earliest", isolation_level=self.isolation_level,
-                                    **self.kafka)  # fmt: skip
-        await consumer.start()
-        out: list[tuple[int, int | None, bytes | None, bytes | None]] = []
-        try:
-            consumer.assign([tp])
-            consumer.seek(tp, first)
-            end = (await consumer.end_offsets([tp]))[tp]
-            stop = min(last + 1, end)
-            while await consumer.position(tp) < stop:
-                batch = await consumer.getmany(tp, timeout_ms=500, max_records=5000)
-                for message in batch.get(tp, []):
-                    if first <= message.offset <= last:
-                        out.append((message.offset, message.timestamp, message.key, message.value))
-        finally:
-            await consumer.stop()
-        return out
+        """(offset, timestamp_ms, key, value) of every record in [first, last] still in the topic."""
+        async with TopicReader(self.bootstrap, self.kafka, read_committed=self.read_committed) as reader:
+            return [
+                (record.offset, record.timestamp_ms, record.key, record.value)
+                async for batch in reader.scan_between(self.topic, {partition: (first, last + 1)})
+                for record in batch
+            ]
 
 
 async def reread_round(

@@ -1,12 +1,14 @@
 """Where window records are kept: the pipeline's state topic.
 
-:class:`StateStore` (``at_least_once``) writes each record through the faust producer and waits
-for the broker's acks; :class:`TransactionalStore` (``exactly_once``) writes each record in a
+:class:`StateStore` (``at_least_once``) writes each record through the pipeline's writer
+(``sinks/base.py``, the one its results and dead letters go through) and waits for the
+broker's acks; :class:`TransactionalStore` (``exactly_once``) writes each record in a
 transaction of its input partition's producer (``sinks/transactions.py``), with the results
 and dead letters that settle its events, and keeps a *served mark* for every event settled
 on its own (a flex event, an intake dead letter), so that a replay skips it. Both read a
-partition's records back from the beginning when it is assigned (``read_committed`` under
-``exactly_once``: an aborted transaction's records are never seen).
+partition's records back from the beginning when it is assigned, through the project's topic
+reader (``streams/topics.py``; ``read_committed`` under ``exactly_once``: an aborted
+transaction's records are never seen).
 """
 
 from __future__ import annotations
@@ -15,28 +17,31 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
-import faust
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from agents.partitions import PartitionState
-from sinks.transactions import Record, Transactions
+from sinks.base import KafkaWriter, Outgoing
+from sinks.transactions import Transactions
 from streams.records import WindowRecord
+from streams.topics import TopicReader
 
 log = logging.getLogger(__name__)
 
 
 class StateStore:
-    """Writes window records through the faust producer; reads them back with aiokafka (``at_least_once``)."""
+    """Writes window records through the pipeline's writer and reads them back (``at_least_once``)."""
 
     transactional = False
-    isolation_level = "read_uncommitted"
+    #: Loads read to the high watermark, not the last stable offset (:class:`TransactionalStore`).
+    to_high_watermark = False
 
     def __init__(
-        self, topic: faust.TopicT, *, pipeline: str, input_topic: str, bootstrap: str, group_id: str, **kafka: object
-    ) -> None:
-        self.topic = topic
+        self, topic: str, *, writer: KafkaWriter | None = None, pipeline: str, input_topic: str, bootstrap: str,
+        group_id: str, **kafka: object,
+    ) -> None:  # fmt: skip
+        self.topic_name = topic
+        #: Where records are written (``at_least_once``; a transactional store writes in transactions).
+        self.writer = writer
         #: A state topic may be shared: only this pipeline's records (of its input topic and group) are its own.
         self.pipeline = pipeline
         self.input_topic = input_topic
@@ -44,54 +49,37 @@ class StateStore:
         self.group_id = group_id
         self.kafka = kafka
 
-    async def put(self, record: WindowRecord, records: list[Record] = []) -> None:  # noqa: B006 - never mutated
+    async def put(self, record: WindowRecord, records: list[Outgoing] = []) -> None:  # noqa: B006 - never mutated
         """Write a record and wait until the broker has it (acks=all); ``records`` are flushed by the ledger."""
-        fut = await self.topic.send(key=record.window_id.encode(), value=record.dumps(), partition=record.partition)
-        await fut
+        assert self.writer is not None
+        await self.writer.write(self.topic_name, [(record.window_id.encode(), record.dumps())],
+                                partition=record.partition)  # fmt: skip
 
-    async def ends(self, consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-        """Where a load stops reading: the partitions' end offsets."""
-        return await consumer.end_offsets(tps)  # type: ignore[no-any-return]
-
-    async def mark(self, partition: int, offsets: list[int], records: list[Record], *, linger: bool = False) -> None:
+    async def mark(self, partition: int, offsets: list[int], records: list[Outgoing], *, linger: bool = False) -> None:
         raise NotImplementedError("served marks are kept under exactly_once only")
 
     async def release(self, partitions: Iterable[int]) -> None:
         """Nothing is held per partition."""
 
     async def tombstone(self, partition: int, keys: list[bytes]) -> None:
-        futures = [await self.topic.send(key=key, value=None, partition=partition) for key in keys]
-        for fut in futures:
-            await fut
+        assert self.writer is not None
+        await self.writer.write(self.topic_name, [(key, None) for key in keys], partition=partition)
 
     async def load(self, partitions: Iterable[int]) -> dict[int, PartitionState]:
         """Read the given state partitions to their end; garbage-collect finished windows."""
         partitions = sorted(set(partitions))
         if not partitions:
             return {}
-        topic_name = self.topic.get_topic_name()
-        tps = [TopicPartition(topic_name, p) for p in partitions]
+        topic_name = self.topic_name
         latest: dict[bytes, bytes | None] = {}
         started = time.monotonic()
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                    isolation_level=self.isolation_level, **self.kafka)  # fmt: skip
-        await consumer.start()
-        try:
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            end = await self.ends(consumer, tps)
-            remaining = {tp for tp in tps if end[tp] > 0}
-            while remaining:
-                batch = await consumer.getmany(*remaining, timeout_ms=500)
-                for messages in batch.values():
-                    for message in messages:
-                        if message.key is not None:
-                            latest[message.key] = message.value
-                for tp in list(remaining):
-                    if await consumer.position(tp) >= end[tp]:
-                        remaining.discard(tp)
-        finally:
-            await consumer.stop()
+        async with TopicReader(self.bootstrap, self.kafka, read_committed=self.transactional) as reader:
+            bounds = {p: (0, 2**63 - 1) for p in partitions}  # to the end at the call
+            async for batch in reader.scan_between(topic_name, bounds, to_high_watermark=self.to_high_watermark):
+                for message in batch:
+                    if message.key is not None:
+                        latest[message.key] = message.value
+            committed = await self.committed_offsets(reader, partitions)
         states = {p: PartitionState(p) for p in partitions}
         foreign = 0
         for key, value in latest.items():
@@ -114,7 +102,6 @@ class StateStore:
         if foreign:
             log.info("state topic %s: ignored %d windows of other input topics or groups, or of other pipelines",
                      topic_name, foreign)  # fmt: skip
-        committed = await self.committed_offsets(partitions)
         for p, state in states.items():
             stale = state.forget_done_before(committed.get(p, -1))
             state.loaded()
@@ -126,19 +113,13 @@ class StateStore:
         )  # fmt: skip
         return states
 
-    async def committed_offsets(self, partitions: Iterable[int]) -> dict[int, int]:
+    async def committed_offsets(self, reader: TopicReader, partitions: Iterable[int]) -> dict[int, int]:
         """The consumer group's committed offsets of the input topic's partitions."""
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **self.kafka)
-        await admin.start()
-        try:
-            offsets = await admin.list_consumer_group_offsets(self.group_id)
-        finally:
-            await admin.close()
         wanted = set(partitions)
         return {
-            tp.partition: meta.offset
-            for tp, meta in offsets.items()
-            if tp.topic == self.input_topic and tp.partition in wanted and meta.offset >= 0
+            partition: offset
+            for (topic, partition), offset in (await reader.committed(self.group_id)).items()
+            if topic == self.input_topic and partition in wanted
         }
 
 
@@ -146,25 +127,27 @@ class TransactionalStore(StateStore):
     """The state topic under ``exactly_once``: every write is a transaction of its partition's producer."""
 
     transactional = True
-    isolation_level = "read_committed"
+    #: The high watermarks, not the last stable offsets a read_committed consumer is told: a
+    #: transaction of another group's producer left open in a shared state topic holds the
+    #: reading back until it ends, rather than hiding this group's later records.
+    to_high_watermark = True
 
-    def __init__(self, topic: faust.TopicT, *, pipeline: str, txns: Transactions, input_topic: str, bootstrap: str,
+    def __init__(self, topic: str, *, pipeline: str, txns: Transactions, input_topic: str, bootstrap: str,
                  group_id: str, **kafka: object) -> None:  # fmt: skip
-        super().__init__(topic, pipeline=pipeline, input_topic=input_topic, bootstrap=bootstrap, group_id=group_id,
-                         **kafka)  # fmt: skip
+        super().__init__(topic, writer=None, pipeline=pipeline, input_topic=input_topic, bootstrap=bootstrap,
+                         group_id=group_id, **kafka)  # fmt: skip
         self.txns = txns
-        self.topic_name = topic.get_topic_name()
         #: Marks written in this assignment, by partition: tombstoned once the committed offset passes them.
         self.marks: dict[int, dict[int, bytes]] = {}
 
-    async def put(self, record: WindowRecord, records: list[Record] = []) -> None:  # noqa: B006 - never mutated
+    async def put(self, record: WindowRecord, records: list[Outgoing] = []) -> None:  # noqa: B006 - never mutated
         state = (self.topic_name, record.partition, record.window_id.encode(), record.dumps())
         await self.txns.write(record.partition, [*records, state])
 
     def mark_key(self, partition: int, offset: int) -> bytes:
         return f"served:{self.group_id}:{self.pipeline}:{self.input_topic}:{partition}:{offset}".encode()
 
-    async def mark(self, partition: int, offsets: list[int], records: list[Record], *, linger: bool = False) -> None:
+    async def mark(self, partition: int, offsets: list[int], records: list[Outgoing], *, linger: bool = False) -> None:
         marks = {offset: self.mark_key(partition, offset) for offset in offsets}
         values = [
             (self.topic_name, partition, key, orjson.dumps({
@@ -183,17 +166,6 @@ class TransactionalStore(StateStore):
         partitions = sorted(set(partitions))
         await self.txns.open(partitions)
         return await super().load(partitions)
-
-    async def ends(self, consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-        """The high watermarks, not the last stable offsets a read_committed consumer is told: a
-        transaction of another group's producer left open in a shared state topic holds the
-        reading back until it ends, rather than hiding this group's later records."""
-        probe = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, **self.kafka)
-        await probe.start()
-        try:
-            return await probe.end_offsets(tps)  # type: ignore[no-any-return]
-        finally:
-            await probe.stop()
 
     async def release(self, partitions: Iterable[int]) -> None:
         partitions = list(partitions)

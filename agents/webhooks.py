@@ -15,10 +15,9 @@ import logging
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import KafkaError
 
 from agents.polling import BatchWatch
+from streams.topics import TopicReader
 
 log = logging.getLogger(__name__)
 
@@ -28,16 +27,14 @@ class WebhookListener:
 
     def __init__(self, bootstrap: str, topic: str, watches: list[BatchWatch], options: dict[str, Any]) -> None:
         self._bootstrap, self._topic, self._options = bootstrap, topic, options
-        self._consumer: AIOKafkaConsumer | None = None
+        self._reader: TopicReader | None = None
         self._watches = watches
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         if self._task is None:
-            self._consumer = AIOKafkaConsumer(self._topic, bootstrap_servers=self._bootstrap, group_id=None,
-                                              auto_offset_reset="latest", enable_auto_commit=False,
-                                              **self._options)  # fmt: skip
-            await self._consumer.start()
+            self._reader = TopicReader(self._bootstrap, self._options, read_committed=False)  # in the running loop
+            await self._reader.__aenter__()
             self._task = asyncio.create_task(self._run(), name="batchstream-webhooks")
 
     async def stop(self, *_: Any, **__: Any) -> None:
@@ -46,25 +43,19 @@ class WebhookListener:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._consumer is not None:
-            await self._consumer.stop()
-            self._consumer = None
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            await reader.__aexit__(None, None, None)
 
     async def _run(self) -> None:
-        assert self._consumer is not None
-        while True:
-            try:
-                batches = await self._consumer.getmany(timeout_ms=1000)
-            except KafkaError as exc:  # the broker away: polling covers it meanwhile
-                log.warning("reading completion webhooks: %s", exc)
-                await asyncio.sleep(1.0)
-                continue
-            for messages in batches.values():
-                for message in messages:
-                    try:
-                        batch_id = str(orjson.loads(message.value or b"{}")["batch_id"])
-                    except (orjson.JSONDecodeError, KeyError, TypeError):
-                        continue
-                    log.debug("webhook: batch %s ended", batch_id)
-                    for watch in self._watches:
-                        watch.wake(batch_id)
+        # A failed fetch (the broker away) is tried again by the reader: polling covers it meanwhile.
+        assert self._reader is not None
+        async for records in self._reader.follow(self._topic):
+            for record in records:
+                try:
+                    batch_id = str(orjson.loads(record.value or b"{}")["batch_id"])
+                except (orjson.JSONDecodeError, KeyError, TypeError):
+                    continue
+                log.debug("webhook: batch %s ended", batch_id)
+                for watch in self._watches:
+                    watch.wake(batch_id)

@@ -6,22 +6,19 @@ import asyncio
 import gc
 import logging
 import time
-from typing import Any, NamedTuple
-
-import faust
-from aiokafka import errors
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from typing import NamedTuple
 
 from agents.health import Health
 from agents.pipeline import Pipeline
 from agents.quota import Quotas
 from agents.webhooks import WebhookListener
 from providers import make_provider
-from sinks.limits import DEAD_LETTER_FLOOR, RecordLimits, topic_configs
-from streams.app import READ_AGAINST, create_app, kafka_options, missing_hooks
+from sinks.limits import DEAD_LETTER_FLOOR, RecordLimits
+from sinks.topics import TopicAdmin, TopicSpec, is_unreachable
+from streams.app import READ_AGAINST, App, create_app, kafka_options, missing_hooks, run_worker
 from streams.config import PipelineSettings, Settings
 from streams.errors import ConfigError, Unreachable, UnsupportedRelease
+from streams.topics import BrokerError
 
 log = logging.getLogger(__name__)
 #: Seconds between tries to reach Kafka at start-up: the first, and the most (doubling between).
@@ -45,16 +42,15 @@ async def prepare_topics(settings: Settings) -> Topology:
     deleted by retention (:func:`check_state_topic`).
     """
     servers = settings.kafka.bootstrap_servers
-    admin = AIOKafkaAdminClient(bootstrap_servers=servers, **kafka_options(settings.kafka))
+    admin = TopicAdmin(servers, kafka_options(settings.kafka))
     try:
         await admin.start()
-    except KafkaError as exc:
-        await admin.close()
+    except BrokerError as exc:
         raise Unreachable(f"cannot reach Kafka at {servers}: {exc}") from None
     try:
-        existing = await _partition_counts(admin)
+        existing = await admin.partition_counts()
         counts: dict[str, int] = {}
-        wanted: dict[str, NewTopic] = {}
+        wanted: dict[str, TopicSpec] = {}
         for pipeline in settings.pipelines:
             n = existing.get(pipeline.input_topic)
             if n is None:
@@ -70,27 +66,21 @@ async def prepare_topics(settings: Settings) -> Topology:
                 )
             for name in (pipeline.output_topic, pipeline.dead_letter_topic):
                 if name not in existing:
-                    wanted[name] = NewTopic(
-                        name, num_partitions=n, replication_factor=settings.kafka.replication_factor
-                    )
+                    wanted[name] = TopicSpec(name, n, settings.kafka.replication_factor)
             if state not in existing:
-                wanted[state] = NewTopic(
-                    state, num_partitions=n, replication_factor=settings.kafka.replication_factor,
-                    topic_configs={"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"},
-                )  # fmt: skip
+                wanted[state] = TopicSpec(state, n, settings.kafka.replication_factor,
+                                          {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"})  # fmt: skip
         if settings.webhooks is not None and settings.webhooks.topic not in existing:
-            wanted[settings.webhooks.topic] = NewTopic(
-                settings.webhooks.topic, num_partitions=1, replication_factor=settings.kafka.replication_factor
-            )
+            wanted[settings.webhooks.topic] = TopicSpec(settings.webhooks.topic, 1, settings.kafka.replication_factor)
         if wanted:
-            refused = topics_refused(await admin.create_topics(list(wanted.values())))
+            refused = await admin.create(wanted.values())
             if refused:
                 # e.g. INVALID_REPLICATION_FACTOR from a broker that restarted and has not
                 # registered yet: waited for like an unreachable broker (startup_timeout)
                 raise Unreachable(f"Kafka at {servers} did not create {refused}") from None
             log.info("created topics %s", sorted(wanted))
         written = {t for p in settings.pipelines for t in (p.output_topic, p.dead_letter_topic, p.state_topic_name)}
-        configs = await topic_configs(admin, written)
+        configs = await admin.configs(written)
         limits = RecordLimits(bootstrap=servers, **kafka_options(settings.kafka))
         limits.learn(configs)
         for pipeline in settings.pipelines:
@@ -101,24 +91,12 @@ async def prepare_topics(settings: Settings) -> Topology:
                 raise ConfigError(f"pipelines.{pipeline.name}.dead_letter_topic: topic {dlq!r} has max.message.bytes="
                                   f"{have}; a dead letter needs at least {DEAD_LETTER_FLOOR}")  # fmt: skip
         return Topology(counts, limits)
-    except KafkaError as exc:
-        if isinstance(exc, KafkaConnectionError) or getattr(exc, "retriable", False):
+    except BrokerError as exc:
+        if is_unreachable(exc):
             raise Unreachable(f"Kafka at {servers} did not answer: {type(exc).__name__}: {exc}") from None
         raise
     finally:
         await admin.close()
-
-
-def topics_refused(response: Any) -> str:
-    """What a CreateTopics response refused, as ``topic: Error: message; ...`` ("" when nothing):
-    aiokafka's ``create_topics`` returns the per-topic errors without raising them. A topic
-    another worker created meanwhile is not refused."""
-    refused = []
-    for entry in getattr(response, "topic_errors", ()):
-        name, code, message = entry[0], entry[1], entry[2] if len(entry) > 2 else None
-        if code and errors.for_code(code) is not errors.TopicAlreadyExistsError:
-            refused.append(f"{name}: {errors.for_code(code).__name__}: {message or ''}".rstrip(": "))
-    return "; ".join(refused)
 
 
 async def reach_kafka(settings: Settings, health: Health | None) -> Topology:
@@ -160,15 +138,7 @@ def check_state_topic(pipeline: PipelineSettings, config: dict[str, str]) -> Non
                                   f"in flight; use cleanup.policy=compact, or {setting}=-1")  # fmt: skip
 
 
-async def _partition_counts(admin: AIOKafkaAdminClient) -> dict[str, int]:
-    names = await admin.list_topics()
-    if not names:
-        return {}
-    described = await admin.describe_topics(list(names))
-    return {t["topic"]: len(t["partitions"]) for t in described if not t.get("error_code")}
-
-
-def build(settings: Settings, topology: Topology) -> tuple[faust.App, list[Pipeline]]:
+def build(settings: Settings, topology: Topology) -> tuple[App, list[Pipeline]]:
     partitions = topology.partitions
     app = create_app(
         settings.kafka,
@@ -233,5 +203,4 @@ def run(settings: Settings, *, loglevel: str = "info") -> None:
         loop.run_until_complete(listener.start())
         app.on_before_shutdown.connect(listener.stop)
     gc.freeze()  # what start-up built lives as long as the process: no collection walks it again
-    worker = faust.Worker(app, loglevel=loglevel, loop=loop, quiet=True)
-    worker.execute_from_commandline()
+    run_worker(app, loglevel=loglevel, loop=loop)

@@ -52,7 +52,7 @@ COMMANDS = {
 #: Reads the dead-letter topic whole into a list: what the commands did before they streamed.
 BASELINE = """
 import asyncio, sys
-from ops.topics import TopicReader
+from streams.topics import TopicReader
 async def main():
     async with TopicReader(sys.argv[1], {}) as reader:
         records = await reader.read(sys.argv[2])
@@ -64,7 +64,7 @@ BACKFILL_BASELINE = """
 import asyncio, sys
 from pathlib import Path
 import orjson
-from ops.topics import TopicReader
+from streams.topics import TopicReader
 def event_id(record):
     try:
         event = orjson.loads(record.value or b"")

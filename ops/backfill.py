@@ -40,12 +40,12 @@ from typing import Any
 
 import orjson
 import yaml
-from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from ops.topics import Record, TopicMissingError, TopicReader, json_object, start
+from sinks.publisher import Publisher
+from sinks.topics import TopicAdmin, TopicSpec
 from streams.config import PipelineSettings, Settings
 from streams.errors import ConfigError
+from streams.topics import Record, TopicMissingError, TopicReader, json_object
 
 #: Offsets of a topic to back-fill: partition -> (first, end) with ``end`` exclusive.
 Ranges = dict[int, tuple[int, int]]
@@ -177,14 +177,8 @@ def topic_name(topic: str, partitions: list[int], spans: dict[int, tuple[int, in
 async def copy_input(settings: Settings, options: dict[str, Any], topic: str, source: Source) -> int:
     """Create the backfill topic if needed and append what it lacks, streamed; the input's record count."""
     bootstrap = settings.kafka.bootstrap_servers
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **options)
-    await start(admin)
-    try:
-        if topic not in await admin.list_topics():
-            partitions = max(1, len(source.counts))
-            await admin.create_topics([NewTopic(topic, partitions, settings.kafka.replication_factor)])
-    finally:
-        await admin.close()
+    async with TopicAdmin(bootstrap, options) as admin:
+        await admin.ensure([TopicSpec(topic, max(1, len(source.counts)), settings.kafka.replication_factor)])
     async with TopicReader(bootstrap, options) as reader:
         have = await reader.end_offsets(topic)
         if any(have.get(p, 0) < count for p, count in source.counts.items()):
@@ -195,17 +189,30 @@ async def copy_input(settings: Settings, options: dict[str, Any], topic: str, so
 async def _append(
     bootstrap: str, options: dict[str, Any], topic: str, items: AsyncIterator[tuple[int, Record | bytes]]
 ) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, **options)
-    await start(producer)
-    try:
+    async with Publisher(bootstrap, options) as producer:
+        sent = []
         async for partition, item in items:
             if isinstance(item, Record):
-                await producer.send(topic, item.value, key=item.key, headers=list(item.headers), partition=partition)
+                sent.append(await producer.send(topic, item.value, key=item.key, headers=item.headers,
+                                                partition=partition))  # fmt: skip
             else:
-                await producer.send(topic, item, partition=partition)
-        await producer.flush()
-    finally:
-        await producer.stop()
+                sent.append(await producer.send(topic, item, partition=partition))
+            if len(sent) >= APPEND_AWAIT:
+                await _acked(sent)
+        await _acked(sent)
+
+
+#: Sends in flight at most while a backfill copies its input (their acks are read, then let go).
+APPEND_AWAIT = 10_000
+
+
+async def _acked(sent: list[asyncio.Future[Any]]) -> None:
+    """Wait for these sends' acks; the first refusal is raised (a copy cut short starts over where it stopped)."""
+    outcomes = await asyncio.gather(*sent, return_exceptions=True)
+    sent.clear()
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
 
 
 def worker_config(

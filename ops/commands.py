@@ -19,14 +19,14 @@ def _run(coro: Coroutine[Any, Any, T], bootstrap: str) -> T:
     import asyncio
     import logging
 
-    from aiokafka.errors import KafkaError
+    from streams.topics import BrokerError
 
     # aiokafka logs each failed connection; the one line below says what failed, once
     quiet, level = logging.getLogger("aiokafka"), logging.getLogger("aiokafka").level
     quiet.setLevel(logging.CRITICAL)
     try:
         return asyncio.run(coro)
-    except KafkaError as exc:
+    except BrokerError as exc:
         raise Unreachable(f"cannot reach Kafka at {bootstrap}: {exc}") from None
     finally:
         quiet.setLevel(level)
@@ -95,9 +95,9 @@ def backfill(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ops import backfill as filling
-    from ops.topics import TopicReader
     from streams.app import kafka_options
     from streams.config import load_settings
+    from streams.topics import TopicReader
 
     if args.file is not None and (args.since or args.until or args.offsets):
         raise UsageError("--since, --until and --offsets select records of --topic, not of --file")
@@ -170,10 +170,9 @@ def backfill(args: argparse.Namespace) -> int:
 def webhooks(args: argparse.Namespace) -> int:
 
     from aiohttp import web
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    from ops.topics import start
     from ops.webhooks import WebhookReceiver
+    from sinks.topics import TopicAdmin, TopicSpec
     from streams.app import kafka_options
     from streams.config import load_settings
 
@@ -183,13 +182,8 @@ def webhooks(args: argparse.Namespace) -> int:
     hooks, options = settings.webhooks, kafka_options(settings.kafka)
 
     async def ensure_topic() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers, **options)
-        await start(admin)
-        try:
-            if hooks.topic not in await admin.list_topics():
-                await admin.create_topics([NewTopic(hooks.topic, 1, settings.kafka.replication_factor)])
-        finally:
-            await admin.close()
+        async with TopicAdmin(settings.kafka.bootstrap_servers, options) as admin:
+            await admin.ensure([TopicSpec(hooks.topic, 1, settings.kafka.replication_factor)])
 
     _run(ensure_topic(), settings.kafka.bootstrap_servers)
     receiver = WebhookReceiver(hooks, settings.kafka.bootstrap_servers, options)

@@ -29,12 +29,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
 
-from ops.topics import Record, TopicMissingError, TopicReader, start
 from sinks.limits import SIZE_ERRORS
+from sinks.publisher import Publisher
 from streams.config import PipelineSettings
+from streams.topics import Record, TopicMissingError, TopicReader
 
 REPLAYS = "batchstream-replays"
 REPLAY_OF = "batchstream-replay-of"
@@ -192,21 +191,14 @@ async def plan_replay(
 async def replay(bootstrap: str, options: dict[str, Any], plan: ReplayPlan) -> tuple[int, list[str]]:
     """Publish the plan's events (acks=all, idempotent): how many the broker acknowledged, and
     why the others were refused (each send's result is read; a refusal is never counted)."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, **options)
-    await start(producer)
+    async with Publisher(bootstrap, options) as producer:
 
-    async def send(letter: Letter, original: Record) -> asyncio.Future[Any]:
-        headers = [(k, v) for k, v in original.headers if k not in (REPLAYS, REPLAY_OF)]
-        headers += [(REPLAYS, str(_replays(original) + 1).encode()),
-                    (REPLAY_OF, "/".join(map(str, letter.source)).encode())]  # fmt: skip
-        try:
-            sent: asyncio.Future[Any] = await producer.send(plan.target, original.value, key=original.key,
-                                                            headers=headers)  # fmt: skip
-            return sent
-        except KafkaError as exc:  # refused before it was sent (too large for the producer...)
-            return _failed(exc)
+        async def send(letter: Letter, original: Record) -> asyncio.Future[Any]:
+            headers = [(k, v) for k, v in original.headers if k not in (REPLAYS, REPLAY_OF)]
+            headers += [(REPLAYS, str(_replays(original) + 1).encode()),
+                        (REPLAY_OF, "/".join(map(str, letter.source)).encode())]  # fmt: skip
+            return await producer.send(plan.target, original.value, key=original.key, headers=headers)
 
-    try:
         sends = [await send(letter, original) for letter, original in plan.publish]
         outcomes = list(await asyncio.gather(*sends, return_exceptions=True))
         # A batch refused for its size takes the records that would fit with it: each alone again.
@@ -214,16 +206,8 @@ async def replay(bootstrap: str, options: dict[str, Any], plan: ReplayPlan) -> t
             if isinstance(outcome, SIZE_ERRORS):
                 alone = await send(*plan.publish[index])
                 outcomes[index] = (await asyncio.gather(alone, return_exceptions=True))[0]
-    finally:
-        await producer.stop()
     refused = [f"{type(o).__name__}: {o}" for o in outcomes if isinstance(o, BaseException)]
     return len(outcomes) - len(refused), refused
-
-
-def _failed(exc: BaseException) -> asyncio.Future[Any]:
-    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-    future.set_exception(exc)
-    return future
 
 
 def replay_table(plan: ReplayPlan, *, dry_run: bool) -> Any:

@@ -20,12 +20,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ops.topics import Record, TopicMissingError, TopicReader, json_object
 from providers import make_provider
 from providers.base import Provider
 from streams.config import PipelineSettings, Settings
 from streams.errors import ProviderError
 from streams.records import WindowRecord
+from streams.topics import Record, TopicMissingError, TopicReader, json_object
 
 
 @dataclass

@@ -19,10 +19,10 @@ from typing import Any
 import openai
 import orjson
 from aiohttp import web
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
 
+from sinks.publisher import Publisher
 from streams.config import WebhookSettings
+from streams.topics import BrokerError
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class WebhookReceiver:
         self._bootstrap, self._options = bootstrap, options
         # Only the webhook verification of the SDK is used: no API key, no call is made.
         self._client = openai.AsyncOpenAI(api_key="unused", webhook_secret=settings.secret.get_secret_value())
-        self._producer: AIOKafkaProducer | None = None
+        self._producer: Publisher | None = None
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=1024 * 1024)
@@ -47,8 +47,7 @@ class WebhookReceiver:
         return app
 
     async def _start(self, _app: web.Application) -> None:
-        self._producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, acks="all", enable_idempotence=True,
-                                          **self._options)  # fmt: skip
+        self._producer = Publisher(self._bootstrap, self._options)
         await self._producer.start()
 
     async def _stop(self, _app: web.Application) -> None:
@@ -71,7 +70,7 @@ class WebhookReceiver:
         assert self._producer is not None
         try:
             await self._producer.send_and_wait(self.settings.topic, orjson.dumps(record), key=batch_id.encode())
-        except KafkaError as exc:
+        except BrokerError as exc:
             log.warning("cannot publish webhook for batch %s: %s", batch_id, exc)
             return web.json_response({"error": "cannot publish; deliver again"}, status=500)
         log.info("webhook %s: batch %s", event.type, batch_id)

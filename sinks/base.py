@@ -42,11 +42,29 @@ def exact(value: bytes) -> bytes:
     return bytes(memoryview(value))
 
 
+#: One record to write: topic, partition (None: the key's, as Kafka's default partitioner picks
+#: it), key, value (None: a tombstone). What a transaction writes (``sinks/transactions.py``).
+Outgoing = tuple[str, int | None, bytes | None, bytes | None]
+
+
 class Sink(Protocol):
     """Cheap ``add``; ``flush`` writes everything added so far, or raises; ``pending`` is what
-    waits (the outbox re-screens it after a size refusal)."""
+    waits (the outbox re-screens it after a size refusal).
+
+    A sink knows its topic and the largest record it takes (``fits``, ``max_value``); its
+    ``draft()`` gathers records for one atomic write elsewhere (a transaction takes a draft's
+    ``staged()`` records), so that its users never name a topic."""
+
+    topic: str
+    limits: RecordLimits
 
     def add(self, value: bytes, *, key: bytes | None) -> None: ...
+
+    def max_value(self, key: bytes | None) -> int: ...
+
+    def fits(self, key: bytes | None, value: bytes) -> bool: ...
+
+    def draft(self) -> MemorySink: ...
 
     @property
     def pending(self) -> list[tuple[bytes | None, bytes]]: ...
@@ -79,11 +97,14 @@ class KafkaWriter:
                 self._producer = producer
             return self._producer
 
-    async def write(self, topic: str, records: list[tuple[bytes | None, bytes]]) -> None:
-        """Produce ``records`` (key, value) in order per partition; return once the broker has them all."""
+    async def write(
+        self, topic: str, records: Sequence[tuple[bytes | None, bytes | None]], *, partition: int | None = None
+    ) -> None:
+        """Produce ``records`` (key, value; a ``None`` value is a tombstone) in order per partition,
+        to ``partition`` when given, else to each key's; return once the broker has them all."""
         producer = await self._started()
         batch_bytes = self.limits.batch_bytes(topic, BATCH_BYTES)
-        await settle(topic, records, await produce(producer, topic, records, batch_bytes=batch_bytes))
+        await settle(topic, records, await produce(producer, topic, records, partition, batch_bytes=batch_bytes))
 
     async def stop(self) -> None:
         producer, self._producer = self._producer, None
@@ -92,7 +113,8 @@ class KafkaWriter:
 
 
 async def produce(
-    producer: AIOKafkaProducer, topic: str, records: list[tuple[bytes | None, bytes]], partition: int | None = None,
+    producer: AIOKafkaProducer, topic: str, records: Sequence[tuple[bytes | None, bytes | None]],
+    partition: int | None = None,
     *, batch_bytes: int = BATCH_BYTES,
 ) -> list[asyncio.Future[Any]]:  # fmt: skip
     """Hand ``records`` (key, value) to the producer as whole record batches, one run per partition.
@@ -102,16 +124,18 @@ async def produce(
     at most ``batch_bytes`` of keys and values (the topic's limit: ``sinks/limits.py``), or one
     record. Returns the futures the broker's acknowledgements resolve (:func:`settle` awaits them).
     """
+    grouped: dict[int, Sequence[tuple[bytes | None, bytes | None]]]
     if partition is not None:
         grouped = {partition: records}
     else:
         partitions = sorted(await producer.partitions_for(topic))
         count = len(partitions)
         unkeyed = random.choice(partitions)
-        grouped = {}
+        by_key: dict[int, list[tuple[bytes | None, bytes | None]]] = {}
         for key, value in records:
             chosen = unkeyed if key is None else partitions[(murmur2(key) & 0x7FFFFFFF) % count]
-            grouped.setdefault(chosen, []).append((key, value))
+            by_key.setdefault(chosen, []).append((key, value))
+        grouped = dict(by_key)
     futures = []
     for chosen, items in grouped.items():
         batch = producer.create_batch()
@@ -143,12 +167,32 @@ async def settle(
             raise outcome
 
 
-class TopicSink:
+class _Bounded:
+    """A sink's topic and the largest record it takes (``sinks/limits.py``)."""
+
+    topic: str
+    limits: RecordLimits
+
+    def max_value(self, key: bytes | None) -> int:
+        """The largest value that fits one record of this sink's topic with ``key``."""
+        return self.limits.max_value(self.topic, key)
+
+    def fits(self, key: bytes | None, value: bytes) -> bool:
+        return self.limits.fits(self.topic, key, value)
+
+    def draft(self) -> MemorySink:
+        """An empty sink for the same topic and limits whose records are written elsewhere: by
+        :meth:`TopicSink.write`, or in a transaction (:meth:`MemorySink.staged`)."""
+        return MemorySink(topic=self.topic, limits=self.limits)
+
+
+class TopicSink(_Bounded):
     """Records to one Kafka topic through a :class:`KafkaWriter`."""
 
     def __init__(self, writer: KafkaWriter, topic: str) -> None:
         self.writer = writer
         self.topic = topic
+        self.limits = writer.limits
         self._pending: list[tuple[bytes | None, bytes]] = []
         self._flushing = asyncio.Lock()
         #: Writers of :meth:`write` waiting for a flush: their records and their outcome.
@@ -208,16 +252,21 @@ class TopicSink:
             return len(pending)
 
 
-class MemorySink:
-    """A sink that keeps records in memory: the test double for :class:`TopicSink`.
+class MemorySink(_Bounded):
+    """A sink that keeps records in memory: a draft of another sink's records (:meth:`staged`),
+    and the test double for :class:`TopicSink`.
 
     ``records`` holds what a flush has written; ``values`` parses them with ``model`` (so every
     record is checked against its schema) or as plain JSON. ``fail_next`` makes the next flushes
     raise (nothing of theirs is written) to exercise the commit gate.
     """
 
-    def __init__(self, model: type[BaseModel] | None = None) -> None:
+    def __init__(
+        self, model: type[BaseModel] | None = None, *, topic: str = "memory", limits: RecordLimits | None = None
+    ) -> None:
         self.model = model
+        self.topic = topic
+        self.limits = limits or RecordLimits()
         self.records: list[tuple[bytes | None, bytes]] = []
         self.fail_next = 0
         self._pending: list[tuple[bytes | None, bytes]] = []
@@ -236,6 +285,11 @@ class MemorySink:
     def pending(self) -> list[tuple[bytes | None, bytes]]:
         """What was added since the last flush (a draft's records: ``Outbox.unit``)."""
         return self._pending
+
+    def staged(self) -> list[Outgoing]:
+        """What was added since the last flush, as records of this sink's topic (a draft's, for
+        the transaction that writes it)."""
+        return [(self.topic, None, key, value) for key, value in self._pending]
 
     async def flush(self, timeout: float = 60.0) -> int:
         if self.fail_next:

@@ -30,7 +30,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from sinks.base import BATCH_BYTES, produce, settle
+from sinks.base import BATCH_BYTES, Outgoing, produce, settle
 from sinks.limits import RecordLimits, SizeRefused
 
 log = logging.getLogger(__name__)
@@ -40,9 +40,6 @@ LINGER = 0.1
 
 #: How long releasing a partition waits for its transaction under way.
 CLOSE_GRACE = 30.0
-
-#: One record: topic, partition (None: the key's, as Kafka's default partitioner picks it), key, value.
-Record = tuple[str, int | None, bytes | None, bytes | None]
 
 #: Errors that leave a transactional producer unusable (another producer took its id).
 FENCED_ERRORS: tuple[str, ...] = ("ProducerFenced", "InvalidProducerEpoch", "InvalidProducerIdMapping",
@@ -79,7 +76,7 @@ class PartitionTransactions:
             max_batch_size=BATCH_BYTES, **options,
         )  # fmt: skip
         self._on_fenced = on_fenced
-        self._queue: list[tuple[list[Record], asyncio.Future[None]]] = []
+        self._queue: list[tuple[list[Outgoing], asyncio.Future[None]]] = []
         self._runner: asyncio.Task[None] | None = None
         #: Set when a queued write may not linger.
         self._urgent = asyncio.Event()
@@ -92,7 +89,7 @@ class PartitionTransactions:
         """Start the producer: registers the transactional id, fencing every earlier producer of it."""
         await self._producer.start()
 
-    async def write(self, records: list[Record], *, linger: bool = False) -> None:
+    async def write(self, records: list[Outgoing], *, linger: bool = False) -> None:
         """Write ``records`` in one transaction (perhaps shared with other writers); return once committed.
 
         ``linger``: the transaction may wait up to :data:`LINGER` for other writes to share it
@@ -134,7 +131,7 @@ class PartitionTransactions:
                     done.set_exception(Fenced(f"{self.transactional_id}: released"))
                     done.exception()
 
-    async def _commit(self, records: list[Record]) -> None:
+    async def _commit(self, records: list[Outgoing]) -> None:
         if self._fenced:
             raise Fenced(f"{self.transactional_id}: fenced")
         producer = self._producer
@@ -233,7 +230,7 @@ class Transactions:
             raise Fenced(f"{self.transactional_id(partition)}: partition not owned here")
         return txn
 
-    async def write(self, partition: int, records: list[Record], *, linger: bool = False) -> None:
+    async def write(self, partition: int, records: list[Outgoing], *, linger: bool = False) -> None:
         await self.of(partition).write(records, linger=linger)
 
     async def close(self, partitions: Iterable[int] | None = None) -> None:

@@ -24,12 +24,17 @@ import faust
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_kafka
-from faust.types import TP
+from faust.types import TP, ChannelT, EventT, StreamT
 from mode import Service, ServiceT
 
 from streams.config import KafkaSettings
 
 log = logging.getLogger(__name__)
+
+#: faust's types as the worker's agents see them (``agents/``): this module is where faust is.
+App = faust.App
+__all__ = ["TP", "App", "ChannelT", "EventT", "StreamT", "commit_offsets", "create_app", "kafka_options",
+           "missing_hooks", "request_rejoin", "run_worker"]  # fmt: skip
 
 #: The releases whose private internals this module (and ``sinks/transactions.py``'s
 #: ``_txn_manager``) was read against; ``pyproject.toml`` pins exactly these.
@@ -322,3 +327,8 @@ def create_app(
     app.transport = transport(app.conf.broker_consumer, app)
     app.transport.startup_timeout = startup_timeout
     return app
+
+
+def run_worker(app: faust.App, *, loglevel: str, loop: asyncio.AbstractEventLoop) -> None:
+    """Run ``app`` in the foreground on ``loop`` until SIGINT/SIGTERM."""
+    faust.Worker(app, loglevel=loglevel, loop=loop, quiet=True).execute_from_commandline()

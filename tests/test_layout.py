@@ -175,3 +175,50 @@ def test_a_planted_cycle_and_a_planted_giant_are_found(tmp_path: Path) -> None:
     modules = _modules(tmp_path)
     assert _cycle(modules) == ["demo.a", "emulator.b", "demo.a"]
     assert _too_big(modules) == [f"emulator.b: {MAX_MODULE_LINES + 1} lines"]
+
+
+#: The packages where Kafka's clients are: ``streams`` (intake: the faust app and transport, every
+#: private hook, the topic reader) and ``sinks`` (output: the writers, topics and their limits).
+KAFKA_ROOMS = frozenset({"streams", "sinks"})
+#: The Kafka client libraries (``mode`` is faust's service framework).
+KAFKA_LIBRARIES = frozenset({"aiokafka", "faust", "mode"})
+#: Packages that stand apart from the worker and may use Kafka's clients directly, each with its reason.
+KAFKA_BUT_KNOWN = {
+    "devkafka": "starts the development broker and waits until it answers, below every other package",
+    "demo": "plays the user's own services around batchstream: an upstream producer and a downstream consumer",
+}
+
+
+def _libraries(path: Path) -> set[str]:
+    """The top-level names of the absolute imports of a module, by any form of import."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def _kafka_outside_rooms(modules: dict[str, Path]) -> list[str]:
+    return sorted(
+        f"{name} imports {', '.join(sorted(_libraries(path) & KAFKA_LIBRARIES))}"
+        for name, path in modules.items()
+        if name.split(".")[0] not in KAFKA_ROOMS | set(KAFKA_BUT_KNOWN) and _libraries(path) & KAFKA_LIBRARIES
+    )
+
+
+def test_only_streams_and_sinks_hold_kafka_clients() -> None:
+    """Kafka in through ``streams``, out through ``sinks``: no other package imports aiokafka, faust
+    or mode (in any form, at any depth: a function's import counts)."""
+    assert _kafka_outside_rooms(_modules()) == []
+
+
+def test_a_planted_kafka_import_is_found(tmp_path: Path) -> None:
+    for package in PACKAGES:
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text("")
+    (tmp_path / "agents" / "a.py").write_text("def f():\n    from aiokafka.admin import AIOKafkaAdminClient\n")
+    (tmp_path / "ops" / "b.py").write_text("import faust.types\n")
+    (tmp_path / "sinks" / "c.py").write_text("from aiokafka import AIOKafkaProducer\n")
+    assert _kafka_outside_rooms(_modules(tmp_path)) == ["agents.a imports aiokafka", "ops.b imports faust"]

@@ -84,16 +84,6 @@ def test_a_record_written_before_attempts_existed_counts_them_in_its_round() -> 
     assert WindowRecord.model_validate(old).attempts == 3
 
 
-class _StateTopic:
-    """The one thing a load asks of its faust topic (nothing is tombstoned here)."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def get_topic_name(self) -> str:
-        return self.name
-
-
 @pytest.mark.kafka
 async def test_a_load_keeps_done_windows_so_their_replayed_events_are_recognised(bootstrap: str, make_topic: Any,
                                                                                 unique: str) -> None:  # fmt: skip
@@ -111,7 +101,7 @@ async def test_a_load_keeps_done_windows_so_their_replayed_events_are_recognised
         await consumer.commit({TopicPartition(topic, 0): 0})
     finally:
         await consumer.stop()
-    store = StateStore(_StateTopic(topic), pipeline="p", input_topic="in", bootstrap=bootstrap, group_id=group)  # type: ignore[arg-type]
+    store = StateStore(topic, pipeline="p", input_topic="in", bootstrap=bootstrap, group_id=group)
     state = (await store.load([0]))[0]
     assert state.horizon == 19
     assert state.covers(5), "a done window not yet passed by the committed offset recognises its events"
@@ -145,7 +135,7 @@ async def test_a_transactional_load_sees_committed_marks_only_and_fences_their_p
     group, prefix = f"g-{unique}", f"t-{unique}"
 
     def store(txns: Transactions) -> TransactionalStore:
-        return TransactionalStore(_StateTopic(topic), pipeline="p", txns=txns, input_topic="in",  # type: ignore[arg-type]
+        return TransactionalStore(topic, pipeline="p", txns=txns, input_topic="in",
                                   bootstrap=bootstrap, group_id=group)  # fmt: skip
 
     before = Transactions(prefix, bootstrap, on_fenced=lambda _: None)

@@ -14,7 +14,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from ops.topics import TopicReader as RecordReader
+from streams.topics import TopicReader as RecordReader
 from tests.support import TopicReader, create_topic, end_offsets, pipeline, produce, run_cli
 
 pytestmark = pytest.mark.kafka

@@ -7,13 +7,14 @@ import uuid
 
 import pytest
 
-from sinks.transactions import Fenced, Record, Transactions
+from sinks.base import Outgoing
+from sinks.transactions import Fenced, Transactions
 from tests.support import committed_values
 
 pytestmark = pytest.mark.kafka
 
 
-def records(topic: str, *values: bytes) -> list[Record]:
+def records(topic: str, *values: bytes) -> list[Outgoing]:
     return [(topic, 0, b"k", v) for v in values]
 
 

@@ -1,8 +1,19 @@
-"""Reading a topic from outside a worker: to the end it had when the read began, or one record
-at an offset. No consumer group: nothing is committed, nothing changes."""
+"""Reading topics: the one topic-range reader of the project.
+
+:class:`TopicReader` reads a topic (or ranges of its partitions) to the end it had when the
+read began, the records at given offsets, or a topic as it grows (:meth:`TopicReader.follow`).
+No consumer group: nothing is committed, nothing changes. The operator commands read through
+it, and so does the worker: a window's events read back by offset (``agents/rounds.py``), a
+partition's window records loaded at assignment (``agents/store.py``), completion webhooks.
+
+:data:`BrokerError` is what the broker's clients raise (aiokafka's ``KafkaError``): the only
+name for it outside ``streams/`` and ``sinks/``, the two packages that hold Kafka clients.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +25,11 @@ from aiokafka.errors import KafkaError
 
 from streams.errors import BatchstreamError
 
+__all__ = ["BrokerError", "Record", "TopicMissingError", "TopicReader", "json_object", "start"]
+
+#: What the broker's clients raise: a request refused, timed out, or a broker unreachable.
+BrokerError = KafkaError
+
 
 async def start(client: Any) -> None:
     """``await client.start()`` for a Kafka consumer, producer or admin client; one whose start
@@ -24,6 +40,8 @@ async def start(client: Any) -> None:
         await (client.stop() if hasattr(client, "stop") else client.close())
         raise
 
+
+log = logging.getLogger(__name__)
 
 #: Records handed over at a time by :meth:`TopicReader.scan`.
 SCAN_BATCH = 2000
@@ -62,12 +80,18 @@ def _record(message: Any) -> Record:
 
 
 class TopicReader:
-    """One consumer (no group) for the reads of a command; ``async with``."""
+    """One consumer (no group) for a series of reads; ``async with``.
 
-    def __init__(self, bootstrap: str, options: dict[str, Any]) -> None:
-        # read_committed: records of transactions a worker aborted (exactly_once) are never counted or replayed.
+    ``read_committed`` (the default): records of transactions a worker aborted (``exactly_once``)
+    are never seen, counted or replayed; the worker reads back as its own consumer reads the
+    input. Where a partition's earliest records were removed by retention, a range read starts
+    at the oldest one still there."""
+
+    def __init__(self, bootstrap: str, options: dict[str, Any], *, read_committed: bool = True) -> None:
+        self._bootstrap, self._options = bootstrap, options
         self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                          auto_offset_reset="earliest", isolation_level="read_committed",
+                                          auto_offset_reset="earliest",
+                                          isolation_level="read_committed" if read_committed else "read_uncommitted",
                                           **options)  # fmt: skip
         self._admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **options)
         self._partitions: dict[str, list[TopicPartition]] = {}
@@ -124,15 +148,23 @@ class TopicReader:
             yield records
         positions.update({tp.partition: ends[tp] for tp in partitions})
 
-    async def scan_between(self, topic: str, bounds: dict[int, tuple[int, int]]) -> AsyncIterator[list[Record]]:
+    async def scan_between(
+        self, topic: str, bounds: dict[int, tuple[int, int]], *, to_high_watermark: bool = False
+    ) -> AsyncIterator[list[Record]]:
         """The records of ``topic`` with ``first <= offset < stop``, for each ``partition -> (first,
         stop)`` of ``bounds`` (other partitions are not read; ``stop`` at most the partition's end at
-        the call), a fetched batch at a time like :meth:`scan`."""
+        the call), a fetched batch at a time like :meth:`scan`.
+
+        The end is what this reader's isolation lets it read to: under ``read_committed``, the
+        last stable offset. ``to_high_watermark``: the high watermark instead, so that the read
+        waits for a transaction open at the call to end rather than stopping before it (a state
+        topic shared with another group's producer)."""
         partitions = [tp for tp in await self.partitions(topic) if tp.partition in bounds]
         if not partitions:
             return
         self._consumer.assign(partitions)
-        ends = await self._consumer.end_offsets(partitions)
+        high = to_high_watermark
+        ends = await (self._high_watermarks(partitions) if high else self._consumer.end_offsets(partitions))
         async for records in self._ranges({tp: (bounds[tp.partition][0], min(bounds[tp.partition][1], ends[tp]))
                                            for tp in partitions}):  # fmt: skip
             yield records
@@ -157,6 +189,35 @@ class TopicReader:
             for tp in list(pending):
                 if await consumer.position(tp) >= ranges[tp][1]:
                     pending.discard(tp)
+
+    async def _high_watermarks(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """The partitions' high watermarks, from a read_uncommitted consumer (a read_committed one
+        is told the last stable offsets)."""
+        probe = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, enable_auto_commit=False, **self._options)
+        await start(probe)
+        try:
+            return await probe.end_offsets(partitions)  # type: ignore[no-any-return]
+        finally:
+            await probe.stop()
+
+    async def follow(self, topic: str, *, retry_after: float = 1.0) -> AsyncIterator[list[Record]]:
+        """The records written to ``topic`` from now on, a fetched batch at a time, for as long as
+        the caller reads. A failed fetch (the broker away) is logged and tried again after
+        ``retry_after`` seconds: the records are read once the broker is back."""
+        partitions = await self.partitions(topic)
+        consumer = self._consumer
+        consumer.assign(partitions)
+        await consumer.seek_to_end(*partitions)
+        while True:
+            try:
+                batches = await consumer.getmany(*partitions, timeout_ms=1000)
+            except KafkaError as exc:
+                log.warning("reading %s: %s; trying again in %.0fs", topic, exc, retry_after)
+                await asyncio.sleep(retry_after)
+                continue
+            for messages in batches.values():
+                if messages:
+                    yield [_record(m) for m in messages]
 
     async def offsets_for_time(self, topic: str, ms: int) -> dict[int, int]:
         """Per partition, the offset of its first record written at or after ``ms`` (its end when none)."""
