@@ -139,7 +139,7 @@ class Drained:
 
 async def drain(
     bootstrap: str, workdir: Path, topic: str, n: int, provider: dict[str, Any], pipeline: dict[str, Any],
-    guarantee: str = "at_least_once", *, read: bool = False,
+    guarantee: str = "at_least_once", *, read: bool = False, root: Path = ROOT,
 ) -> Drained:  # fmt: skip
     """Run a worker with one pipeline over ``topic`` (its results to ``<topic>.results``) until N
     results are written; timed from its partitions' state being loaded.
@@ -157,7 +157,7 @@ async def drain(
                        "template": {"user": "{text}"}, **pipeline}],
     }))  # fmt: skip
     log = workdir / f"{topic}.log"
-    worker = start_worker(config, log)
+    worker = start_worker(config, log, root)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, isolation_level="read_committed",
                                 auto_offset_reset="earliest")  # fmt: skip
     await consumer.start()

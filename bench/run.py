@@ -136,11 +136,13 @@ def realtime_handler(base_url: str) -> tuple[Callable[[bytes], Awaitable[bytes]]
     return call, client
 
 
-def start_worker(config: Path, log_path: Path) -> subprocess.Popen[bytes]:
+def start_worker(config: Path, log_path: Path, root: Path = ROOT) -> subprocess.Popen[bytes]:
+    """A worker of the code at ``root`` (this tree, or a checkout of another revision)."""
     with log_path.open("wb") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "agents.cli", "worker", "-c", str(config)],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            cwd=root, stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(root)},
         )  # fmt: skip
 
 
