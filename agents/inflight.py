@@ -28,7 +28,7 @@ Crash points, and what happens at each:
    shielded step: a worker that loses the partition waits for it to return. Anthropic's
    batches carry no metadata: the tag travels as a mark in each custom id instead, and
    running candidates are waited for until they can be told apart
-   (``providers/anthropic.py``). A server that cannot list batches gets the round again,
+   (``providers/anthropic/client.py``). A server that cannot list batches gets the round again,
    with a warning: an orphan batch may run, billed and never read.
 4. *Submitted, offsets not yet committed.* On replay the events fall inside a recorded
    window's range (same endpoint and model) and are skipped.
@@ -58,8 +58,16 @@ from agents.retry import backoff, retry_forever
 from agents.rounds import RoundRequests, reread_round
 from agents.services import WindowServices
 from providers import Job, LineOutcome
-from providers.base import MISSING, Admit, BatchRefused, BatchVanished, Lookup, ResultsTooLarge, SdkRefused
-from providers.openai import META_PIPELINE
+from providers.base import (
+    META_PIPELINE,
+    MISSING,
+    Admit,
+    BatchRefused,
+    BatchVanished,
+    Lookup,
+    ResultsTooLarge,
+    SdkRefused,
+)
 from streams.errors import ProviderBackpressure, ProviderRejected
 from streams.models import Request
 from streams.records import WindowRecord

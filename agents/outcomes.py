@@ -1,7 +1,7 @@
 """What a provider's answer means for one event. Pure.
 
 (A batch result line's meaning, ``ok``, ``retry`` or ``fail``, is each provider's to say:
-``providers/*.py``.)
+``providers/<kind>/outcomes.py``.)
 
 - a synchronous call (flex, or its fallback) -> :data:`FlexOutcome`: :class:`Served`,
   :class:`Failed`, or :class:`ToBatch`;

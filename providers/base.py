@@ -48,6 +48,10 @@ T = TypeVar("T")
 
 JobState = Literal["running", "ending", "ended", "failed"]
 
+#: Metadata keys batchstream puts on every batch it creates (where the API takes metadata).
+META_PIPELINE = "batchstream_pipeline"
+META_WINDOW = "batchstream_window"
+
 #: Item error codes worth another round (the request itself may well succeed next time).
 RETRIABLE_CODES = frozenset({
     "server_error", "rate_limit_exceeded", "batch_expired", "batch_cancelled", "timeout",

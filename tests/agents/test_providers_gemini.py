@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from providers import make_provider
-from providers.gemini import GeminiProvider, classify
+from providers.gemini import classify
+from providers.gemini.client import GeminiProvider
 from streams.config import parse_settings
 from streams.errors import ProviderBackpressure, ProviderRejected
 

@@ -42,8 +42,8 @@ import httpx
 import orjson
 from anthropic.types.messages import MessageBatch
 
+from providers.anthropic.outcomes import classify
 from providers.base import (
-    MISSING,
     Admit,
     BatchRefused,
     Job,
@@ -68,8 +68,6 @@ ERRORS: tuple[type[Exception], ...] = (anthropic.AnthropicError, httpx.HTTPError
 
 _STATES: dict[str, JobState] = {"in_progress": "running", "canceling": "ending", "ended": "ended"}
 _REQUEST_INDEX = re.compile(r"requests\.(\d+)")
-#: Result error types the request itself causes: retrying cannot help.
-_REJECTED_TYPES = frozenset({"invalid_request_error", "request_too_large", "not_found_error"})
 #: Clock difference tolerated between the worker and the provider when matching creation times.
 CLOCK_SKEW = 30.0
 
@@ -95,25 +93,6 @@ def job_of(batch: MessageBatch) -> Job:
         created_at=batch.created_at.timestamp(), ended_at=batch.ended_at.timestamp() if batch.ended_at else None,
         total=total, succeeded=counts.succeeded, failed=counts.errored + counts.canceled + counts.expired,
     )  # fmt: skip
-
-
-def classify(line: dict[str, Any] | None) -> LineOutcome:
-    """One result line -> a LineOutcome (a missing line is retried, as for every provider)."""
-    if line is None:
-        return MISSING
-    result: dict[str, Any] = line["result"] if isinstance(line.get("result"), dict) else {}
-    kind = result.get("type")
-    if kind == "succeeded" and isinstance(result.get("message"), dict):
-        return LineOutcome("ok", body=result["message"])
-    if kind == "errored":
-        error: dict[str, Any] = result["error"] if isinstance(result.get("error"), dict) else {}
-        inner: dict[str, Any] = error["error"] if isinstance(error.get("error"), dict) else error
-        detail = {"code": inner.get("type"), "message": inner.get("message") or inner.get("type") or "errored"}
-        return LineOutcome("fail" if inner.get("type") in _REJECTED_TYPES else "retry", error=detail)
-    if kind in ("canceled", "expired"):
-        code = "batch_cancelled" if kind == "canceled" else "batch_expired"
-        return LineOutcome("retry", error={"code": code, "message": f"the request was {kind} before it ran"})
-    return LineOutcome("retry", error={"code": "malformed_line", "message": f"unexpected result type {kind!r}"})
 
 
 class AnthropicProvider(Provider):

@@ -1,11 +1,11 @@
-"""OpenAI's Batch API and one-off calls, through the official ``openai`` SDK; Azure OpenAI too.
+"""OpenAI's Batch API and one-off calls, through the official ``openai`` SDK.
 
 A round's requests go up as a JSONL file (``purpose="batch"``); the batch's metadata carries
 ``batchstream_window = <window id>#r<round>``, so a batch created just before a crash is found
 again by listing recent batches. Results are an output file and an error file, each line keyed
 by ``custom_id``; both failure shapes of a line are read (``error`` set, or a non-200
-``response``). Azure OpenAI speaks the same API under deployment names: the pipeline's
-``model`` is the deployment, and batch lines name the endpoint without ``/v1``.
+``response``; ``outcomes.py`` reads them). Azure OpenAI (``providers/azure/``) speaks the
+same API through a subclass.
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ import openai
 from openai.types import Batch
 
 from providers.base import (
-    MISSING,
-    RETRIABLE_CODES,
+    META_WINDOW,
     Admit,
     Job,
     JobState,
@@ -34,15 +33,12 @@ from providers.base import (
     quietly,
 )
 from providers.downloads import download_checked, keyed, local_file
+from providers.openai.outcomes import classify
 from streams.errors import ProviderUnavailable
 from streams.models import Request
 from streams.provider_config import ProviderSettings
 
 log = logging.getLogger(__name__)
-
-#: Metadata keys batchstream puts on every batch it creates.
-META_PIPELINE = "batchstream_pipeline"
-META_WINDOW = "batchstream_window"
 
 _STATES: dict[str, JobState] = {
     "validating": "running", "in_progress": "running", "finalizing": "ending", "cancelling": "ending",
@@ -62,34 +58,6 @@ def job_of(batch: Batch) -> Job:
         failed=counts.failed if counts else 0, errors=errors, input_file_id=batch.input_file_id,
         result_files=files if _STATES.get(batch.status) in ("ended", "failed") else (),
     )  # fmt: skip
-
-
-def _status_retriable(status: int) -> bool:
-    return status in (408, 409, 429) or status >= 500
-
-
-def classify(line: dict[str, Any] | None) -> LineOutcome:
-    """One output- or error-file line (or None when the line is missing) -> a LineOutcome.
-
-    Handles both failure shapes: ``error`` set with ``response`` null, and ``error`` null
-    with a non-200 ``response.status_code`` whose body holds the error.
-    """
-    if line is None:
-        return MISSING
-    error = line.get("error")
-    response = line.get("response")
-    if isinstance(error, dict):
-        return LineOutcome("retry" if error.get("code") in RETRIABLE_CODES else "fail", error=error)
-    if not isinstance(response, dict):
-        return LineOutcome("retry", error={"code": "malformed_line", "message": "line has neither response nor error"})
-    status = int(response.get("status_code") or 0)
-    body = response.get("body") if isinstance(response.get("body"), dict) else {}
-    if status == 200:
-        return LineOutcome("ok", body=body)
-    inner = body.get("error") if isinstance(body, dict) else None
-    detail = dict(inner) if isinstance(inner, dict) else {"message": f"HTTP {status}"}
-    detail["status_code"] = status
-    return LineOutcome("retry" if _status_retriable(status) else "fail", error=detail)
 
 
 @contextmanager
@@ -238,23 +206,3 @@ class OpenAIProvider(Provider):
             raise ProviderUnavailable(f"{endpoint}: the response is not a JSON object")
         tier = response.get("service_tier")
         return Reply(response, tier if isinstance(tier, str) and tier else None)
-
-
-class AzureProvider(OpenAIProvider):
-    """Azure OpenAI: the same Batch API under a resource endpoint, an API version and deployment names.
-
-    A successful job may still name an (empty) error file: that is normal and reads as no errors.
-    """
-
-    kind: ClassVar[str] = "azure"
-
-    def _make_client(self, settings: ProviderSettings) -> openai.AsyncOpenAI:
-        return openai.AsyncAzureOpenAI(
-            azure_endpoint=settings.base_url or "", api_version=settings.api_version,
-            api_key=settings.api_key.get_secret_value(), timeout=settings.timeout, max_retries=settings.max_retries,
-            http_client=openai.DefaultAioHttpClient(),
-        )  # fmt: skip
-
-    def line_url(self, endpoint: str) -> str:
-        # Azure's batch lines and batches name the endpoint without the version prefix.
-        return endpoint.removeprefix("/v1")

@@ -49,7 +49,6 @@ from google.genai import errors as genai_errors
 from google.genai import types
 
 from providers.base import (
-    MISSING,
     Admit,
     BatchRefused,
     Job,
@@ -63,6 +62,7 @@ from providers.base import (
     quietly,
 )
 from providers.downloads import CappedFile, fetch_checked, keyed, local_file
+from providers.gemini.outcomes import blocked_reason, classify
 from streams.errors import ProviderRejected, ProviderUnavailable
 from streams.models import Request
 from streams.provider_config import ProviderSettings
@@ -80,12 +80,6 @@ _STATES: dict[str, JobState] = {
     "JOB_STATE_SUCCEEDED": "ended", "JOB_STATE_PARTIALLY_SUCCEEDED": "ended", "JOB_STATE_CANCELLED": "ended",
     "JOB_STATE_EXPIRED": "ended", "JOB_STATE_FAILED": "failed",
 }  # fmt: skip
-#: google.rpc.Code values (and names) that mean the request itself is at fault.
-_REJECTED_CODES = frozenset({3, 5, 7, 9, 11, 12, 16})
-_REJECTED_NAMES = frozenset({
-    "INVALID_ARGUMENT", "NOT_FOUND", "PERMISSION_DENIED", "FAILED_PRECONDITION", "OUT_OF_RANGE", "UNIMPLEMENTED",
-    "UNAUTHENTICATED",
-})  # fmt: skip
 _REQUEST_INDEX = re.compile(r"requests(?:\[|\.)(\d+)")
 _TOO_LARGE = re.compile(r"payload size|too large|exceeds the (?:maximum|limit)", re.IGNORECASE)
 #: Fields of a request body that are not part of Gemini's request (the model is in the path).
@@ -130,40 +124,6 @@ def job_of(batch: types.BatchJob) -> Job:
         created_at=batch.create_time.timestamp() if batch.create_time else 0.0,
         ended_at=batch.end_time.timestamp() if batch.end_time else None, errors=errors, result_files=files,
     )  # fmt: skip
-
-
-def _error_outcome(error: dict[str, Any]) -> LineOutcome:
-    code, status = error.get("code"), error.get("status")
-    if isinstance(code, int) and code >= 100:  # an HTTP status rather than a google.rpc.Code
-        rejected = 400 <= code < 500 and code not in (408, 429)
-    else:
-        rejected = code in _REJECTED_CODES or status in _REJECTED_NAMES
-    detail = {"code": status or code, "message": error.get("message") or status or "the request failed"}
-    return LineOutcome("fail" if rejected else "retry", error=detail)
-
-
-def classify(line: dict[str, Any] | None) -> LineOutcome:
-    """One result (``{key, response}`` or ``{key, error}``; None when missing) -> a LineOutcome."""
-    if line is None:
-        return MISSING
-    error, response = line.get("error"), line.get("response")
-    if isinstance(error, dict):
-        return _error_outcome(error)
-    if not isinstance(response, dict):
-        return LineOutcome("retry", error={"code": "malformed_line", "message": "neither response nor error"})
-    blocked = blocked_reason(response)
-    if blocked is not None:
-        return LineOutcome("fail", error={"code": "prompt_blocked", "message": f"the prompt was blocked: {blocked}"})
-    return LineOutcome("ok", body=response)
-
-
-def blocked_reason(response: dict[str, Any]) -> str | None:
-    """Why the prompt was blocked (``promptFeedback.blockReason``) when no candidate came back."""
-    if response.get("candidates"):
-        return None
-    feedback = response.get("promptFeedback")
-    reason = feedback.get("blockReason") if isinstance(feedback, dict) else None
-    return str(reason) if reason else None
 
 
 def response_json(response: types.GenerateContentResponse) -> dict[str, Any]:

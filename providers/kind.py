@@ -1,0 +1,31 @@
+"""The interface of a provider kind: what ``providers/registry.py`` holds for each folder under
+``providers/`` (``KIND`` in the folder's ``__init__.py``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from providers.base import LineOutcome, Provider
+from streams.provider_config import ProviderSettings
+
+__all__ = ["Kind"]
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """One kind of provider, as its folder declares it.
+
+    ``open`` builds the provider for one configuration entry (a name and its settings). It is
+    the only part that imports the kind's SDK (slow to import): a kind's ``__init__.py`` and
+    ``outcomes.py`` import none of it, so a worker pays only for the SDKs of the kinds it is
+    configured with.
+
+    ``classify`` says what one batch result line means for its request (None: the line is
+    missing): ``ok``, ``retry`` or ``fail``. Pure.
+    """
+
+    name: str
+    open: Callable[[str, ProviderSettings], Provider]
+    classify: Callable[[Any], LineOutcome]
