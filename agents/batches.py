@@ -25,7 +25,7 @@ from agents.retry import retry_forever
 from agents.services import WindowServices
 from streams.models import Request, task_of
 from streams.offsets import Frontier, Pending
-from streams.records import WindowRecord, runs
+from streams.records import Status, WindowRecord, runs
 from streams.windows import Window, Windower, WindowKey, WindowPolicy
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ class BatchLane:
             last_offset=last,
             count=len(offsets),
             members=None if last - first + 1 == len(offsets) else runs(offsets),
-            status="sealed",
+            status=Status.SEALED,
             sealed_at=time.time(),
             nbytes=sum(p.nbytes for p in window.items),
             task=self._task,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from streams.records import WindowRecord
+from streams.records import Status, WindowRecord
 
 
 class PartitionState:
@@ -37,7 +37,7 @@ class PartitionState:
                            max(self.served, default=-1))  # fmt: skip
 
     def put(self, record: WindowRecord) -> None:
-        if record.status == "done" and record.first_offset > self.horizon:
+        if record.status == Status.DONE and record.first_offset > self.horizon:
             self.records.pop(record.window_id, None)
             self.finished.append((record.last_offset, record.window_id.encode()))
         else:
@@ -52,18 +52,18 @@ class PartitionState:
         return offset <= self.horizon and offset in self.served
 
     def unfinished(self) -> list[WindowRecord]:
-        return [r for r in self.records.values() if r.status != "done"]
+        return [r for r in self.records.values() if r.status != Status.DONE]
 
     def unpinned(self, offsets: Iterable[int]) -> list[int]:
         """The offsets outside every window not done: a mark inside one (a read-back's dead letter)
         stays while the window may read its events back, however far the committed offset is."""
-        spans = [(r.first_offset, r.last_offset) for r in self.records.values() if r.status != "done"]
+        spans = [(r.first_offset, r.last_offset) for r in self.records.values() if r.status != Status.DONE]
         return [o for o in offsets if not any(first <= o <= last for first, last in spans)]
 
     def forget_done_before(self, committed: int) -> list[bytes]:
         """Drop done records and served marks wholly below the committed offset; return their keys
         for tombstoning."""
-        gone = [r for r in self.records.values() if r.status == "done" and r.last_offset < committed]
+        gone = [r for r in self.records.values() if r.status == Status.DONE and r.last_offset < committed]
         for record in gone:
             del self.records[record.window_id]
         marks = self.unpinned(o for o in self.served if o < committed)

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 
 from agents.metrics import PipelineMetrics
+from agents.planner import past
 from agents.retry import backoff
 from providers import Job, Provider
 from providers.base import BatchVanished, SdkRefused
@@ -114,7 +115,7 @@ class BatchWatch:
                     except ProviderError as exc:
                         failures += 1
                         self.metrics.unreadable.failed(window_id, batch_id, exc)
-                        if hedge_at is not None and time.time() >= hedge_at:
+                        if past(hedge_at, time.time()):
                             await self._cancel_unread(window_id, batch_id)
                             return None, True
                         if isinstance(exc, SdkRefused) or exc.status_code == 404:
@@ -128,7 +129,7 @@ class BatchWatch:
                     watched.read_generation, watched.read_at = self._generation, time.monotonic()
                 latest = batch
                 watched.created_at, watched.last_status = batch.created_at, batch.status
-                late = hedge_at is not None and time.time() >= hedge_at
+                late = past(hedge_at, time.time())
                 if batch.terminal:
                     return batch, late
                 if late:

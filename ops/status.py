@@ -24,7 +24,7 @@ from providers import make_provider
 from providers.base import Provider
 from streams.config import PipelineSettings, Settings
 from streams.errors import ProviderError
-from streams.records import WindowRecord
+from streams.records import Status, WindowRecord
 from streams.topics import Record, TopicMissingError, TopicReader, json_object
 
 
@@ -120,7 +120,7 @@ class StatusReader:
                 None, self.settings.kafka.group_id)  # fmt: skip
             if mine:
                 tally.windows[window_id] = state
-        open_windows = [w for w in tally.windows.values() if w.status != "done"]
+        open_windows = [w for w in tally.windows.values() if w.status != Status.DONE]
         provider = self.providers[self.settings.provider_of(cfg)[0]]
         batches = [await self._batch(cfg, provider, w) for w in open_windows if w.batch_id]
         return {
@@ -142,7 +142,7 @@ class StatusReader:
             "window_id": window.window_id, "partition": window.partition, "round": window.round,
             "batch_id": window.batch_id, "window_status": window.status, "age_seconds": round(age, 1),
             "late": cfg.max_batch_latency is not None and age > cfg.max_batch_latency,
-            "hedged": window.status == "hedged",
+            "hedged": window.status == Status.HEDGED,
         }  # fmt: skip
         try:
             job = await provider.retrieve(window.batch_id)

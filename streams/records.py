@@ -5,12 +5,25 @@ transition to its next record. Pure: the state topic's schema, written by the le
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, model_validator
 
-Status = Literal["sealed", "submitted", "hedged", "done"]
+
+class Status(StrEnum):
+    """Where a window stands. A ``StrEnum``: the state topic holds the bare value (``"sealed"``),
+    as it did when this was a ``Literal``, so records written before and after read alike."""
+
+    #: Its current round is to be submitted (or its batch, if a create call made one, adopted).
+    SEALED = "sealed"
+    #: Its current round's batch runs at the provider.
+    SUBMITTED = "submitted"
+    #: Late (``max_batch_latency``): what it still owes goes flex.
+    HEDGED = "hedged"
+    #: Every event has its result or dead letter written.
+    DONE = "done"
 
 
 def runs(offsets: list[int]) -> list[tuple[int, int]]:
@@ -133,7 +146,7 @@ class WindowRecord(BaseModel):
 
     def submitted(self, batch_id: str, now: float) -> WindowRecord:
         return self.model_copy(update={
-            "status": "submitted", "batch_id": batch_id, "submitted_at": now,
+            "status": Status.SUBMITTED, "batch_id": batch_id, "submitted_at": now,
             "first_submitted_at": self.first_submitted_at or now,
         })  # fmt: skip
 
@@ -143,7 +156,7 @@ class WindowRecord(BaseModel):
         """Sealed again for ``offsets``, to be tried as attempt ``attempts`` (``same_round`` when
         the provider refused the batch before it existed: the same batch tag)."""
         return self.model_copy(update={
-            "status": "sealed", "batch_id": None, "round": self.round if same_round else self.round + 1,
+            "status": Status.SEALED, "batch_id": None, "round": self.round if same_round else self.round + 1,
             "attempts": attempts, "offsets": sorted(offsets), "sealed_at": now, "create_started_at": None,
             "input_file_id": None, **update,
         })  # fmt: skip
@@ -175,8 +188,8 @@ class WindowRecord(BaseModel):
         """Cancelled at ``max_batch_latency`` with its finished part emitted; ``offsets`` (and every
         deferred group) go flex."""
         owed = sorted({*offsets, *(o for group, _ in self.deferred for o in group)})
-        return self.model_copy(update={"status": "hedged", "offsets": owed, "deferred": []})
+        return self.model_copy(update={"status": Status.HEDGED, "offsets": owed, "deferred": []})
 
     def done(self) -> WindowRecord:
         """Every event of the window has its result or dead letter written."""
-        return self.model_copy(update={"status": "done", "offsets": None, "deferred": []})
+        return self.model_copy(update={"status": Status.DONE, "offsets": None, "deferred": []})
