@@ -11,21 +11,17 @@ import asyncio
 import os
 
 import orjson
-from aiokafka import AIOKafkaProducer
 
 from demo.run import load_tickets
+from sinks.publisher import Publisher
 
 
 async def produce(bootstrap: str, topic: str, events: int) -> int:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=10)
-    await producer.start()
-    try:
-        tickets = load_tickets(events)
-        for ticket in tickets:
-            await producer.send(topic, orjson.dumps(ticket), key=str(ticket["customer"]).encode())
-        await producer.flush()
-    finally:
-        await producer.stop()
+    tickets = load_tickets(events)
+    async with Publisher(bootstrap, {}) as producer:
+        sent = [await producer.send(topic, orjson.dumps(ticket), key=str(ticket["customer"]).encode())
+                for ticket in tickets]  # fmt: skip
+        await asyncio.gather(*sent)  # every ticket acknowledged, or the first refusal raised
     return len(tickets)
 
 

@@ -30,11 +30,13 @@ from typing import Any
 
 import orjson
 import yaml
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+
+from sinks.publisher import Publisher
+from sinks.topics import TopicAdmin, TopicSpec
+from streams.topics import TopicMissingError, TopicReader
 
 #: The demo's model per provider (its prices are the worker's defaults: ``streams/pricing.py``).
 MODELS = {"openai": "gpt-5-mini", "anthropic": "claude-haiku-4-5", "gemini": "gemini-2.5-flash"}
@@ -230,64 +232,49 @@ def _wait_ready(worker: subprocess.Popen[bytes], log: Path, console: Console, ti
 
 
 async def _create_topic(bootstrap: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic("tickets", num_partitions=3, replication_factor=1)])
-    finally:
-        await admin.close()
+    async with TopicAdmin(bootstrap, {}) as admin:
+        await admin.create([TopicSpec("tickets", 3, 1)])
 
 
 async def _follow(
     bootstrap: str, emulator: Any, tickets: list[dict[str, Any]], progress: Progress, console: Console,
     started: float, timeout: float, worker: subprocess.Popen[bytes], mode: str,
 ) -> bool:  # fmt: skip
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=10)
-    await producer.start()
-    try:
+    async with Publisher(bootstrap, {}) as producer:
+        sent = []
         for ticket in tickets:
             headers = []
             if mode == "auto" and "urgent" in ticket["body"]:
                 headers.append(("deadline", str(time.time() + URGENT_DEADLINE).encode()))
-            await producer.send("tickets", orjson.dumps(ticket), key=ticket["customer"].encode(), headers=headers)
+            sent.append(await producer.send("tickets", orjson.dumps(ticket), key=ticket["customer"].encode(),
+                                            headers=headers))  # fmt: skip
         for raw in MALFORMED:
-            await producer.send("tickets", raw, key=b"malformed")
-        await producer.flush()
-    finally:
-        await producer.stop()
+            sent.append(await producer.send("tickets", raw, key=b"malformed"))
+        await asyncio.gather(*sent)
     progress.produced = len(tickets) + len(MALFORMED)
-    # As every downstream consumer should: records of aborted transactions (exactly_once) are never seen.
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None,
-                                isolation_level="read_committed")  # fmt: skip
-    await consumer.start()
     expected_dead = len(MALFORMED)
-    try:
-        subscribed = False
+    # As every downstream consumer should: records of aborted transactions (exactly_once) are never seen.
+    async with TopicReader(bootstrap, {}) as consumer:
+        positions: dict[str, dict[int, int]] = {"tickets.results": {}, "tickets.dlq": {}}
         with Live(progress.table(0), console=console, refresh_per_second=4) as live:
             while time.monotonic() - started < timeout:
                 if worker.poll() is not None:
                     console.print(f"[red]the worker exited with code {worker.returncode}")
                     return False
-                if not subscribed:
-                    topics = await consumer.topics()
-                    if {"tickets.results", "tickets.dlq"} <= topics:
-                        consumer.subscribe(["tickets.results", "tickets.dlq"])
-                        subscribed = True
-                    else:
-                        await asyncio.sleep(0.2)
-                        continue
-                batch = await consumer.getmany(timeout_ms=250)
-                for tp, messages in batch.items():
-                    for message in messages:
-                        progress.record(tp.topic, orjson.loads(message.value))
+                try:
+                    for topic, seen in positions.items():
+                        for record in await consumer.read_new(topic, seen):
+                            progress.record(topic, orjson.loads(record.value or b"{}"))
+                except TopicMissingError:  # the worker creates them as it starts
+                    await asyncio.sleep(0.2)
+                    continue
                 progress.batches = _batches(emulator)
                 live.update(progress.table(time.monotonic() - started))
                 malformed_dead = sum(1 for d in progress.dead.values() if d["id"] not in progress.expected)
                 if progress.done and malformed_dead >= expected_dead:
                     return True
+                await asyncio.sleep(0.25)
         return False
-    finally:
-        await consumer.stop()
 
 
 def _summary(

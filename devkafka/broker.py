@@ -271,7 +271,7 @@ class KafkaBroker:
 
 async def _answers(bootstrap: str) -> bool:
     """True once the broker serves a metadata request and has a controller."""
-    from aiokafka.admin import AIOKafkaAdminClient
+    from sinks.topics import TopicAdmin
 
     host, _, port = bootstrap.rpartition(":")
     try:
@@ -280,11 +280,10 @@ async def _answers(bootstrap: str) -> bool:
     except OSError:
         await asyncio.sleep(0.3)
         return False
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
+    admin = TopicAdmin(bootstrap, {}, request_timeout=2.0)
     try:
         await admin.start()
-        cluster = await admin.describe_cluster()
-        return bool(cluster.get("brokers"))
+        return await admin.describe_cluster() > 0
     except Exception:  # noqa: BLE001 - any failure means "not ready yet"
         await asyncio.sleep(0.3)
         return False

@@ -97,6 +97,7 @@ class TopicAdmin:
         """The effective configs of ``topics`` by topic (``sinks.limits.topic_configs``)."""
         return await topic_configs(self._admin, topics)
 
-    async def describe_cluster(self) -> None:
-        """Raises unless the cluster answers."""
-        await self._admin.describe_cluster()
+    async def describe_cluster(self) -> int:
+        """How many brokers the cluster has (0 while it has none, e.g. no controller yet); raises
+        unless it answers."""
+        return len((await self._admin.describe_cluster()).get("brokers") or ())
