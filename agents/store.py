@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 import orjson
 
 from agents.partitions import PartitionState
-from sinks.base import KafkaWriter, Outgoing
+from sinks.base import Outgoing, Writer
 from sinks.transactions import Transactions
 from streams.records import WindowRecord
 from streams.topics import TopicReader
@@ -36,11 +36,11 @@ class StateStore:
     to_high_watermark = False
 
     def __init__(
-        self, topic: str, *, writer: KafkaWriter | None = None, pipeline: str, input_topic: str, bootstrap: str,
+        self, topic: str, *, writer: Writer | None = None, pipeline: str, input_topic: str, bootstrap: str,
         group_id: str, **kafka: object,
     ) -> None:  # fmt: skip
         self.topic_name = topic
-        #: Where records are written (``at_least_once``; a transactional store writes in transactions).
+        #: Where records are written: the pipeline's writer, or its transactions (``exactly_once``).
         self.writer = writer
         #: A state topic may be shared: only this pipeline's records (of its input topic and group) are its own.
         self.pipeline = pipeline
@@ -52,8 +52,8 @@ class StateStore:
     async def put(self, record: WindowRecord, records: list[Outgoing] = []) -> None:  # noqa: B006 - never mutated
         """Write a record and wait until the broker has it (acks=all); ``records`` are flushed by the ledger."""
         assert self.writer is not None
-        await self.writer.write(self.topic_name, [(record.window_id.encode(), record.dumps())],
-                                partition=record.partition)  # fmt: skip
+        await self.writer.put([(self.topic_name, record.partition, record.window_id.encode(), record.dumps())],
+                              settles=record.partition)  # fmt: skip
 
     async def mark(self, partition: int, offsets: list[int], records: list[Outgoing], *, linger: bool = False) -> None:
         raise NotImplementedError("served marks are kept under exactly_once only")
@@ -63,7 +63,7 @@ class StateStore:
 
     async def tombstone(self, partition: int, keys: list[bytes]) -> None:
         assert self.writer is not None
-        await self.writer.write(self.topic_name, [(key, None) for key in keys], partition=partition)
+        await self.writer.put([(self.topic_name, partition, key, None) for key in keys], settles=partition)
 
     async def load(self, partitions: Iterable[int]) -> dict[int, PartitionState]:
         """Read the given state partitions to their end; garbage-collect finished windows."""
@@ -134,7 +134,7 @@ class TransactionalStore(StateStore):
 
     def __init__(self, topic: str, *, pipeline: str, txns: Transactions, input_topic: str, bootstrap: str,
                  group_id: str, **kafka: object) -> None:  # fmt: skip
-        super().__init__(topic, writer=None, pipeline=pipeline, input_topic=input_topic, bootstrap=bootstrap,
+        super().__init__(topic, writer=txns, pipeline=pipeline, input_topic=input_topic, bootstrap=bootstrap,
                          group_id=group_id, **kafka)  # fmt: skip
         self.txns = txns
         #: Marks written in this assignment, by partition: tombstoned once the committed offset passes them.
@@ -142,7 +142,7 @@ class TransactionalStore(StateStore):
 
     async def put(self, record: WindowRecord, records: list[Outgoing] = []) -> None:  # noqa: B006 - never mutated
         state = (self.topic_name, record.partition, record.window_id.encode(), record.dumps())
-        await self.txns.write(record.partition, [*records, state])
+        await self.txns.put([*records, state], settles=record.partition)
 
     def mark_key(self, partition: int, offset: int) -> bytes:
         return f"served:{self.group_id}:{self.pipeline}:{self.input_topic}:{partition}:{offset}".encode()
@@ -156,7 +156,7 @@ class TransactionalStore(StateStore):
             }))
             for offset, key in marks.items()
         ]  # fmt: skip
-        await self.txns.write(partition, [*records, *values], linger=linger)
+        await self.txns.put([*records, *values], settles=partition, linger=linger)
         if partition in self.txns.partitions:  # not released meanwhile
             self.marks.setdefault(partition, {}).update(marks)
 
@@ -172,9 +172,6 @@ class TransactionalStore(StateStore):
         for partition in partitions:
             self.marks.pop(partition, None)
         await self.txns.close(partitions)
-
-    async def tombstone(self, partition: int, keys: list[bytes]) -> None:
-        await self.txns.write(partition, [(self.topic_name, partition, key, None) for key in keys])
 
     async def prune(self, committed: dict[int, int], unpinned: Callable[[int, Iterable[int]], list[int]]) -> None:
         """Tombstone the marks the committed offsets have passed (their events are never replayed),

@@ -47,6 +47,19 @@ def exact(value: bytes) -> bytes:
 Outgoing = tuple[str, int | None, bytes | None, bytes | None]
 
 
+class Writer(Protocol):
+    """Where a pipeline's records go, under either guarantee: :class:`KafkaWriter`
+    (``at_least_once``: each record acknowledged by every in-sync replica) or
+    ``sinks.transactions.Transactions`` (``exactly_once``: the records in one transaction of the
+    producer of the input partition they settle, ``settles``).
+
+    ``put`` returns once the records are written (committed, for a transaction), or raises and
+    none of them may be taken as written. ``linger``: the write may wait a moment to share a
+    transaction with others (no effect without transactions)."""
+
+    async def put(self, records: Sequence[Outgoing], *, settles: int, linger: bool = False) -> None: ...
+
+
 class Sink(Protocol):
     """Cheap ``add``; ``flush`` writes everything added so far, or raises; ``pending`` is what
     waits (the outbox re-screens it after a size refusal).
@@ -105,6 +118,14 @@ class KafkaWriter:
         producer = await self._started()
         batch_bytes = self.limits.batch_bytes(topic, BATCH_BYTES)
         await settle(topic, records, await produce(producer, topic, records, partition, batch_bytes=batch_bytes))
+
+    async def put(self, records: Sequence[Outgoing], *, settles: int, linger: bool = False) -> None:
+        """:class:`Writer`'s ``put``: each topic-partition's records in order, one run after another."""
+        grouped: dict[tuple[str, int | None], list[tuple[bytes | None, bytes | None]]] = {}
+        for topic, partition, key, value in records:
+            grouped.setdefault((topic, partition), []).append((key, value))
+        for (topic, partition), items in grouped.items():
+            await self.write(topic, items, partition=partition)
 
     async def stop(self) -> None:
         producer, self._producer = self._producer, None

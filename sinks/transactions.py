@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -232,6 +232,10 @@ class Transactions:
 
     async def write(self, partition: int, records: list[Outgoing], *, linger: bool = False) -> None:
         await self.of(partition).write(records, linger=linger)
+
+    async def put(self, records: Sequence[Outgoing], *, settles: int, linger: bool = False) -> None:
+        """``sinks.base.Writer``'s ``put``: one transaction of the producer of input partition ``settles``."""
+        await self.write(settles, list(records), linger=linger)
 
     async def close(self, partitions: Iterable[int] | None = None) -> None:
         chosen = list(self.partitions) if partitions is None else [p for p in partitions if p in self.partitions]
