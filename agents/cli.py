@@ -181,7 +181,7 @@ def _emulator(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from emulator import Faults, serve
-    from streams.config import format_validation_error
+    from streams.loading import format_validation_error
 
     try:
         faults = Faults(
@@ -199,7 +199,7 @@ def _emulator(args: argparse.Namespace) -> int:
 
 def _worker(config: Path, log_level: str) -> int:
     from agents.worker import run
-    from streams.config import load_settings
+    from providers import load_settings
 
     settings = load_settings(config)
     run(settings, loglevel=log_level)

@@ -54,8 +54,8 @@ class Outbox:
         *, provider: str | None = None, pricing: Pricing | None = None, transactional: bool = False,
     ) -> None:  # fmt: skip
         self.cfg = cfg
-        #: Prices of the models, for each result's ``cost`` (the defaults unless given).
-        self.pricing = pricing or Pricing()
+        #: Prices of the models, for each result's ``cost`` (the kinds' list prices unless given).
+        self.pricing = pricing or Pricing(kinds=cfg.kinds.values())
         #: The name of the provider serving the pipeline, stamped on every result.
         self.provider = provider
         self.task_version = task_version(cfg)
@@ -149,10 +149,10 @@ class Outbox:
         self, request: Request, body: dict[str, Any], *, attempts: int, batch_id: str | None,
         timestamps: dict[str, float | None], mode: Literal["batch", "flex", "standard"], tier: str | None,
     ) -> None:  # fmt: skip
-        output = extract_output(request.endpoint, body, request.wants_json)
-        usage = body.get("usage", body.get("usageMetadata"))
-        usage = usage if isinstance(usage, dict) else None
-        counts = token_counts(usage)
+        output = extract_output(self.cfg.format_of(request.endpoint), body, request.wants_json)
+        keys = self.cfg.kind_facts.usage
+        usage = keys.of(body)
+        counts = token_counts(usage, keys)
         amounts = None if counts is None else self.pricing.amounts(request.model, counts[0], counts[1], mode)
         source = request.source
         # The schema is streams.models.Result; built as plain data and serialized once (the hot path).

@@ -17,57 +17,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import orjson
-
-from streams.errors import InvalidOutputError
+from streams.kinds import RequestFormat
 from streams.models import ReasonCode
-from streams.templates import GENERATE
 
 
-def extract_output(endpoint: str, body: dict[str, Any], wants_json: bool) -> Any:
-    """The useful part of a response body: text, parsed JSON, or embeddings."""
-    if endpoint == "/v1/embeddings":
-        vectors = [item.get("embedding") for item in body.get("data", [])]
-        return vectors[0] if len(vectors) == 1 else vectors
-    if endpoint == "/v1/messages":
-        blocks = [b for b in body.get("content") or [] if isinstance(b, dict)]
-        tool_input = next((b.get("input") for b in blocks if b.get("type") == "tool_use"), None)
-        if wants_json and isinstance(tool_input, dict):
-            return tool_input  # JSON output through a forced tool: its input is the answer
-        text: str | None = "".join(str(b.get("text", "")) for b in blocks if b.get("type") == "text")
-    elif endpoint == GENERATE:
-        text = _gemini_text(body)
-    elif endpoint == "/v1/responses":
-        texts = [
-            part.get("text", "")
-            for item in body.get("output", [])
-            if item.get("type") == "message"
-            for part in item.get("content", [])
-            if part.get("type") == "output_text"
-        ]
-        text = "".join(texts)
-    else:
-        choices = body.get("choices") or [{}]
-        text = (choices[0].get("message") or {}).get("content")
-    if not wants_json:
-        return text
-    if text is None:
-        raise InvalidOutputError("the response has no text to parse as JSON")
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidOutputError(f"the response is not valid JSON: {exc}") from exc
-
-
-def _gemini_text(body: dict[str, Any]) -> str | None:
-    """The first candidate's text parts, without thought summaries; None when there is none."""
-    candidates = [c for c in body.get("candidates") or [] if isinstance(c, dict)]
-    if not candidates:
-        return None
-    content = candidates[0].get("content")
-    parts = content.get("parts") if isinstance(content, dict) else None
-    texts = [str(p["text"]) for p in parts or [] if isinstance(p, dict) and "text" in p and not p.get("thought")]
-    return "".join(texts) if texts else None
+def extract_output(fmt: RequestFormat, body: dict[str, Any], wants_json: bool) -> Any:
+    """The useful part of a response body of ``fmt``'s endpoint: text, parsed JSON, or embeddings
+    (each kind's ``formats.py`` says where it is)."""
+    return fmt.output(body, wants_json)
 
 
 @dataclass(frozen=True, slots=True)

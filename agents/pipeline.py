@@ -99,7 +99,7 @@ class Pipeline:
             TopicSink(self.writer, cfg.dead_letter_topic),
             self.metrics,
             provider=client.name,
-            pricing=Pricing(settings.pricing),
+            pricing=Pricing(settings.pricing, kinds=settings.kinds.values()),
             transactional=self.exactly_once,
         )
         state_topic = cfg.state_topic_name

@@ -21,6 +21,7 @@ import logging
 from collections.abc import Callable, Mapping
 
 from providers.base import LineOutcome
+from streams.kinds import UsageKeys
 from streams.models import token_counts
 
 log = logging.getLogger(__name__)
@@ -122,8 +123,10 @@ class RoundQuota:
     its requests in memory.
     """
 
-    def __init__(self, quota: TokenQuota | None, estimate: TokenEstimate, holder: str) -> None:
+    def __init__(self, quota: TokenQuota | None, estimate: TokenEstimate, holder: str, usage: UsageKeys) -> None:
         self.quota, self.estimate, self.holder = quota, estimate, holder
+        #: Where the provider's kind counts tokens in a result's usage.
+        self.usage = usage
 
     @property
     def gated(self) -> bool:
@@ -159,7 +162,7 @@ class RoundQuota:
         served = tokens = 0
         for outcome in outcomes.values():
             if outcome.kind == "ok" and outcome.body is not None:
-                used = token_counts(outcome.body.get("usage", outcome.body.get("usageMetadata")))
+                used = token_counts(self.usage.of(outcome.body), self.usage)
                 if used is not None and used[0] > 0:
                     served, tokens = served + 1, tokens + used[0]
         self.estimate.learn(nbytes * served // count, tokens)

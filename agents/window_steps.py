@@ -29,7 +29,9 @@ class WindowSteps:
         self.policy = Policy.of(services.cfg)
         #: Whether a batch may exist that this worker does not know of (restored, or a step failed).
         self._look_first = requests is None
-        self._quota = RoundQuota(services.quotas.of(record.model), services.estimate, record.window_id)
+        self._quota = RoundQuota(
+            services.quotas.of(record.model), services.estimate, record.window_id, services.provider.facts.usage
+        )
         #: The window's requests in memory, read back from the input topic when let go.
         self.memory = RoundRequests(requests, services.held, self._reread)
 

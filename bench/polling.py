@@ -22,8 +22,7 @@ from pathlib import Path
 from agents.metrics import PipelineMetrics
 from agents.polling import BatchWatch
 from emulator import EmulatorThread, Faults
-from providers import make_provider
-from streams.config import parse_settings
+from providers import make_provider, parse_settings
 from streams.models import Request, Source, decode_event
 
 POLL = 0.25

@@ -38,7 +38,7 @@ from sinks.publisher import Publisher
 from sinks.topics import TopicAdmin, TopicSpec
 from streams.topics import TopicMissingError, TopicReader
 
-#: The demo's model per provider (its prices are the worker's defaults: ``streams/pricing.py``).
+#: The demo's model per provider (its prices are the kinds' list prices: ``providers/<kind>/__init__.py``).
 MODELS = {"openai": "gpt-5-mini", "anthropic": "claude-haiku-4-5", "gemini": "gemini-2.5-flash"}
 #: How far ahead an urgent ticket's deadline is in ``--mode auto``.
 URGENT_DEADLINE = 15.0
@@ -283,7 +283,7 @@ def _summary(
     results = list(progress.results.values())
     prompt = sum(r["tokens"]["input"] for r in results if r.get("tokens"))
     completion = sum(r["tokens"]["output"] for r in results if r.get("tokens"))
-    # Each result's cost, as the worker priced it (streams/pricing.py).
+    # Each result's cost, as the worker priced it (streams/pricing.py, with the kinds' list prices).
     realtime = sum(float(r["cost"]["realtime"]) for r in results if r.get("cost"))
     paid = sum(float(r["cost"]["paid"]) for r in results if r.get("cost"))
     served: dict[str, int] = {}

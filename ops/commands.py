@@ -48,8 +48,8 @@ def status(args: argparse.Namespace) -> int:
     from rich.live import Live
 
     from ops.status import StatusReader, render
+    from providers import load_settings
     from streams.app import kafka_options
-    from streams.config import load_settings
 
     if args.json and args.watch:
         raise UsageError("--json and --watch: choose one (--json prints one document)")
@@ -95,8 +95,8 @@ def backfill(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ops import backfill as filling
+    from providers import load_settings
     from streams.app import kafka_options
-    from streams.config import load_settings
     from streams.topics import TopicReader
 
     if args.file is not None and (args.since or args.until or args.offsets):
@@ -172,9 +172,9 @@ def webhooks(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from ops.webhooks import WebhookReceiver
+    from providers import load_settings
     from sinks.topics import TopicAdmin, TopicSpec
     from streams.app import kafka_options
-    from streams.config import load_settings
 
     settings = load_settings(args.config)
     if settings.webhooks is None:
@@ -197,8 +197,8 @@ def dlq(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from ops import dlq as letters
+    from providers import load_settings
     from streams.app import kafka_options
-    from streams.config import load_settings
 
     settings = load_settings(args.config)
     [cfg] = _pipelines(settings, [args.pipeline])

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from providers.base import LineOutcome, Provider
+from streams.kinds import KindFacts
 from streams.provider_config import ProviderSettings
 
 __all__ = ["Kind"]
@@ -16,6 +17,10 @@ __all__ = ["Kind"]
 @dataclass(frozen=True, slots=True)
 class Kind:
     """One kind of provider, as its folder declares it.
+
+    ``facts`` is what the configuration and the intake (``streams/``) know of it: its name,
+    endpoints and their request formats, batch limits, flex, settings, usage keys and list prices
+    (:class:`~streams.kinds.KindFacts`); the registry hands them to ``streams/``.
 
     ``open`` builds the provider for one configuration entry (a name and its settings). It is
     the only part that imports the kind's SDK (slow to import): a kind's ``__init__.py`` and
@@ -26,6 +31,10 @@ class Kind:
     missing): ``ok``, ``retry`` or ``fail``. Pure.
     """
 
-    name: str
+    facts: KindFacts
     open: Callable[[str, ProviderSettings], Provider]
     classify: Callable[[Any], LineOutcome]
+
+    @property
+    def name(self) -> str:
+        return self.facts.name

@@ -1,26 +1,21 @@
-"""Settings: a YAML file validated by frozen pydantic models, read once at the edge.
+"""Settings: frozen pydantic models, validated once at the edge (``streams/loading.py`` reads
+them from a YAML file). Keys and passwords are ``SecretStr``: they print as ``**********``.
 
-``${VAR}`` anywhere in a string value is replaced from the environment before validation
-(``${VAR:-default}`` gives a default); a missing variable is an error naming the field.
-Keys and passwords are ``SecretStr``: they print as ``**********``.
+The provider kinds a configuration may name come in the validation's context
+(``context={"kinds": ...}``, ``streams/kinds.py``); the validated settings keep them.
 """
 
 from __future__ import annotations
 
-import os
-import re
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Literal
 
-import yaml
-from pydantic import Field, PrivateAttr, SecretStr, ValidationError, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, ValidationInfo, field_validator, model_validator
 
-from streams.errors import ConfigError
+from streams.kinds import KindFacts, RequestFormat, formats_of, kinds_in
 from streams.pricing import ModelPrice
-from streams.provider_config import DEFAULT_PROVIDER, KIND_ENDPOINTS, Frozen, ProviderSettings
+from streams.provider_config import DEFAULT_PROVIDER, Frozen, ProviderSettings
 from streams.units import ByteSize, Duration
-
-Endpoint = Literal["/v1/chat/completions", "/v1/responses", "/v1/embeddings", "/v1/messages", "generateContent"]
 
 
 class KafkaSettings(Frozen):
@@ -117,9 +112,9 @@ class PipelineSettings(Frozen):
     #: ``batch`` windows every event into Batch API jobs; ``flex`` calls the provider once per
     #: event with ``service_tier="flex"``; ``auto`` routes each event by its deadline.
     mode: Literal["batch", "flex", "auto"] = "batch"
-    #: Unset: ``/v1/messages`` on an Anthropic provider, ``generateContent`` on a Gemini one,
-    #: ``/v1/chat/completions`` elsewhere.
-    endpoint: Endpoint = "/v1/chat/completions"
+    #: An endpoint of the provider's kind. Unset: the kind's first (``/v1/messages`` on an
+    #: Anthropic provider, ``generateContent`` on a Gemini one, ``/v1/chat/completions`` elsewhere).
+    endpoint: str = ""
     model: str
     #: The models a request event (one carrying its own ``body``) may name, besides ``model``;
     #: an event naming another is an ``invalid_request`` dead letter. Unset: any model.
@@ -163,6 +158,40 @@ class PipelineSettings(Frozen):
     #: Whether a body rendered from this pipeline's template passed the checks against the SDK's
     #: request types: the template fixes every type, so later renderings skip those checks.
     _rendered_types_checked: bool = PrivateAttr(False)
+    #: The request format of every endpoint the validation's kinds serve, by endpoint.
+    _formats: Mapping[str, RequestFormat] = PrivateAttr(default_factory=dict)
+    #: The kinds the validation was given, and the facts of the kind serving this pipeline
+    #: (set by :class:`Settings` once it knows the pipeline's provider).
+    _kinds: Mapping[str, KindFacts] = PrivateAttr(default_factory=dict)
+    _facts: KindFacts | None = PrivateAttr(None)
+
+    @property
+    def request_format(self) -> RequestFormat:
+        """The format of the pipeline's endpoint (its requests' shape)."""
+        return self.format_of(self.endpoint)
+
+    def format_of(self, endpoint: str) -> RequestFormat:
+        """The format of ``endpoint`` (a request's, which a window sealed earlier may have set)."""
+        fmt = self._formats.get(endpoint)
+        if fmt is None:
+            raise TypeError(f"no request format for {endpoint!r}: pipeline settings are validated with "
+                            'context={"kinds": ...} (providers.parse_settings)')  # fmt: skip
+        return fmt
+
+    @property
+    def kinds(self) -> Mapping[str, KindFacts]:
+        """Every kind the validation was given (their list prices price results)."""
+        return self._kinds
+
+    @property
+    def kind_facts(self) -> KindFacts:
+        """The facts of the kind of the provider serving this pipeline."""
+        if self._facts is None:
+            raise TypeError("the pipeline's provider is known once it is validated as part of its Settings")
+        return self._facts
+
+    def served_by(self, facts: KindFacts) -> None:
+        self._facts = facts
 
     @property
     def rendered_types_checked(self) -> bool:
@@ -182,6 +211,20 @@ class PipelineSettings(Frozen):
     def state_topic_name(self) -> str:
         return self.state_topic or f"{self.name}.batchstream-state"
 
+    @field_validator("endpoint")
+    @classmethod
+    def _served(cls, endpoint: str, info: ValidationInfo) -> str:
+        formats = formats_of(kinds_in(info.context))
+        if endpoint not in formats:
+            raise ValueError(f"no provider kind serves {endpoint!r} (served: {', '.join(formats)})")
+        return endpoint
+
+    @model_validator(mode="after")
+    def _known_formats(self, info: ValidationInfo) -> PipelineSettings:
+        self._kinds = kinds_in(info.context)
+        self._formats = formats_of(self._kinds)
+        return self
+
     @model_validator(mode="after")
     def _distinct_topics(self) -> PipelineSettings:
         topics = [self.input_topic, self.output_topic, self.dead_letter_topic, self.state_topic_name]
@@ -192,8 +235,9 @@ class PipelineSettings(Frozen):
     @model_validator(mode="after")
     def _flex_consistent(self) -> PipelineSettings:
         flex_used = self.mode != "batch" or self.max_batch_latency is not None
-        if flex_used and self.endpoint == "/v1/embeddings":
-            raise ValueError("flex processing (mode flex/auto, max_batch_latency) is not offered for /v1/embeddings")
+        fmt = self._formats.get(self.endpoint)
+        if flex_used and fmt is not None and not fmt.flex:
+            raise ValueError(f"flex processing (mode flex/auto, max_batch_latency) is not offered for {self.endpoint}")
         if self.max_batch_latency is not None and self.flex.fallback == "batch":
             raise ValueError(
                 "flex.fallback: 'batch' cannot be combined with max_batch_latency "
@@ -240,11 +284,19 @@ class Settings(Frozen):
     #: Completion webhooks: workers read a batch as soon as its webhook arrives (polling stays
     #: as the fallback, so ``poll_interval`` can be long).
     webhooks: WebhookSettings | None = None
+    #: The kinds the validation was given.
+    _kinds: Mapping[str, KindFacts] = PrivateAttr(default_factory=dict)
+
+    @property
+    def kinds(self) -> Mapping[str, KindFacts]:
+        """Every registered kind, as the validation was given them (their list prices price results)."""
+        return self._kinds
 
     @model_validator(mode="before")
     @classmethod
-    def _endpoint_by_kind(cls, data: Any) -> Any:
+    def _endpoint_by_kind(cls, data: Any, info: ValidationInfo) -> Any:
         # A pipeline that names no endpoint gets its provider kind's default (/v1/messages on Anthropic).
+        known = kinds_in(info.context)
         if not isinstance(data, dict) or not isinstance(data.get("pipelines"), list):
             return data
         raw = (
@@ -254,18 +306,21 @@ class Settings(Frozen):
         )
         if isinstance(data.get("provider"), dict):
             raw[DEFAULT_PROVIDER] = data["provider"]
-        kinds = {name: p.get("kind", "openai") for name, p in raw.items() if isinstance(p, dict)}
+        default_kind = ProviderSettings.model_fields["kind"].default
+        kinds = {name: p.get("kind", default_kind) for name, p in raw.items() if isinstance(p, dict)}
         pipelines = []
         for pipeline in data["pipelines"]:
             if isinstance(pipeline, dict) and "endpoint" not in pipeline:
                 name = pipeline.get("provider") or _default_name(kinds)
-                if isinstance(name, str) and kinds.get(name) in KIND_ENDPOINTS:
-                    pipeline = {**pipeline, "endpoint": KIND_ENDPOINTS[kinds[name]][0]}
+                facts = known.get(kinds[name]) if isinstance(name, str) and name in kinds else None
+                if facts is not None:
+                    pipeline = {**pipeline, "endpoint": facts.endpoints[0].endpoint}
             pipelines.append(pipeline)
         return {**data, "pipelines": pipelines}
 
     @model_validator(mode="after")
-    def _unique_names(self) -> Settings:
+    def _unique_names(self, info: ValidationInfo) -> Settings:
+        self._kinds = kinds_in(info.context)
         names = [p.name for p in self.pipelines]
         if len(set(names)) != len(names):
             raise ValueError("pipeline names must be unique")
@@ -280,6 +335,8 @@ class Settings(Frozen):
         for index, pipeline in enumerate(self.pipelines):
             name, provider = self.provider_of(pipeline, index)
             _fits(f"pipelines.{index}.", pipeline, name, provider)
+        for pipeline in self.pipelines:
+            pipeline.served_by(self.provider_of(pipeline)[1].facts)
         return self
 
     def named_providers(self) -> dict[str, ProviderSettings]:
@@ -309,13 +366,12 @@ def _default_name(kinds: dict[str, Any]) -> str | None:
 
 def _fits(base: str, pipeline: PipelineSettings, name: str, provider: ProviderSettings) -> None:
     """A pipeline asks only what its provider offers; the error names the pipeline's field."""
-    kind = provider.kind
-    if pipeline.endpoint not in KIND_ENDPOINTS[kind]:
+    kind, facts = provider.kind, provider.facts
+    if pipeline.endpoint not in facts.endpoint_names:
         raise ValueError(f"{base}endpoint: provider {name!r} (kind: {kind}) serves "
-                         f"{', '.join(KIND_ENDPOINTS[kind])}, not {pipeline.endpoint}")  # fmt: skip
-    if kind in ("anthropic", "gemini") and pipeline.metadata:
-        what = "Anthropic message batches" if kind == "anthropic" else "Gemini batches"
-        raise ValueError(f"{base}metadata: {what} carry no metadata")
+                         f"{', '.join(facts.endpoint_names)}, not {pipeline.endpoint}")  # fmt: skip
+    if not facts.batch_metadata and pipeline.metadata:
+        raise ValueError(f"{base}metadata: {facts.batches} carry no metadata")
     if provider.offers_flex or pipeline.flex.fallback == "standard":
         return
     if pipeline.mode != "batch":
@@ -328,60 +384,3 @@ def _fits(base: str, pipeline: PipelineSettings, name: str, provider: ProviderSe
         f"{base}{field}: provider {name!r} (kind: {kind}) has no flex tier, so {what} cannot call it with flex; "
         "set flex.fallback: standard to make those calls at the standard (real-time) price, or use mode: batch"
     )
-
-
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-def interpolate(value: Any, env: dict[str, str], path: str = "") -> Any:
-    """Replace ``${VAR}`` in every string of a parsed YAML document."""
-    if isinstance(value, dict):
-        return {k: interpolate(v, env, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [interpolate(v, env, f"{path}.{i}") for i, v in enumerate(value)]
-    if isinstance(value, str):
-
-        def substitute(match: re.Match[str]) -> str:
-            name, default = match.group(1), match.group(2)
-            if name in env:
-                return env[name]
-            if default is not None:
-                return default
-            raise ConfigError(f"{path}: environment variable {name} is not set")
-
-        return _VAR.sub(substitute, value)
-    return value
-
-
-def format_validation_error(source: str, exc: ValidationError) -> str:
-    lines = [f"invalid configuration in {source}:"]
-    for error in exc.errors(include_url=False, include_input=False):
-        message = error["msg"].removeprefix("Value error, ")
-        field = ".".join(str(part) for part in error["loc"])
-        # A check across sections names its own field (``pipelines.0.mode: ...``).
-        lines.append(f"  {field}: {message}" if field else f"  {message}")
-    return "\n".join(lines)
-
-
-def load_settings(path: str | Path, env: dict[str, str] | None = None) -> Settings:
-    """Read, interpolate and validate a configuration file; raise ConfigError naming the field."""
-    path = Path(path)
-    try:
-        document = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read configuration {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
-    if not isinstance(document, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    return parse_settings(document, source=str(path), env=env)
-
-
-def parse_settings(
-    document: dict[str, Any], *, source: str = "<config>", env: dict[str, str] | None = None
-) -> Settings:
-    document = interpolate(document, dict(os.environ) if env is None else env)
-    try:
-        return Settings.model_validate(document)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(source, exc)) from None

@@ -22,8 +22,9 @@ import orjson
 from pydantic import BaseModel, ConfigDict
 
 from streams.config import PipelineSettings
+from streams.kinds import UsageKeys
 from streams.pricing import Cost
-from streams.templates import MESSAGES, render_body, wants_json
+from streams.templates import render_body
 from streams.validation import check_body
 
 ReasonCode = Literal[
@@ -134,29 +135,15 @@ class Tokens(BaseModel):
     output: int
 
     @classmethod
-    def of(cls, usage: Any) -> Tokens | None:
-        """From any provider's ``usage``: OpenAI's prompt/completion or input/output tokens, Anthropic's
-        input/output tokens (cache writes and reads count as input), Gemini's ``usageMetadata``
-        (the prompt, cached part included, and tool-use prompts are input; candidates and
-        thoughts, billed as output, are output)."""
-        counts = token_counts(usage)
+    def of(cls, usage: Any, keys: UsageKeys) -> Tokens | None:
+        """From a provider's ``usage``, counted as its kind says (``keys``: ``KindFacts.usage``)."""
+        counts = token_counts(usage, keys)
         return None if counts is None else cls(input=counts[0], output=counts[1])
 
 
-_INPUT_TOKENS = ("prompt_tokens", "input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
-                 "promptTokenCount", "toolUsePromptTokenCount")  # fmt: skip
-_OUTPUT_TOKENS = ("completion_tokens", "output_tokens", "candidatesTokenCount", "thoughtsTokenCount")
-
-
-def token_counts(usage: Any) -> tuple[int, int] | None:
-    """(input, output) tokens of any provider's ``usage``, as :meth:`Tokens.of` counts them."""
-    if not isinstance(usage, dict):
-        return None
-
-    def count(names: tuple[str, ...]) -> int:
-        return sum(v for n in names if type(v := usage.get(n)) is int)
-
-    return count(_INPUT_TOKENS), count(_OUTPUT_TOKENS)
+def token_counts(usage: Any, keys: UsageKeys) -> tuple[int, int] | None:
+    """(input, output) tokens of a provider's ``usage``, as :meth:`Tokens.of` counts them."""
+    return keys.counts(usage)
 
 
 class Result(BaseModel):
@@ -192,7 +179,7 @@ def task_version(cfg: PipelineSettings) -> str:
         "model": cfg.model,
         "template": cfg.template.model_dump(mode="json"),
     }
-    if cfg.endpoint == MESSAGES:
+    if cfg.request_format.max_tokens_field is not None:
         what["max_tokens"] = cfg.max_tokens
     material = orjson.dumps(what, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(material).hexdigest()[:12]
@@ -306,12 +293,13 @@ def _decode(
     event_id = event.get("id", source.default_id)
     if not isinstance(event_id, str | int) or isinstance(event_id, bool) or event_id == "":
         return Rejection("wrong_shape", "'id' must be a non-empty string or an integer")
+    fmt = cfg.request_format
     rendered = not isinstance(event.get("body"), dict)
     if not rendered:
         body = dict(event["body"])
         body.setdefault("model", cfg.model)
-        if cfg.endpoint == MESSAGES:
-            body.setdefault("max_tokens", cfg.max_tokens)
+        if fmt.max_tokens_field is not None:
+            body.setdefault(fmt.max_tokens_field, cfg.max_tokens)
         if not isinstance(body["model"], str):
             return Rejection("wrong_shape", "'body.model' must be a string")
         if (refused := outside_limits(cfg, body)) is not None:
@@ -325,7 +313,7 @@ def _decode(
             return Rejection("template_error", f"template cannot render this event: {type(exc).__name__}: {exc}")
     if cfg.validate_requests:
         types_known = rendered and cfg.rendered_types_checked
-        if (problem := check_body(cfg.endpoint, body, types=not types_known)) is not None:
+        if (problem := check_body(fmt, body, types=not types_known)) is not None:
             return Rejection("invalid_request", f"the request would be refused: {problem}")
         if rendered:
             cfg.rendered_types_passed()
@@ -344,7 +332,7 @@ def _decode(
         endpoint=cfg.endpoint,
         model=body["model"],
         body=body,
-        wants_json=wants_json(cfg.endpoint, body),
+        wants_json=fmt.wants_json(body),
         event=event,
         deadline=deadline,
     )

@@ -2,7 +2,8 @@
 
 Prices are USD per million tokens at the real-time (standard) price. A batch pays ``batch``
 times that, a flex call ``flex`` times it (half, for every provider that sells them), a
-standard call all of it. The defaults cover the common models of each provider; a
+standard call all of it. The list prices of each kind's common models are its facts
+(``KindFacts.prices``, in ``providers/<kind>/__init__.py``); a
 configuration's ``pricing:`` section overrides them or adds models (for a fine-tuned model, a
 deployment name, or a price change). A dated snapshot (``gpt-5-mini-2025-08-07``,
 ``claude-sonnet-4-5-20250929``) is priced as its model; a model without a price gets no
@@ -12,11 +13,12 @@ deployment name, or a price change). A dated snapshot (``gpt-5-mini-2025-08-07``
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from streams.kinds import KindFacts
 from streams.provider_config import Frozen
 
 Path = Literal["batch", "flex", "standard"]
@@ -33,25 +35,6 @@ class ModelPrice(Frozen):
     flex: float = Field(0.5, ge=0)
 
 
-#: List prices (USD per million input / output tokens, real-time), late 2026.
-DEFAULT_PRICES: dict[str, ModelPrice] = {
-    name: ModelPrice(input=price[0], output=price[1])
-    for name, price in {
-        # OpenAI
-        "gpt-5": (1.25, 10.00), "gpt-5-mini": (0.25, 2.00), "gpt-5-nano": (0.05, 0.40),
-        "gpt-5.1": (1.25, 10.00), "gpt-4.1": (2.00, 8.00), "gpt-4.1-mini": (0.40, 1.60),
-        "gpt-4.1-nano": (0.10, 0.40), "gpt-4o": (2.50, 10.00), "gpt-4o-mini": (0.15, 0.60),
-        "o3": (2.00, 8.00), "o4-mini": (1.10, 4.40),
-        "text-embedding-3-small": (0.02, 0.0), "text-embedding-3-large": (0.13, 0.0),
-        # Anthropic
-        "claude-opus-4-1": (15.00, 75.00), "claude-opus-4-5": (5.00, 25.00), "claude-sonnet-4-5": (3.00, 15.00),
-        "claude-sonnet-4": (3.00, 15.00), "claude-haiku-4-5": (1.00, 5.00), "claude-3-5-haiku": (0.80, 4.00),
-        # Google Gemini
-        "gemini-2.5-pro": (1.25, 10.00), "gemini-2.5-flash": (0.30, 2.50), "gemini-2.5-flash-lite": (0.10, 0.40),
-    }.items()
-}  # fmt: skip
-
-
 class Cost(BaseModel):
     """What one result cost (USD): ``paid`` at the path that served it, ``realtime`` at the standard price."""
 
@@ -62,10 +45,12 @@ class Cost(BaseModel):
 
 
 class Pricing:
-    """Prices by model: the defaults with the configuration's ``pricing:`` over them."""
+    """Prices by model: the list prices of ``kinds`` with the configuration's ``pricing:`` over them."""
 
-    def __init__(self, overrides: Mapping[str, ModelPrice] | None = None) -> None:
-        self.prices = {**DEFAULT_PRICES, **(overrides or {})}
+    def __init__(self, overrides: Mapping[str, ModelPrice] | None = None, *, kinds: Iterable[KindFacts]) -> None:
+        listed = {name: ModelPrice(input=price[0], output=price[1]) for facts in kinds
+                  for name, price in facts.prices.items()}  # fmt: skip
+        self.prices = {**listed, **(overrides or {})}
         #: Longest names first, so ``gpt-5-mini-2025-08-07`` is ``gpt-5-mini``, not ``gpt-5``.
         self._names = sorted(self.prices, key=len, reverse=True)
         self._resolved: dict[str, ModelPrice | None] = {}

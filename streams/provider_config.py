@@ -1,38 +1,26 @@
 """Provider settings: which API a provider speaks, where, with which key, and its limits.
 
 Part of the configuration (``streams/config.py``); kept apart because each kind of provider
-brings its own limits, endpoints and offers.
+brings its own limits, endpoints and offers: its :class:`~streams.kinds.KindFacts`, handed to the
+validation as ``context={"kinds": ...}`` and kept on the settings (:attr:`ProviderSettings.facts`).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
-
+from streams.kinds import KindFacts, kinds_in
 from streams.units import ByteSize, Duration
 
-ProviderKind = Literal["openai", "azure", "anthropic", "gemini"]
-
-#: Batch limits of each kind of provider (requests, bytes per batch); windows are capped by them.
-KIND_LIMITS: dict[str, tuple[int, int]] = {
-    "openai": (50_000, 200 * 1000 * 1000),
-    "azure": (100_000, 200 * 1000 * 1000),
-    "anthropic": (100_000, 256 * 1000 * 1000),
-    # Gemini: inline requests up to 20 MB, a JSONL input file (Files API) up to 2 GB above that.
-    "gemini": (100_000, 2 * 1000 * 1000 * 1000),
-}
-#: The endpoints each kind serves, the first being a pipeline's default.
-KIND_ENDPOINTS: dict[str, tuple[str, ...]] = {
-    "openai": ("/v1/chat/completions", "/v1/responses", "/v1/embeddings"),
-    # The Responses API is not served under an api-version (Azure's "v1 API" is OpenAI-shaped:
-    # use kind openai with base_url https://NAME.openai.azure.com/openai/v1/).
-    "azure": ("/v1/chat/completions", "/v1/embeddings"),
-    "anthropic": ("/v1/messages",),
-    "gemini": ("generateContent",),
-}
-#: Kinds that sell a flex tier (one-off calls at a batch-like price).
-FLEX_KINDS = frozenset({"openai", "gemini"})
 #: The name of the provider given as ``provider:`` (the default of every pipeline).
 DEFAULT_PROVIDER = "default"
 
@@ -42,15 +30,16 @@ class Frozen(BaseModel):
 
 
 class ProviderLimits(Frozen):
-    """Caps on one batch; unset, the kind's own limits (``KIND_LIMITS``); set, they replace them."""
+    """Caps on one batch; unset, the kind's own limits (``KindFacts.limits``); set, they replace them."""
 
     max_requests_per_batch: int | None = Field(None, ge=1)
     max_bytes_per_batch: ByteSize | None = Field(None, ge=1024)
 
 
 class ProviderSettings(Frozen):
-    #: Which API this provider speaks, through its official SDK.
-    kind: ProviderKind = "openai"
+    #: Which API this provider speaks, through its official SDK: a kind of the registry
+    #: (``providers/registry.py``).
+    kind: str = Field("openai", validate_default=True)
     #: The API's base URL; unset, the SDK's default (``OPENAI_BASE_URL`` / ``ANTHROPIC_BASE_URL`` /
     #: ``GOOGLE_GEMINI_BASE_URL`` or the provider's public API). For ``azure``: the resource endpoint,
     #: ``https://NAME.openai.azure.com``.
@@ -91,23 +80,50 @@ class ProviderSettings(Frozen):
     #: queue limit"); unset, no gate. A window round waits until its estimated input tokens fit.
     max_enqueued_tokens: int | None = Field(None, ge=1)
 
+    #: The facts of ``kind``, from the kinds the validation was given.
+    _facts: KindFacts | None = PrivateAttr(None)
+
+    @property
+    def facts(self) -> KindFacts:
+        if self._facts is None:
+            raise TypeError('provider settings are validated with context={"kinds": ...} (providers.parse_settings)')
+        return self._facts
+
     @property
     def batch_limits(self) -> tuple[int, int]:
         """(requests, bytes) one batch may hold: the configured caps, else the kind's own (a
         compatible server may allow more, or less, than the provider it imitates)."""
-        requests, nbytes = KIND_LIMITS[self.kind]
+        requests, nbytes = self.facts.limits
         return (self.limits.max_requests_per_batch or requests, self.limits.max_bytes_per_batch or nbytes)
 
     @property
     def offers_flex(self) -> bool:
-        return self.kind in FLEX_KINDS
+        return self.facts.flex
+
+    @field_validator("kind")
+    @classmethod
+    def _registered(cls, kind: str, info: ValidationInfo) -> str:
+        kinds = kinds_in(info.context)
+        if kind not in kinds:
+            raise ValueError(f"no provider kind {kind!r} (registered: {', '.join(sorted(kinds))})")
+        return kind
 
     @model_validator(mode="after")
-    def _kind_fields(self) -> ProviderSettings:
-        if self.kind == "azure" and not (self.base_url and self.api_version):
-            raise ValueError("base_url (the resource endpoint) and api_version are required with kind: azure")
-        if "inline_bytes" in self.model_fields_set and self.kind != "gemini":
-            raise ValueError(f"inline_bytes is a gemini setting; this provider is kind: {self.kind}")
-        if self.organization is not None and self.kind != "openai":
-            raise ValueError(f"organization is an openai setting; this provider is kind: {self.kind}")
+    def _kind_fields(self, info: ValidationInfo) -> ProviderSettings:
+        kinds = kinds_in(info.context)
+        facts = self._facts = kinds[self.kind]
+        if not all(getattr(self, name) for name, _ in facts.requires):
+            what = " and ".join(shown for _, shown in facts.requires)
+            verb = "is" if len(facts.requires) == 1 else "are"
+            raise ValueError(f"{what} {verb} required with kind: {self.kind}")
+        for name in type(self).model_fields:
+            owners = [k for k, f in kinds.items() if name in f.settings]
+            given = name in self.model_fields_set and getattr(self, name) is not None
+            if owners and given and name not in facts.settings:
+                owner = " or ".join(owners)
+                raise ValueError(f"{name} is {_article(owner)} {owner} setting; this provider is kind: {self.kind}")
         return self
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"

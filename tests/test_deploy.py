@@ -11,7 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from streams.config import load_settings, parse_settings
+from providers import load_settings, parse_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from streams.config import PipelineSettings, Settings, parse_settings
+from providers import parse_settings
+from streams.config import PipelineSettings, Settings
 from streams.errors import ConfigError
 from tests.support import ROOT, settings_document
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from streams.config import parse_settings
+from providers import parse_settings
 from tests.agents.lanes import Lane
 
 #: A model (or Azure deployment) per kind of provider.

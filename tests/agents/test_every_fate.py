@@ -20,7 +20,7 @@ from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.records_to_delete import RecordsToDelete
 
-from streams.config import load_settings
+from providers import load_settings
 from streams.models import task_version
 from tests.support import (
     TopicReader,

@@ -8,8 +8,8 @@ from agents.metrics import PipelineMetrics
 from agents.outbox import Outbox, stamps
 from agents.outcomes import Failed, Served
 from agents.state import Ledger
+from providers import parse_settings
 from sinks import MemorySink
-from streams.config import parse_settings
 from streams.letters import DeadLetter
 from streams.models import Request, Result, Source, decode_event
 from streams.offsets import Frontier

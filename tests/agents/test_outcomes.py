@@ -4,6 +4,7 @@ import pytest
 
 from agents.outcomes import extract_output
 from agents.retry import backoff
+from providers import FORMATS
 from providers.openai import classify
 from streams.errors import InvalidOutputError
 
@@ -22,13 +23,13 @@ def test_both_error_shapes_and_retriability() -> None:
 
 def test_extract_output_per_endpoint() -> None:
     chat = {"choices": [{"message": {"content": '{"x": 1}'}}]}
-    assert extract_output("/v1/chat/completions", chat, True) == {"x": 1}
-    assert extract_output("/v1/chat/completions", chat, False) == '{"x": 1}'
+    assert extract_output(FORMATS["/v1/chat/completions"], chat, True) == {"x": 1}
+    assert extract_output(FORMATS["/v1/chat/completions"], chat, False) == '{"x": 1}'
     responses = {"output": [{"type": "message", "content": [{"type": "output_text", "text": "hi"}]}]}
-    assert extract_output("/v1/responses", responses, False) == "hi"
-    assert extract_output("/v1/embeddings", {"data": [{"embedding": [0.1]}]}, False) == [0.1]
+    assert extract_output(FORMATS["/v1/responses"], responses, False) == "hi"
+    assert extract_output(FORMATS["/v1/embeddings"], {"data": [{"embedding": [0.1]}]}, False) == [0.1]
     with pytest.raises(InvalidOutputError):
-        extract_output("/v1/chat/completions", {"choices": [{"message": {"content": "{broken"}}]}, True)
+        extract_output(FORMATS["/v1/chat/completions"], {"choices": [{"message": {"content": "{broken"}}]}, True)
 
 
 def test_backoff_grows_and_is_capped() -> None:

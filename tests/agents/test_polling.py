@@ -10,8 +10,7 @@ import pytest
 
 from agents.metrics import PipelineMetrics
 from agents.polling import BatchWatch
-from providers import make_provider
-from streams.config import parse_settings
+from providers import make_provider, parse_settings
 from streams.models import Request, Source, decode_event
 
 KINDS = {"openai": "gpt-5-mini", "anthropic": "claude-haiku-4-5", "gemini": "gemini-2.5-flash"}

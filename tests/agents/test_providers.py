@@ -7,9 +7,8 @@ import asyncio
 
 import pytest
 
-from providers import make_provider
+from providers import make_provider, parse_settings
 from providers.anthropic import classify
-from streams.config import parse_settings
 from streams.errors import ProviderUnavailable
 
 JSON_FORMAT = {"type": "json_schema", "json_schema": {"name": "triage", "strict": True, "schema": {

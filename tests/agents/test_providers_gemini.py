@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from providers import make_provider
+from providers import make_provider, parse_settings
 from providers.gemini import classify
 from providers.gemini.client import GeminiProvider
-from streams.config import parse_settings
 from streams.errors import ProviderBackpressure, ProviderRejected
 
 JSON_FORMAT = {"type": "json_schema", "json_schema": {"name": "triage", "strict": True, "schema": {

@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from agents.routing import route
-from streams.config import parse_settings
+from providers import parse_settings
 from streams.models import Rejection, Request, Source, decode_event, parse_deadline
 from tests.support import settings_document
 

@@ -7,14 +7,13 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
-from typing import get_args
 
 import pytest
 
-from providers import KINDS, Kind, kind_of, make_provider
+from providers import FACTS, KINDS, Kind, kind_of, make_provider
 from providers.base import MISSING, Provider
 from streams.errors import ConfigError
-from streams.provider_config import FLEX_KINDS, KIND_ENDPOINTS, KIND_LIMITS, ProviderKind, ProviderSettings
+from streams.provider_config import ProviderSettings
 
 
 @pytest.mark.parametrize("name", sorted(KINDS))
@@ -24,7 +23,8 @@ async def test_every_registered_kind_gives_every_part_of_the_interface(name: str
     assert kind.classify(None) == MISSING  # a missing line goes another round, for every kind
     settings = ProviderSettings.model_validate({
         "kind": name, "api_key": "k", "base_url": "http://127.0.0.1:9", "api_version": "2024-10-21",
-    } if name == "azure" else {"kind": name, "api_key": "k", "base_url": "http://127.0.0.1:9"})  # fmt: skip
+    } if name == "azure" else {"kind": name, "api_key": "k", "base_url": "http://127.0.0.1:9"},
+        context={"kinds": FACTS})  # fmt: skip
     provider = make_provider("p", settings)
     try:
         assert isinstance(provider, Provider) and provider.kind == name and provider.name == "p"
@@ -53,8 +53,9 @@ def test_every_kind_folder_is_registered_and_shipped() -> None:
     assert {f"providers.{name}" for name in folders} <= shipped, "add the folder to [tool.setuptools] packages"
 
 
-def test_the_facts_still_kept_in_streams_name_exactly_the_registered_kinds() -> None:
-    """Until they move into the kind folders, the configuration's kind facts (``streams/``) must
-    name the same kinds as the registry: a kind added to one and not the other fails here."""
-    assert set(get_args(ProviderKind)) == set(KINDS)
-    assert set(KIND_LIMITS) == set(KINDS) and set(KIND_ENDPOINTS) == set(KINDS) and set(KINDS) >= FLEX_KINDS
+def test_every_kind_brings_its_own_facts_and_the_formats_of_its_endpoints() -> None:
+    """The facts ``streams/`` reads of a kind are the folder's own: named as the kind, with at
+    least one endpoint (the first the default) and batch limits."""
+    for name, kind in KINDS.items():
+        assert FACTS[name] is kind.facts and kind.facts.name == name
+        assert kind.facts.endpoints and all(n > 0 for n in kind.facts.limits)

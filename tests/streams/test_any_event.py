@@ -12,7 +12,8 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streams.config import PipelineSettings, parse_settings
+from providers import parse_settings
+from streams.config import PipelineSettings
 from streams.letters import DeadLetter, dead_letter_for, encode_dead_letter
 from streams.models import Rejection, Request, Source, decode_event
 from tests.support import settings_document

@@ -5,7 +5,8 @@ from typing import Union, get_args, get_origin
 import pytest
 from pydantic import BaseModel
 
-from streams.config import PipelineSettings, Settings, load_settings, parse_settings
+from providers import load_settings, parse_settings
+from streams.config import PipelineSettings, Settings
 from streams.errors import ConfigError
 from tests.support import settings_document
 

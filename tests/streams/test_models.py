@@ -1,7 +1,8 @@
 import orjson
 
 from agents.outcomes import extract_output
-from streams.config import PipelineSettings, parse_settings
+from providers import FACTS, FORMATS, parse_settings
+from streams.config import PipelineSettings
 from streams.models import Rejection, Request, Source, Tokens, decode_event
 from tests.support import settings_document
 
@@ -50,15 +51,18 @@ def test_rejections_say_why() -> None:
 
 
 def _anthropic_pipeline(**overrides: object) -> PipelineSettings:
-    return PipelineSettings(
-        name="t",
-        input_topic="in",
-        output_topic="out",
-        dead_letter_topic="dlq",
-        model="claude-sonnet-4-5",
-        endpoint="/v1/messages",
-        **overrides,
-    )  # type: ignore[arg-type]
+    return PipelineSettings.model_validate(
+        dict(
+            name="t",
+            input_topic="in",
+            output_topic="out",
+            dead_letter_topic="dlq",
+            model="claude-sonnet-4-5",
+            endpoint="/v1/messages",
+            **overrides,
+        ),
+        context={"kinds": FACTS},
+    )
 
 
 def test_anthropic_templates_put_system_apart_require_max_tokens_and_ask_json_through_a_forced_tool() -> None:
@@ -77,8 +81,8 @@ def test_anthropic_templates_put_system_apart_require_max_tokens_and_ask_json_th
     }  # fmt: skip
     assert request.wants_json
     answer = {"content": [{"type": "tool_use", "id": "t", "name": "triage", "input": {"label": "bug"}}]}
-    assert extract_output("/v1/messages", answer, True) == {"label": "bug"}
-    assert extract_output("/v1/messages", {"content": [{"type": "text", "text": "hi"}]}, False) == "hi"
+    assert extract_output(FORMATS["/v1/messages"], answer, True) == {"label": "bug"}
+    assert extract_output(FORMATS["/v1/messages"], {"content": [{"type": "text", "text": "hi"}]}, False) == "hi"
 
 
 def test_anthropic_structured_outputs_in_a_request_event_are_parsed_as_json() -> None:
@@ -86,7 +90,9 @@ def test_anthropic_structured_outputs_in_a_request_event_are_parsed_as_json() ->
             "output_config": {"format": {"type": "json_schema", "schema": {"type": "object"}}}}  # fmt: skip
     request = decode_event(_anthropic_pipeline(), Source("in", 0, 1), None, orjson.dumps({"body": body}))
     assert isinstance(request, Request) and request.wants_json
-    assert extract_output("/v1/messages", {"content": [{"type": "text", "text": '{"a": 1}'}]}, True) == {"a": 1}
+    assert extract_output(FORMATS["/v1/messages"], {"content": [{"type": "text", "text": '{"a": 1}'}]}, True) == {
+        "a": 1
+    }
 
 
 def test_an_anthropic_request_event_gets_the_default_max_tokens_and_is_validated() -> None:
@@ -98,29 +104,35 @@ def test_an_anthropic_request_event_gets_the_default_max_tokens_and_is_validated
 
 
 def test_tokens_are_normalized_from_every_provider_usage() -> None:
-    assert Tokens.of({"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}) == Tokens(input=10, output=3)
-    assert Tokens.of({"input_tokens": 7, "output_tokens": 2}) == Tokens(input=7, output=2)
+    openai, claude = FACTS["openai"].usage, FACTS["anthropic"].usage
+    assert Tokens.of({"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}, openai) == Tokens(
+        input=10, output=3
+    )
+    assert Tokens.of({"input_tokens": 7, "output_tokens": 2}, openai) == Tokens(input=7, output=2)
     anthropic = {
         "input_tokens": 5,
         "cache_creation_input_tokens": 100,
         "cache_read_input_tokens": 20,
         "output_tokens": 9,
     }
-    assert Tokens.of(anthropic) == Tokens(input=125, output=9)
-    assert Tokens.of({"prompt_tokens": 4, "total_tokens": 4}) == Tokens(input=4, output=0)
-    assert Tokens.of(None) is None
+    assert Tokens.of(anthropic, claude) == Tokens(input=125, output=9)
+    assert Tokens.of({"prompt_tokens": 4, "total_tokens": 4}, openai) == Tokens(input=4, output=0)
+    assert Tokens.of(None, openai) is None
 
 
 def _gemini_pipeline(**overrides: object) -> PipelineSettings:
-    return PipelineSettings(
-        name="g",
-        input_topic="in",
-        output_topic="out",
-        dead_letter_topic="dlq",
-        model="gemini-2.5-flash",
-        endpoint="generateContent",
-        **overrides,
-    )  # type: ignore[arg-type]
+    return PipelineSettings.model_validate(
+        dict(
+            name="g",
+            input_topic="in",
+            output_topic="out",
+            dead_letter_topic="dlq",
+            model="gemini-2.5-flash",
+            endpoint="generateContent",
+            **overrides,
+        ),
+        context={"kinds": FACTS},
+    )
 
 
 def test_gemini_templates_render_contents_system_instruction_and_json_through_response_schema() -> None:
@@ -147,8 +159,8 @@ def test_gemini_templates_render_contents_system_instruction_and_json_through_re
     assert request.wants_json
     answer = {"candidates": [{"content": {"role": "model", "parts": [
         {"text": "thinking...", "thought": True}, {"text": '{"label": '}, {"text": '"bug"}'}]}}]}  # fmt: skip
-    assert extract_output("generateContent", answer, True) == {"label": "bug"}
-    assert extract_output("generateContent", {"candidates": []}, False) is None
+    assert extract_output(FORMATS["generateContent"], answer, True) == {"label": "bug"}
+    assert extract_output(FORMATS["generateContent"], {"candidates": []}, False) is None
 
 
 def test_a_gemini_request_event_is_validated_with_the_sdk_types() -> None:
@@ -168,4 +180,4 @@ def test_a_gemini_request_event_is_validated_with_the_sdk_types() -> None:
 def test_gemini_usage_metadata_counts_cached_and_tool_prompts_as_input_and_thoughts_as_output() -> None:
     usage = {"promptTokenCount": 12, "cachedContentTokenCount": 4, "toolUsePromptTokenCount": 3,
              "candidatesTokenCount": 5, "thoughtsTokenCount": 7, "totalTokenCount": 27}  # fmt: skip
-    assert Tokens.of(usage) == Tokens(input=15, output=12)
+    assert Tokens.of(usage, FACTS["gemini"].usage) == Tokens(input=15, output=12)

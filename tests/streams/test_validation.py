@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from streams.config import parse_settings
+from providers import FORMATS, parse_settings
 from streams.models import Rejection, Request, Source, decode_event
 from streams.validation import check_body
 
@@ -36,7 +36,7 @@ TOOL_CALL = {"id": "c", "type": "function", "function": {"name": "f", "arguments
     ],
 )
 def test_bodies_a_provider_would_refuse_are_named(endpoint: str, body: dict[str, Any], expected: str) -> None:
-    problem = check_body(endpoint, body)
+    problem = check_body(FORMATS[endpoint], body)
     assert problem is not None and expected in problem
 
 
@@ -60,7 +60,7 @@ def test_bodies_a_provider_would_refuse_are_named(endpoint: str, body: dict[str,
     ],
 )
 def test_valid_bodies_pass_including_parameters_newer_than_the_sdk(endpoint: str, body: dict[str, Any]) -> None:
-    assert check_body(endpoint, body) is None
+    assert check_body(FORMATS[endpoint], body) is None
 
 
 def _cfg(**pipeline: Any) -> Any:
