@@ -172,7 +172,9 @@ class PipelineSettings(Frozen):
 
     def format_of(self, endpoint: str) -> RequestFormat:
         """The format of ``endpoint`` (a request's, which a window sealed earlier may have set)."""
-        fmt = self._formats.get(endpoint)
+        # Read from pydantic's store of private attributes directly: asked for every event.
+        private = self.__pydantic_private__
+        fmt: RequestFormat | None = private.get("_formats", {}).get(endpoint) if private else None
         if fmt is None:
             raise TypeError(f"no request format for {endpoint!r}: pipeline settings are validated with "
                             'context={"kinds": ...} (providers.parse_settings)')  # fmt: skip
@@ -186,9 +188,11 @@ class PipelineSettings(Frozen):
     @property
     def kind_facts(self) -> KindFacts:
         """The facts of the kind of the provider serving this pipeline."""
-        if self._facts is None:
+        private = self.__pydantic_private__  # read directly: asked for every result
+        facts: KindFacts | None = private.get("_facts") if private else None
+        if facts is None:
             raise TypeError("the pipeline's provider is known once it is validated as part of its Settings")
-        return self._facts
+        return facts
 
     def served_by(self, facts: KindFacts) -> None:
         self._facts = facts

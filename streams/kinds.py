@@ -22,9 +22,10 @@ from streams.errors import InvalidOutputError
 __all__ = ["KindFacts", "Prompt", "RequestFormat", "UsageKeys", "formats_of", "kinds_in", "text_output"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Prompt:
-    """A pipeline's template filled for one event, for a :class:`RequestFormat` to shape."""
+    """A pipeline's template filled for one event, for a :class:`RequestFormat` to shape (one per
+    event: not frozen, whose checked assignments cost more than the rendering around them)."""
 
     model: str
     #: The user message: the template's ``user`` filled, or the whole event as JSON.

@@ -306,7 +306,7 @@ def _decode(
             return Rejection("invalid_request", refused)
     else:
         try:
-            body = render_body(cfg, event)
+            body = render_body(cfg, event, fmt)
         except KeyError as exc:
             return Rejection("template_error", f"template field {exc.args[0]!r} is missing from the event")
         except (ValueError, IndexError, AttributeError, TypeError) as exc:  # a format spec on null, [0] on a number...

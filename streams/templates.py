@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from streams.config import PipelineSettings
-from streams.kinds import Prompt
+from streams.kinds import Prompt, RequestFormat
 
 
 class _Missing(dict[str, Any]):
@@ -18,8 +18,9 @@ class _Missing(dict[str, Any]):
         raise KeyError(key)
 
 
-def render_body(cfg: PipelineSettings, event: dict[str, Any]) -> dict[str, Any]:
-    """The request body of a plain event (KeyError: a template field the event lacks)."""
+def render_body(cfg: PipelineSettings, event: dict[str, Any], fmt: RequestFormat | None = None) -> dict[str, Any]:
+    """The request body of a plain event (KeyError: a template field the event lacks), in
+    ``fmt`` (the pipeline's request format unless given)."""
     template = cfg.template
     fields = _Missing(event)
     user = template.user.format_map(fields) if template.user else orjson.dumps(event).decode()
@@ -27,4 +28,4 @@ def render_body(cfg: PipelineSettings, event: dict[str, Any]) -> dict[str, Any]:
         model=cfg.model, user=user, system_template=template.system, fields=fields,
         response_format=template.response_format, parameters=template.parameters, max_tokens=cfg.max_tokens,
     )  # fmt: skip
-    return cfg.request_format.render(prompt)
+    return (fmt or cfg.request_format).render(prompt)
