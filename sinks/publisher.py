@@ -16,6 +16,8 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from streams.topics import start
+
 __all__ = ["Publisher"]
 
 
@@ -27,11 +29,7 @@ class Publisher:
 
     async def start(self) -> None:
         """Start the producer; one whose start failed is stopped before the error goes on."""
-        try:
-            await self._producer.start()
-        except BaseException:
-            await self._producer.stop()
-            raise
+        await start(self._producer)
 
     async def stop(self) -> None:
         await self._producer.stop()

@@ -16,6 +16,7 @@ from aiokafka import errors
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from sinks.limits import topic_configs
+from streams.topics import start
 
 __all__ = ["TopicAdmin", "TopicSpec", "is_unreachable", "topics_refused"]
 
@@ -56,11 +57,7 @@ class TopicAdmin:
         self._admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **timeout, **options)
 
     async def start(self) -> None:
-        try:
-            await self._admin.start()
-        except BaseException:
-            await self._admin.close()
-            raise
+        await start(self._admin)
 
     async def close(self) -> None:
         await self._admin.close()

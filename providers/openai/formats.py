@@ -77,6 +77,14 @@ def _check_input(endpoint: str, body: dict[str, Any]) -> str | None:
     return None
 
 
+def _check_input_body(endpoint: str, body: dict[str, Any], *, types: bool) -> str | None:
+    """The checks of the endpoints whose body carries an ``input`` (responses, embeddings)."""
+    problem = _check_input(endpoint, body)
+    if problem is not None or not types:
+        return problem
+    return check_params(_params(endpoint), body)
+
+
 class Chat(RequestFormat):
     endpoint = "/v1/chat/completions"
 
@@ -112,10 +120,7 @@ class Responses(RequestFormat):
         return body
 
     def check(self, body: dict[str, Any], *, types: bool) -> str | None:
-        problem = _check_input(self.endpoint, body)
-        if problem is not None or not types:
-            return problem
-        return check_params(_params(self.endpoint), body)
+        return _check_input_body(self.endpoint, body, types=types)
 
     def wants_json(self, body: dict[str, Any]) -> bool:
         return _wants_json((body.get("text") or {}).get("format") or {})
@@ -146,10 +151,7 @@ class Embeddings(RequestFormat):
         return {"model": prompt.model, "input": prompt.user, **prompt.parameters}
 
     def check(self, body: dict[str, Any], *, types: bool) -> str | None:
-        problem = _check_input(self.endpoint, body)
-        if problem is not None or not types:
-            return problem
-        return check_params(_params(self.endpoint), body)
+        return _check_input_body(self.endpoint, body, types=types)
 
     def wants_json(self, body: dict[str, Any]) -> bool:
         return _wants_json(body.get("response_format") or {})
