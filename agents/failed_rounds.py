@@ -38,7 +38,7 @@ class FailedRounds(WindowSteps):
         await self._quota.release()
         gone = Job(id=self.record.batch_id or "", status="vanished", state="ended", created_at=time.time())
         plan = plan_vanished(self.record, [r.source.offset for r in requests], policy=self.policy, now=time.time())
-        await self.s.tasks.shield(self.record.partition, self._emit_round(gone, {}, plan))
+        await self.s.tasks.shield(self.record.partition, self._emit_round(gone, None, plan))
 
     async def _too_large(self, batch: Job, exc: ResultsTooLarge) -> None:
         """Results too large to download: every request of the round ends as a dead letter naming

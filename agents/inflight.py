@@ -133,9 +133,10 @@ class InFlightWindow(Submission, FailedRounds):
                 return
             self._quota.learn(outcomes, await self.memory.round_bytes(self.record), len(self.record.owed_now))
             await self._quota.release()
-        lines = [(r.source.offset, outcomes.get(r.custom_id, MISSING)) for r in requests]
+        found = [outcomes.get(r.custom_id, MISSING) for r in requests]  # one lookup a request
+        lines = [(r.source.offset, outcome) for r, outcome in zip(requests, found, strict=True)]
         plan = plan_round(self.record, lines, policy=self.policy, now=time.time())
-        await self.s.tasks.shield(self.record.partition, self._emit_round(batch, outcomes, plan))
+        await self.s.tasks.shield(self.record.partition, self._emit_round(batch, found, plan))
         if batch.terminal:
             await self.s.client.cleanup(batch)
             if batch.input_file_id is None:

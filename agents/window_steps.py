@@ -62,14 +62,15 @@ class WindowSteps:
         elif record.offsets is not None:
             self.memory.follow(record.offsets)
 
-    async def _emit_round(self, batch: Job, outcomes: dict[str, LineOutcome], plan: RoundPlan) -> None:
+    async def _emit_round(self, batch: Job, outcomes: list[LineOutcome] | None, plan: RoundPlan) -> None:
         """Write each request's fate as the plan (made from ``self.requests``, in order) says, and
-        with them the plan's next record."""
+        with them the plan's next record. ``outcomes``: each request's line, in the same order
+        (None: no line for any)."""
         assert self.requests is not None
         record, outbox = self.record, self._unit()
         submitted, completed = batch.created_at, batch.ended_at or time.time()
-        for request, fate in zip(self.requests, plan.fates, strict=True):
-            outcome = outcomes.get(request.custom_id, MISSING)
+        lines = outcomes if outcomes is not None else [MISSING] * len(self.requests)
+        for request, fate, outcome in zip(self.requests, plan.fates, lines, strict=True):
             if fate is Fate.RESULT:
                 assert outcome.body is not None
                 outbox.result(request, outcome.body, attempts=record.attempts, batch_id=batch.id,
